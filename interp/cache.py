@@ -1,0 +1,306 @@
+"""The cache stage: run a model over a corpus and write an activation store (format in ``interp.store``).
+
+Guarantees:
+- Everything that can be wrong with the input (hook names, corpus, budget, an output directory that
+  holds another store, activations that are not per-token) is detected before the first byte is written.
+- Kill the process at any moment and run the same call again: it resumes after the last complete shard,
+  and the finished store is byte-identical to one written without interruption. This holds because the
+  context sequence is a pure function of the corpus config, shards hold a fixed number of contexts, and
+  batches never straddle a shard boundary, so every shard is computed from the same batches either way.
+- The forward pass stops after the last hooked block (unless gradients are asked for).
+- Shards are serialised, hashed and written on a background thread while the model runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from interp.data import Context, CorpusConfig, iter_contexts
+from interp.errors import InterpError
+from interp.io import atomic_write_json, read_json, remove_temporaries, save_tensors
+from interp.models import Model, load_model
+from interp.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, act_key, grad_key, shard_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """What to cache. Everything here (except ``device``) determines the store's bytes."""
+
+    model: str = "demo"
+    """``demo``, a local Hugging Face checkpoint directory, or a hub / TransformerLens name."""
+    hooks: tuple[str, ...] = ("blocks.*.hook_resid_post",)
+    """Hook names or fnmatch patterns, e.g. ``blocks.*.hook_resid_post`` or ``blocks.0.attn.hook_z``."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """Which documents, in which order (see ``interp.data``)."""
+    n_tokens: int = 1_000_000
+    """Token budget: contexts are cached until at least this many tokens are stored."""
+    ctx_len: int = 128
+    """Tokens per context, BOS included."""
+    batch_size: int = 32
+    """Contexts per forward pass."""
+    shard_mb: float = 128
+    """Approximate shard size in MB; a shard holds a whole number of batches."""
+    dtype: str = "float32"
+    """Stored dtype: float32, bfloat16 or float16."""
+    with_grads: bool = False
+    """Also store the gradient of the summed next-token loss with respect to each hooked activation."""
+    device: str = "cpu"
+    """Where the model runs (cpu, cuda, cuda:1 ...)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hooks, str):
+            object.__setattr__(self, "hooks", (self.hooks,))
+        object.__setattr__(self, "hooks", tuple(self.hooks))
+        if not self.hooks:
+            raise InterpError("No hooks given. Pass --hooks, e.g. 'blocks.*.hook_resid_post'.")
+        if self.n_tokens <= 0:
+            raise InterpError(f"Token budget must be positive, got {self.n_tokens}. Pass --n-tokens, e.g. 1000000.")
+        if self.ctx_len < 2:
+            raise InterpError(f"ctx_len must be at least 2 (BOS + one token), got {self.ctx_len}.")
+        if self.batch_size < 1 or self.shard_mb <= 0:
+            raise InterpError("batch_size must be at least 1 and shard_mb positive.")
+        if self.dtype not in DTYPES:
+            raise InterpError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+
+    @property
+    def n_contexts(self) -> int:
+        return math.ceil(self.n_tokens / self.ctx_len)
+
+
+def cache_activations(cfg: CacheConfig, out_dir: str | Path, *, progress: bool = True) -> ActivationStore:
+    """Write (or resume, or find complete) the activation store for ``cfg`` in ``out_dir``."""
+    out = Path(out_dir)
+    _check_out_dir(out)
+    model = load_model(cfg.model, device=cfg.device)
+    hooks = model.resolve_hooks(list(cfg.hooks))
+    if cfg.ctx_len > model.info.n_ctx:
+        raise InterpError(f"ctx_len {cfg.ctx_len} exceeds the model's context of {model.info.n_ctx} tokens.")
+    contexts = iter_contexts(cfg.corpus, model.tokenizer, cfg.ctx_len, model.info.bos_token_id)
+    first = next(contexts)  # raises InterpError for an empty corpus, before anything is written
+    shapes = _probe_shapes(model, hooks, first)
+    manifest = _new_manifest(cfg, model, hooks, shapes)
+    manifest = _reconcile(out, manifest)
+    if manifest["complete"]:
+        log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
+        return ActivationStore(out)
+    _write(cfg, model, hooks, shapes, _prepend(first, contexts), out, manifest, progress)
+    return ActivationStore(out)
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"Output {out} exists and is not a directory.")
+    if out.is_dir() and not (out / MANIFEST).exists():
+        leftovers = [p for p in out.iterdir() if not p.name.endswith(".tmp")]
+        if leftovers:
+            raise InterpError(
+                f"Output directory {out} is not empty and holds no activation store "
+                f"(found {leftovers[0].name}). Choose a new directory."
+            )
+
+
+def _probe_shapes(model: Model, hooks: list[str], first: Context) -> dict[str, list[int]]:
+    """Per-token shape of every hook, from one context; refuses hooks that are not per-token."""
+    acts = model.capture(first.tokens[None], hooks).acts
+    shapes = {}
+    for h in hooks:
+        a = acts[h]
+        if a.dim() < 3 or a.shape[:2] != (1, first.tokens.shape[0]):
+            raise InterpError(
+                f"Hook {h} gives activations of shape {tuple(a.shape)}, not (batch, pos, ...): it is not a "
+                "per-token activation (e.g. attention patterns), so it cannot be cached as rows."
+            )
+        shapes[h] = list(a.shape[2:])
+    return shapes
+
+
+def _new_manifest(cfg: CacheConfig, model: Model, hooks: list[str], shapes: dict[str, list[int]]) -> dict[str, Any]:
+    spec = {k: v for k, v in asdict(cfg).items() if k not in ("model", "device", "hooks")}
+    spec["hooks"] = hooks
+    spec["model_fingerprint"] = model.info.fingerprint
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.info.to_dict(),
+        "hooks": {h: {"shape": s, "d": math.prod(s)} for h, s in shapes.items()},
+        "ctx_len": cfg.ctx_len,
+        "dtype": cfg.dtype,
+        "with_grads": cfg.with_grads,
+        "corpus": asdict(cfg.corpus),
+        "spec": spec,
+        "shards": [],
+        "n_contexts": 0,
+        "complete": False,
+    }
+
+
+def _reconcile(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """Return the manifest to continue from: the existing one if it describes the same store."""
+    path = out / MANIFEST
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)
+        atomic_write_json(path, fresh)
+        return fresh
+    old = read_json(path, "store manifest")
+    if old.get("format") != FORMAT or old.get("spec") != fresh["spec"]:
+        diff = sorted(k for k in set(old.get("spec", {})) | set(fresh["spec"])
+                      if old.get("spec", {}).get(k) != fresh["spec"].get(k))
+        raise InterpError(
+            f"{out} already holds a different activation store (differs in: {', '.join(diff) or 'format'}). "
+            "Use a new --out directory, or delete the old store."
+        )
+    removed = remove_temporaries(out)
+    if not old["complete"]:
+        log.info("resuming store %s after %d complete shards (%d stale temporaries removed)",
+                 out, len(old["shards"]), removed)
+    return old
+
+
+def _prepend(first: Context, rest: Iterator[Context]) -> Iterator[Context]:
+    yield first
+    yield from rest
+
+
+def _contexts_per_shard(cfg: CacheConfig, shapes: dict[str, list[int]]) -> int:
+    itemsize = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
+    row_bytes = sum(math.prod(s) for s in shapes.values()) * itemsize * (2 if cfg.with_grads else 1) + 16
+    per_ctx = row_bytes * cfg.ctx_len
+    batches = max(1, int(cfg.shard_mb * 2**20) // (per_ctx * cfg.batch_size))
+    return int(batches * cfg.batch_size)
+
+
+def _write(
+    cfg: CacheConfig,
+    model: Model,
+    hooks: list[str],
+    shapes: dict[str, list[int]],
+    contexts: Iterator[Context],
+    out: Path,
+    manifest: dict[str, Any],
+    progress: bool,
+) -> None:
+    per_shard = _contexts_per_shard(cfg, shapes)
+    done = manifest["n_contexts"]
+    for _ in range(done):  # skip what complete shards hold; the sequence is deterministic
+        next(contexts)
+    writer = _ShardWriter(out, manifest)
+    bar = tqdm(total=cfg.n_contexts * cfg.ctx_len, initial=done * cfg.ctx_len, unit="tok", unit_scale=True,
+               desc="cache", disable=not progress, smoothing=0.1)
+    try:
+        shard_index = len(manifest["shards"])
+        while done < cfg.n_contexts:
+            want = min(per_shard, cfg.n_contexts - done)
+            group = [c for _, c in zip(range(want), contexts)]
+            if not group:  # the corpus ended exactly at a shard boundary
+                writer.finish_empty()
+                break
+            tensors = _compute_shard(cfg, model, hooks, group, done, bar)
+            last = done + len(group) >= cfg.n_contexts or len(group) < want
+            writer.put(shard_index, tensors, len(group), last)
+            shard_index += 1
+            done += len(group)
+        if done < cfg.n_contexts:
+            log.warning("corpus ran out after %d of %d contexts; the store is complete with what there was",
+                        done, cfg.n_contexts)
+    finally:
+        bar.close()
+        writer.close()
+
+
+def _compute_shard(
+    cfg: CacheConfig, model: Model, hooks: list[str], group: list[Context], first_ctx: int, bar: Any
+) -> dict[str, torch.Tensor]:
+    """Run the shard's contexts in batches; returns the shard's tensors (rows = contexts * ctx_len)."""
+    dtype = DTYPES[cfg.dtype]
+    parts: dict[str, list[torch.Tensor]] = {}
+    for a in range(0, len(group), cfg.batch_size):
+        batch = group[a : a + cfg.batch_size]
+        tokens = torch.stack([c.tokens for c in batch])
+        cap = model.capture(tokens, hooks, with_grads=cfg.with_grads)
+        for h in hooks:
+            _check_finite(cap.acts[h], h, first_ctx + a, "activations")
+            parts.setdefault(act_key(h), []).append(cap.acts[h].reshape(tokens.numel(), -1).to("cpu", dtype))
+            if cfg.with_grads:
+                _check_finite(cap.grads[h], h, first_ctx + a, "gradients")
+                parts.setdefault(grad_key(h), []).append(cap.grads[h].reshape(tokens.numel(), -1).to("cpu", dtype))
+        bar.update(tokens.numel())
+    tensors = {k: torch.cat(v) for k, v in parts.items()}
+    tensors["tokens"] = torch.cat([c.tokens for c in group]).to(torch.int32)
+    tensors["doc"] = torch.cat([c.doc for c in group])
+    tensors["pos"] = torch.cat([c.pos for c in group])
+    return tensors
+
+
+def _check_finite(t: torch.Tensor, hook: str, ctx: int, what: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise InterpError(
+            f"Non-finite {what} (NaN or inf) at hook {hook} in contexts from {ctx}. The model or its dtype is "
+            "numerically broken on this input; try --dtype float32 on a float32 model, or another corpus."
+        )
+
+
+class _ShardWriter:
+    """Writes shards on one background thread, in order, and updates the manifest after each."""
+
+    def __init__(self, out: Path, manifest: dict[str, Any]):
+        self.out, self.manifest = out, manifest
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="interp-shard-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, index: int, tensors: dict[str, torch.Tensor], contexts: int, last: bool) -> None:
+        self._raise()
+        self._queue.put((index, tensors, contexts, last))
+
+    def finish_empty(self) -> None:
+        """Mark complete when the corpus ended exactly at a shard boundary."""
+        self._queue.put((None, None, 0, True))
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is StopIteration:
+                return
+            try:
+                self._write(*item)
+            except BaseException as e:  # surfaced on the main thread by _raise / close
+                self._error = e
+                return
+
+    def _write(self, index: int | None, tensors: dict[str, torch.Tensor] | None, contexts: int, last: bool) -> None:
+        if index is not None and tensors is not None:
+            name = shard_name(index)
+            sha = save_tensors(self.out / name, tensors)
+            size = (self.out / name).stat().st_size
+            self.manifest["shards"].append(
+                {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts, "bytes": size,
+                 "sha256": sha}
+            )
+            self.manifest["n_contexts"] += contexts
+        if last:
+            self.manifest["complete"] = True
+        atomic_write_json(self.out / MANIFEST, self.manifest)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(StopIteration)
+            self._thread.join()
+        self._raise()

@@ -1,0 +1,87 @@
+"""Atomic file writes, JSON and safetensors helpers shared by every stage.
+
+Every artifact interp writes goes through here: bytes land in a temporary file in the destination's
+directory, are flushed to disk, and are renamed into place, so a reader sees the old file or the new
+one, never half of one. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from interp.errors import InterpError
+
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically. Same object, same bytes."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file, raising :class:`InterpError` naming ``what`` if it is missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise InterpError(f"No {what} at {path}.") from e
+    except json.JSONDecodeError as e:
+        raise InterpError(f"The {what} at {path} is not valid JSON ({e}); it may be corrupted.") from e
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Save tensors as safetensors atomically; returns the file's sha256 hex digest."""
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never a pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InterpError(f"No weights file at {path}.")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise InterpError(f"{path} is not a readable safetensors file ({e}); it may be truncated.") from e
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 24) -> str:
+    """sha256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def remove_temporaries(directory: str | Path) -> int:
+    """Delete leftover ``*.tmp`` files of an interrupted write; returns how many were removed."""
+    directory = Path(directory)
+    n = 0
+    if directory.is_dir():
+        for tmp in directory.glob(f"*{TMP_SUFFIX}"):
+            tmp.unlink()
+            n += 1
+    return n

@@ -1,0 +1,197 @@
+"""The cache stage: exact activations and gradients, crash-safe resume, and clear errors."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp.cache import CacheConfig, cache_activations
+from interp.data import CorpusConfig
+from interp.errors import InterpError
+from interp.models import next_token_loss
+from interp.store import ActivationStore
+
+HOOKS = ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.ln2.hook_normalized", "blocks.1.hook_mlp_out")
+
+
+def _cfg(model_dir: Path, corpus_path: Path, **kw) -> CacheConfig:
+    base = dict(model=str(model_dir), hooks=HOOKS, corpus=CorpusConfig(source=str(corpus_path)), n_tokens=2048,
+                ctx_len=32, batch_size=4, shard_mb=0.25)
+    base.update(kw)
+    return CacheConfig(**base)
+
+
+def _tokens(store: ActivationStore, n_ctx: int) -> torch.Tensor:
+    return store.column("tokens")[: n_ctx * store.ctx_len].long().view(n_ctx, store.ctx_len)
+
+
+def test_activations_equal_run_with_cache(tiny_model_dir, tiny_model, corpus_dir, tmp_path):
+    store = cache_activations(_cfg(tiny_model_dir, corpus_dir), tmp_path / "s", progress=False)
+    assert store.complete and len(store.shards) > 1
+    assert store.n_rows == 64 * 32
+    n = 6
+    _, cache = tiny_model.bridge.run_with_cache(_tokens(store, n))
+    for hook in HOOKS:
+        rows = torch.cat([store.read(f"act/{hook}", i) for i in range(len(store.shards))])[: n * 32]
+        ref = cache[hook].reshape(n * 32, -1)
+        assert torch.equal(rows, ref), hook
+    assert store.hook_shape("blocks.1.attn.hook_z") == [4, 8]
+
+
+def test_gradients_equal_autograd(tiny_model_dir, tiny_model, corpus_dir, tmp_path):
+    hook = "blocks.0.hook_resid_post"
+    cfg = _cfg(tiny_model_dir, corpus_dir, hooks=(hook,), n_tokens=256, with_grads=True)
+    store = cache_activations(cfg, tmp_path / "g", progress=False)
+    tokens = _tokens(store, 4)
+    # Reference: TransformerLens backward hook on the same activation, loss summed over every token.
+    seen: dict[str, torch.Tensor] = {}
+    bridge = tiny_model.bridge
+    bridge.add_hook(hook, lambda g, hook: seen.__setitem__("g", g.detach().clone()), dir="bwd")
+    params = list(bridge.parameters())
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            next_token_loss(bridge(tokens), tokens).sum().backward()
+    finally:
+        bridge.reset_hooks()
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+    cached = store.read(f"grad/{hook}", 0)[: 4 * 32]
+    assert torch.allclose(cached, seen["g"].reshape(4 * 32, -1), atol=1e-6, rtol=1e-5)
+    assert cached.abs().sum() > 0
+
+
+def _store_bytes(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def _cli(out: Path, model_dir: Path, corpus: Path) -> list[str]:
+    return [sys.executable, "-m", "cli.main", "cache", "--model", str(model_dir), "--corpus", str(corpus),
+            "--hooks", "blocks.*.hook_resid_post", "blocks.1.attn.hook_z", "--n-tokens", "16384",
+            "--ctx-len", "32", "--batch-size", "1", "--shard-mb", "0.2", "--no-progress", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory) -> Path:
+    """About 60k tokens of made-up code, enough for a cache run that lasts a few seconds."""
+    d = tmp_path_factory.mktemp("big-corpus")
+    rng = random.Random(0)
+    words = ["value", "index", "self", "return", "import", "data", "result", "count", "items", "key"]
+    for i in range(300):
+        lines = [f"def f{i}_{j}({rng.choice(words)}):\n    return {rng.choice(words)} + {j}\n" for j in range(12)]
+        (d / f"d{i:03d}.txt").write_text("".join(lines))
+    return d
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_byte_identical(tiny_model_dir, big_corpus, tmp_path):
+    corpus_dir = big_corpus
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    ref = tmp_path / "ref"
+    subprocess.run(_cli(ref, tiny_model_dir, corpus_dir), check=True, env=env, cwd=root, capture_output=True)
+    reference = _store_bytes(ref)
+    assert sum(n.startswith("shard-") for n in reference) >= 4
+    rng = random.Random(1234)
+    for trial, kill_after_shards in enumerate([0, 5, 20]):
+        out = tmp_path / f"run{trial}"
+        proc = subprocess.Popen(_cli(out, tiny_model_dir, corpus_dir), env=env, cwd=root,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            shards = list(out.glob("shard-*.safetensors")) if out.exists() else []
+            if len(shards) >= kill_after_shards and (out / "manifest.json").exists():
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.1))  # land somewhere inside the next shard's compute or write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        manifest = out / "manifest.json"
+        assert not manifest.exists() or '"complete": false' in manifest.read_text(), "killed too late to test"
+        subprocess.run(_cli(out, tiny_model_dir, corpus_dir), check=True, env=env, cwd=root, capture_output=True)
+        assert _store_bytes(out) == reference, f"trial {trial}"
+
+
+def test_corrupt_shards_are_refused_by_name(tiny_model_dir, corpus_dir, tmp_path):
+    out = tmp_path / "c"
+    cache_activations(_cfg(tiny_model_dir, corpus_dir), out, progress=False)
+    shard = sorted(out.glob("shard-*.safetensors"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(InterpError, match=shard.name):
+        list(ActivationStore(out).batches("blocks.0.hook_resid_post", 8))
+    shard.write_bytes(bytes(data[:-100]))
+    with pytest.raises(InterpError, match=f"{shard.name}.*truncated"):
+        ActivationStore(out).verify_all()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(hooks=("blocks.0.hook_resid_pots",)), "Did you mean: blocks.0.hook_resid_post"),
+        (dict(n_tokens=0), "Token budget must be positive"),
+        (dict(corpus=CorpusConfig(source="/nonexistent/corpus/dir")), "does not exist"),
+        (dict(hooks=("blocks.0.attn.hook_pattern",)), "not a per-token activation"),
+    ],
+)
+def test_bad_input_fails_before_writing(tiny_model_dir, corpus_dir, tmp_path, change, match):
+    out = tmp_path / "never"
+    with pytest.raises(InterpError, match=match):
+        cache_activations(_cfg(tiny_model_dir, corpus_dir, **change), out, progress=False)
+    assert not out.exists()
+
+
+def test_empty_corpus_fails_before_writing(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("")
+    (empty / "b.txt").write_text("x")
+    out = tmp_path / "never"
+    with pytest.raises(InterpError, match="empty"):
+        cache_activations(_cfg(tiny_model_dir, empty), out, progress=False)
+    assert not out.exists()
+
+
+def test_out_dir_with_another_store_is_left_alone(tiny_model_dir, corpus_dir, tmp_path):
+    out = tmp_path / "s"
+    cache_activations(_cfg(tiny_model_dir, corpus_dir, n_tokens=512), out, progress=False)
+    before = _store_bytes(out)
+    with pytest.raises(InterpError, match="different activation store.*n_tokens"):
+        cache_activations(_cfg(tiny_model_dir, corpus_dir, n_tokens=1024), out, progress=False)
+    assert _store_bytes(out) == before
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(InterpError, match="not empty"):
+        cache_activations(_cfg(tiny_model_dir, corpus_dir), stray, progress=False)
+    assert [p.name for p in stray.iterdir()] == ["notes.txt"]
+
+
+def test_complete_store_is_not_recomputed(tiny_model_dir, corpus_dir, tmp_path):
+    out = tmp_path / "s"
+    cache_activations(_cfg(tiny_model_dir, corpus_dir, n_tokens=512), out, progress=False)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    cache_activations(_cfg(tiny_model_dir, corpus_dir, n_tokens=512), out, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+
+
+def test_half_precision_dtypes(tiny_model_dir, tiny_model, corpus_dir, tmp_path):
+    hook = "blocks.0.hook_resid_post"
+    for dtype, torch_dtype in [("bfloat16", torch.bfloat16), ("float16", torch.float16)]:
+        store = cache_activations(_cfg(tiny_model_dir, corpus_dir, hooks=(hook,), n_tokens=256, dtype=dtype),
+                                  tmp_path / dtype, progress=False)
+        raw = store.open_shard(0).view(f"act/{hook}")
+        assert raw.dtype == torch_dtype
+        _, cache = tiny_model.bridge.run_with_cache(_tokens(store, 2))
+        assert torch.equal(raw[:64], cache[hook].reshape(64, -1).to(torch_dtype))
