@@ -79,11 +79,17 @@ class CacheConfig:
         return math.ceil(self.n_tokens / self.ctx_len)
 
 
-def cache_activations(cfg: CacheConfig, out_dir: str | Path, *, progress: bool = True) -> ActivationStore:
-    """Write (or resume, or find complete) the activation store for ``cfg`` in ``out_dir``."""
+def cache_activations(
+    cfg: CacheConfig, out_dir: str | Path, *, progress: bool = True, model: Model | None = None
+) -> ActivationStore:
+    """Write (or resume, or find complete) the activation store for ``cfg`` in ``out_dir``.
+
+    ``model`` reuses an already loaded model (it must be the one ``cfg.model`` names).
+    """
     out = Path(out_dir)
     _check_out_dir(out)
-    model = load_model(cfg.model, device=cfg.device)
+    if model is None:
+        model = load_model(cfg.model, device=cfg.device)
     hooks = model.resolve_hooks(list(cfg.hooks))
     if cfg.ctx_len > model.info.n_ctx:
         raise InterpError(f"ctx_len {cfg.ctx_len} exceeds the model's context of {model.info.n_ctx} tokens.")

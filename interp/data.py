@@ -174,8 +174,8 @@ def pack_contexts(
 ) -> Iterator[Context]:
     """Pack documents into contexts of ``ctx_len`` tokens, each starting with BOS.
 
-    Documents are tokenized without special tokens and joined with BOS. A trailing partial context is
-    dropped, so every context is full.
+    Documents are tokenized without special tokens and joined with BOS; when a document starts a context,
+    that context's own BOS is the separator. A trailing partial context is dropped, so every context is full.
     """
     if ctx_len < 2:
         raise InterpError(f"Context length must be at least 2 (BOS + one token), got {ctx_len}.")
