@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -89,38 +89,59 @@ class Chunk(NamedTuple):
 
 
 class _Shard:
-    """A memory-mapped safetensors shard: tensors are views into the map until copied."""
+    """An open safetensors shard read with positional reads (pread) into fresh tensors.
+
+    On the machines this was measured on, ``pread`` into a buffer ran at 6-8 GB/s, while copying the same
+    bytes out of an ``mmap`` ran at 0.5-0.9 GB/s (page faults), so the reader uses ``pread``; it also keeps
+    resident memory flat without any unmapping.
+    """
 
     def __init__(self, path: Path):
-        self._file = open(path, "rb")
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
-        (n,) = struct.unpack("<Q", self._map[:8])
-        header = json.loads(bytes(self._map[8 : 8 + n]))
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            (n,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            header = json.loads(os.pread(self.fd, n, 8))
+        except (struct.error, ValueError) as e:
+            os.close(self.fd)
+            raise InterpError(f"Shard {path.name} has an unreadable header ({e}); it is corrupted.") from e
         header.pop("__metadata__", None)
         self._base = 8 + n
         self.header: dict[str, Any] = header
 
-    def view(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Rows ``start:stop`` of tensor ``key`` as a zero-copy tensor over the map."""
+    def rows(self, key: str) -> int:
+        return int(self.header[key]["shape"][0])
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``key``, as a new tensor in the stored dtype."""
         entry = self.header[key]
         dtype = _ST_DTYPES[entry["dtype"]]
         shape = entry["shape"]
-        row_elems = 1
-        for s in shape[1:]:
-            row_elems *= s
         stop = shape[0] if stop is None else stop
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        begin = self._base + entry["data_offsets"][0] + start * row_elems * itemsize
-        count = (stop - start) * row_elems
-        flat = torch.frombuffer(memoryview(self._map), dtype=dtype, count=count, offset=begin)
-        return flat.view(stop - start, *shape[1:])
+        out = torch.empty((stop - start, *shape[1:]), dtype=dtype)
+        if out.numel() == 0:
+            return out
+        row_bytes = out[0].numel() * out.element_size()
+        view = memoryview(out.view(-1).view(torch.uint8).numpy()).cast("B")
+        offset = self._base + entry["data_offsets"][0] + start * row_bytes
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise InterpError(f"Shard {self.path.name} ended early while reading {key}: it is truncated.")
+            done += got
+        return out
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        offset = 0
+        while block := os.pread(self.fd, 1 << 24, offset):
+            h.update(block)
+            offset += len(block)
+        return h.hexdigest()
 
     def close(self) -> None:
-        try:
-            self._map.close()
-        except BufferError:  # a view is still alive; the map closes when it is collected
-            pass
-        self._file.close()
+        os.close(self.fd)
 
 
 class ActivationStore:
@@ -203,8 +224,7 @@ class ActivationStore:
             )
         shard = _Shard(path)
         if self.verify and info.file not in self._verified:
-            digest = hashlib.sha256(shard._map).hexdigest()
-            if digest != info.sha256:
+            if shard.sha256() != info.sha256:
                 shard.close()
                 raise InterpError(
                     f"Shard {info.file} of store {self.path} fails its sha256 check: it is corrupted. Delete it and "
@@ -222,7 +242,7 @@ class ActivationStore:
         """A whole tensor (``act/<hook>``, ``grad/<hook>``, ``tokens``, ``doc``, ``pos``) of one shard, copied."""
         s = self.open_shard(shard)
         try:
-            return s.view(key).clone()
+            return s.read(key)
         finally:
             s.close()
 
@@ -250,9 +270,9 @@ class ActivationStore:
             try:
                 for a in range(0, info.rows, chunk_rows):
                     b = min(a + chunk_rows, info.rows)
-                    acts = {k: shard.view(k, a, b).float() for k in keys}
-                    yield Chunk(start + a, acts, shard.view("tokens", a, b).clone(),
-                                shard.view("doc", a, b).clone(), shard.view("pos", a, b).clone())
+                    acts = {k: shard.read(k, a, b).float() for k in keys}
+                    yield Chunk(start + a, acts, shard.read("tokens", a, b), shard.read("doc", a, b),
+                                shard.read("pos", a, b))
             finally:
                 shard.close()
             start += info.rows
@@ -265,7 +285,7 @@ class ActivationStore:
         epochs: int = 1,
         seed: int = 0,
         shuffle: bool = True,
-        buffer_rows: int = 1 << 18,
+        buffer_rows: int | None = None,
         exclude_bos: bool = True,
         grads: bool = False,
         drop_last: bool = True,
@@ -273,97 +293,133 @@ class ActivationStore:
         """Shuffled float32 batches of rows, ``epochs`` times over the store.
 
         Order: each epoch visits shards in a seeded random order and each shard in random blocks; rows
-        pass through a shuffle buffer of ``buffer_rows``. The same seed gives the same batches.
+        pass through a shuffle buffer of ``buffer_rows`` (default: about 256 MiB of rows). The same seed gives
+        the same batches.
         ``exclude_bos`` drops inserted BOS rows (``pos == -1``), whose activations are outliers.
         """
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         keys = self._keys(hooks, grads)
         if batch_size < 1 or epochs < 1:
             raise InterpError(f"batch_size and epochs must be >= 1 (got {batch_size}, {epochs}).")
-        buf = _ShuffleBuffer(keys, max(buffer_rows, 2 * batch_size), seed, shuffle)
         gen = torch.Generator().manual_seed(seed)
-        block = 4096
+        if buffer_rows is None:
+            row_bytes = 4 * sum(self.d(h) for h in hooks) * (2 if grads else 1)
+            buffer_rows = max(4 * batch_size, (256 << 20) // row_bytes)
+        buf = _ShuffleBuffer(max(buffer_rows, batch_size), gen) if shuffle else None
+        batcher = _Batcher(batch_size, hooks, grads)
         for _ in range(epochs):
-            order = torch.randperm(len(self.shards), generator=gen) if shuffle else torch.arange(len(self.shards))
-            for i in order.tolist():
-                info = self.shards[i]
-                shard = self.open_shard(i)
-                try:
-                    n_blocks = (info.rows + block - 1) // block
-                    blocks = torch.randperm(n_blocks, generator=gen) if shuffle else torch.arange(n_blocks)
-                    for j in blocks.tolist():
-                        a, b = j * block, min((j + 1) * block, info.rows)
-                        keep = shard.view("pos", a, b) >= 0 if exclude_bos else None
-                        rows = {k: shard.view(k, a, b) for k in keys}
-                        if keep is not None:
-                            rows = {k: v[keep] for k, v in rows.items()}
-                        buf.add(rows)
-                        while buf.ready:
-                            yield from _as_batches(buf.drain_half(batch_size), batch_size, hooks, grads, False)
-                finally:
-                    shard.close()
-        yield from _as_batches(buf.drain_all(), batch_size, hooks, grads, keep_tail=not drop_last)
+            for rows in self._blocks(keys, batch_size, gen if shuffle else None, exclude_bos):
+                for out in buf.push(rows) if buf is not None else [rows]:
+                    yield from batcher.add(out)
+        if buf is not None:
+            yield from batcher.add(buf.flush())
+        yield from batcher.finish(keep_tail=not drop_last)
+
+    def _blocks(
+        self, keys: list[str], block: int, gen: torch.Generator | None, exclude_bos: bool
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch of contiguous row blocks as float32 copies: shards, and blocks in them, in seeded order."""
+        n = len(self.shards)
+        for i in (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).tolist():
+            info = self.shards[i]
+            shard = self.open_shard(i)
+            try:
+                n_blocks = (info.rows + block - 1) // block
+                order = torch.randperm(n_blocks, generator=gen) if gen is not None else torch.arange(n_blocks)
+                for j in order.tolist():
+                    a, b = j * block, min((j + 1) * block, info.rows)
+                    rows = {k: shard.read(k, a, b).float() for k in keys}
+                    if exclude_bos:
+                        keep = shard.read("pos", a, b) >= 0
+                        if not bool(keep.all()):
+                            idx = keep.nonzero().squeeze(1)
+                            rows = {k: v.index_select(0, idx) for k, v in rows.items()}
+                    yield rows
+            finally:
+                shard.close()
 
 
 class _ShuffleBuffer:
-    """Fixed-capacity buffer: fill, shuffle, hand out half, keep half (so mixing spans shards)."""
+    """A full buffer of rows; each incoming block takes the slots of the rows it evicts, which go out.
 
-    def __init__(self, keys: list[str], capacity: int, seed: int, shuffle: bool):
-        self.keys, self.capacity, self.shuffle = keys, capacity, shuffle
-        self.gen = torch.Generator().manual_seed(seed + 1)
+    Slots are visited in the order of a fresh random permutation per buffer-full, so each row is copied
+    once in and once out, and mixing spans many shards and blocks.
+    """
+
+    def __init__(self, capacity: int, gen: torch.Generator):
+        self.capacity, self.gen = capacity, gen
         self.data: dict[str, torch.Tensor] = {}
         self.n = 0
-        self.pending: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+        self.perm = torch.empty(0, dtype=torch.int64)
+        self.cursor = capacity  # a permutation is drawn when the buffer first fills
 
-    @property
-    def ready(self) -> bool:
-        return self.n >= self.capacity
-
-    def add(self, rows: dict[str, torch.Tensor]) -> None:
-        k0 = self.keys[0]
-        m = rows[k0].shape[0]
+    def push(self, rows: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+        m = next(iter(rows.values())).shape[0]
         if not self.data:
-            self.data = {k: torch.empty(self.capacity + 4096, *v.shape[1:], dtype=torch.float32)
-                         for k, v in rows.items()}
-        if self.n + m > self.data[k0].shape[0]:
-            self.data = {k: torch.cat([v, torch.empty_like(v[:m])]) for k, v in self.data.items()}
-        for k, v in rows.items():
-            self.data[k][self.n : self.n + m].copy_(v)
-        self.n += m
+            self.data = {k: torch.empty(self.capacity, *v.shape[1:], dtype=v.dtype) for k, v in rows.items()}
+        i = 0
+        while i < m:
+            if self.n < self.capacity:  # still filling
+                take = min(self.capacity - self.n, m - i)
+                for k, v in rows.items():
+                    self.data[k][self.n : self.n + take] = v[i : i + take]
+                self.n += take
+            else:
+                if self.cursor >= self.capacity:
+                    self.perm = torch.randperm(self.capacity, generator=self.gen)
+                    self.cursor = 0
+                take = min(self.capacity - self.cursor, m - i)
+                slots = self.perm[self.cursor : self.cursor + take]
+                self.cursor += take
+                out = {k: v.index_select(0, slots) for k, v in self.data.items()}
+                for k, v in rows.items():
+                    self.data[k].index_copy_(0, slots, v[i : i + take])
+                yield out
+            i += take
 
-    def _mix(self) -> None:
-        if self.shuffle and self.n:
-            perm = torch.randperm(self.n, generator=self.gen)
-            for v in self.data.values():
-                v[: self.n] = v[: self.n][perm]
-
-    def drain_half(self, multiple: int) -> dict[str, torch.Tensor]:
-        """Hand out about half the buffer, rounded down to a multiple of ``multiple`` rows."""
-        self._mix()
-        half = max(self.n // 2 // multiple, 1) * multiple
-        out = {k: v[:half].clone() for k, v in self.data.items()}
-        for v in self.data.values():
-            v[: self.n - half] = v[half : self.n].clone()
-        self.n -= half
+    def flush(self) -> dict[str, torch.Tensor]:
+        """Everything still buffered, in random order; the buffer is empty afterwards."""
+        perm = torch.randperm(self.n, generator=self.gen)
+        out = {k: v[: self.n].index_select(0, perm) for k, v in self.data.items()}
+        self.n, self.cursor = 0, self.capacity
         return out
 
-    def drain_all(self) -> dict[str, torch.Tensor]:
-        self._mix()
-        out = {k: v[: self.n].clone() for k, v in self.data.items()}
-        self.n = 0
-        return out
 
+class _Batcher:
+    """Cuts a stream of row groups of any size into batches of exactly ``batch_size`` rows."""
 
-def _as_batches(
-    rows: dict[str, torch.Tensor], batch_size: int, hooks: list[str], grads: bool, keep_tail: bool
-) -> Iterator[Batch]:
-    if not rows:
-        return
-    n = next(iter(rows.values())).shape[0]
-    stop = n if keep_tail else n - n % batch_size
-    for a in range(0, stop, batch_size):
-        b = min(a + batch_size, n)
-        yield Batch(
-            {h: rows[act_key(h)][a:b] for h in hooks},
-            {h: rows[grad_key(h)][a:b] for h in hooks} if grads else {},
-        )
+    def __init__(self, batch_size: int, hooks: list[str], grads: bool):
+        self.batch_size, self.hooks, self.grads = batch_size, hooks, grads
+        self.pending: list[dict[str, torch.Tensor]] = []
+        self.count = 0
+
+    def add(self, rows: dict[str, torch.Tensor]) -> Iterator[Batch]:
+        if not rows:
+            return
+        m = next(iter(rows.values())).shape[0]
+        if not self.pending:  # the common case: slice without copying
+            full = m - m % self.batch_size
+            for a in range(0, full, self.batch_size):
+                yield self._batch({k: v[a : a + self.batch_size] for k, v in rows.items()})
+            if full == m:
+                return
+            rows, m = {k: v[full:] for k, v in rows.items()}, m - full
+        self.pending.append(rows)
+        self.count += m
+        if self.count >= self.batch_size:
+            merged = {k: torch.cat([p[k] for p in self.pending]) for k in rows}
+            n_full = self.count - self.count % self.batch_size
+            for a in range(0, n_full, self.batch_size):
+                yield self._batch({k: v[a : a + self.batch_size] for k, v in merged.items()})
+            rest = {k: v[n_full:] for k, v in merged.items()}
+            self.count = self.count - n_full
+            self.pending = [rest] if self.count else []
+
+    def finish(self, keep_tail: bool) -> Iterator[Batch]:
+        if keep_tail and self.count:
+            yield self._batch({k: torch.cat([p[k] for p in self.pending]) for k in self.pending[0]})
+        self.pending, self.count = [], 0
+
+    def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
+        return Batch({h: rows[act_key(h)] for h in self.hooks},
+                     {h: rows[grad_key(h)] for h in self.hooks} if self.grads else {})

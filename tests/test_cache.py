@@ -191,7 +191,7 @@ def test_half_precision_dtypes(tiny_model_dir, tiny_model, corpus_dir, tmp_path)
     for dtype, torch_dtype in [("bfloat16", torch.bfloat16), ("float16", torch.float16)]:
         store = cache_activations(_cfg(tiny_model_dir, corpus_dir, hooks=(hook,), n_tokens=256, dtype=dtype),
                                   tmp_path / dtype, progress=False)
-        raw = store.open_shard(0).view(f"act/{hook}")
+        raw = store.open_shard(0).read(f"act/{hook}")
         assert raw.dtype == torch_dtype
         _, cache = tiny_model.bridge.run_with_cache(_tokens(store, 2))
         assert torch.equal(raw[:64], cache[hook].reshape(64, -1).to(torch_dtype))
