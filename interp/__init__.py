@@ -1,0 +1,51 @@
+"""interp: take a language model apart.
+
+cache -> activation store -> train -> dictionary -> analyze -> feature store -> dashboards.
+
+The public API is the names in ``__all__``; each is imported on first use, so ``import interp`` (and the
+``interp`` CLI) start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "InterpError": "interp.errors",
+    "Model": "interp.models",
+    "ModelInfo": "interp.models",
+    "load_model": "interp.models",
+    "CorpusConfig": "interp.data",
+    "CacheConfig": "interp.cache",
+    "cache_activations": "interp.cache",
+    "ActivationStore": "interp.store",
+    "Dictionary": "interp.dictionaries",
+    "REGISTRY": "interp.dictionaries",
+    "create": "interp.dictionaries",
+    "load_dictionary": "interp.dictionaries",
+    "save_dictionary": "interp.dictionaries",
+    "TrainConfig": "interp.train",
+    "train_dictionary": "interp.train",
+    "evaluate": "interp.evals",
+    "AnalyzeConfig": "interp.features",
+    "analyze_features": "interp.features",
+    "load_feature_store": "interp.features",
+    "build_dashboard": "interp.dashboards",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'interp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

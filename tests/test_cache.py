@@ -195,3 +195,15 @@ def test_half_precision_dtypes(tiny_model_dir, tiny_model, corpus_dir, tmp_path)
         assert raw.dtype == torch_dtype
         _, cache = tiny_model.bridge.run_with_cache(_tokens(store, 2))
         assert torch.equal(raw[:64], cache[hook].reshape(64, -1).to(torch_dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_cache_matches_cpu(tiny_model_dir, corpus_dir, tmp_path):
+    hook = "blocks.1.hook_resid_post"
+    cpu = cache_activations(_cfg(tiny_model_dir, corpus_dir, hooks=(hook,), n_tokens=512), tmp_path / "cpu",
+                            progress=False)
+    gpu = cache_activations(_cfg(tiny_model_dir, corpus_dir, hooks=(hook,), n_tokens=512, device="cuda"),
+                            tmp_path / "gpu", progress=False)
+    assert torch.equal(cpu.column("tokens"), gpu.column("tokens"))
+    assert torch.allclose(cpu.read(f"act/{hook}", 0), gpu.read(f"act/{hook}", 0), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,87 @@
+"""``interp train``: train one dictionary on an activation store (a config file plus flags)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from interp.dictionaries import REGISTRY
+
+    p = subparsers.add_parser("train", help="train a sparse dictionary on a store", description=__doc__)
+    p.add_argument("--store", required=True, help="activation store directory (from interp cache)")
+    p.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
+    p.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
+    p.add_argument("--architecture", choices=sorted(REGISTRY), help="dictionary architecture")
+    p.add_argument("--hook", help="input hook (default: the store's only hook)")
+    p.add_argument("--hook-out", help="target hook, for transcoders")
+    p.add_argument("--expansion", type=int, help="d_sae = expansion * d_in")
+    p.add_argument("--d-sae", type=int, help="number of latents (overrides --expansion)")
+    p.add_argument("-k", "--k", type=int, help="active latents / steps / codes per token")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="architecture parameter, e.g. --param l1_coeff=5.0 (repeatable)",
+    )
+    p.add_argument("--normalization", choices=["none", "scalar", "standardize"])
+    p.add_argument("--n-tokens", type=int, help="training tokens")
+    p.add_argument("--batch-size", type=int, help="tokens per step")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: scaled by d_sae)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--nan-policy", choices=["stop", "skip"])
+    p.add_argument("--wandb-project")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from interp.errors import InterpError
+    from interp.io import read_json
+    from interp.train import TrainConfig, train_dictionary
+
+    fields = read_json(args.config, "training config") if args.config else {}
+    params = dict(fields.pop("params", {}))
+    for item in args.param:
+        name, _, value = item.partition("=")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "architecture",
+            "hook",
+            "hook_out",
+            "expansion",
+            "d_sae",
+            "k",
+            "normalization",
+            "n_tokens",
+            "batch_size",
+            "lr",
+            "seed",
+            "device",
+            "checkpoint_every",
+            "nan_policy",
+            "wandb_project",
+        )
+    }
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        cfg = TrainConfig(**fields, params=params)
+    except TypeError as e:
+        raise InterpError(f"Bad training config: {e}") from e
+    result = train_dictionary(cfg, args.store, args.out, progress=not args.no_progress)
+    for path in result.dictionaries:
+        m = result.metrics[path.name]
+        print(
+            f"{path}: L0 {m['l0']:.1f}  FVU {m['fvu']:.4f}  dead {m['dead_fraction']:.1%}  "
+            f"{m['tokens_per_s']:.0f} tok/s"
+        )
+    return 0

@@ -1,0 +1,40 @@
+"""Sparse dictionaries: the interface, the registry of architectures, and save/load.
+
+Adding an architecture is one new module here that defines a :class:`Dictionary` subclass and calls
+:func:`register`, plus one import line below.
+"""
+
+from interp.dictionaries import codebook, gated, jumprelu, matryoshka, mp, relu, topk  # noqa: F401  (registers)
+from interp.dictionaries.attention import head_attribution
+from interp.dictionaries.base import (
+    DESCRIPTIONS,
+    PRESETS,
+    REGISTRY,
+    Dictionary,
+    DictionaryConfig,
+    StepOutput,
+    TrainBatch,
+    TrainState,
+    check_compatible,
+    create,
+    load_dictionary,
+    register,
+    save_dictionary,
+)
+
+__all__ = [
+    "DESCRIPTIONS",
+    "PRESETS",
+    "REGISTRY",
+    "Dictionary",
+    "DictionaryConfig",
+    "StepOutput",
+    "TrainBatch",
+    "TrainState",
+    "check_compatible",
+    "create",
+    "head_attribution",
+    "load_dictionary",
+    "register",
+    "save_dictionary",
+]

@@ -1,0 +1,382 @@
+"""The dictionary interface, its config, the registry, and save/load.
+
+A dictionary maps an activation ``x`` (N, d_in) to latents ``f`` (N, d_sae) and back to a reconstruction
+(N, d_out). ``d_out == d_in`` for autoencoders; transcoders read one hook and predict another.
+
+Constraints this module was designed under:
+- callers pass raw activations and get raw-scale reconstructions: input normalisation lives inside
+  ``encode``/``forward`` and is stored in ``cfg.normalization`` plus the ``in_scale``/``out_scale`` buffers;
+- an architecture owns only its maths (``encode_normalized``, ``decode_normalized``, ``training_step``,
+  constraints, revival); the trainer in ``interp.train`` owns the loop and never asks which
+  architecture it is running;
+- on disk a dictionary is ``cfg.json`` + ``weights.safetensors``, written atomically, never pickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from interp.errors import InterpError, close_matches
+from interp.io import atomic_write_json, load_tensors, read_json, save_tensors
+
+FORMAT = "interp-dictionary"
+VERSION = 1
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "weights.safetensors"
+NORMALIZATIONS = ("none", "scalar", "standardize")
+_EPS = 1e-5
+
+
+@dataclass
+class DictionaryConfig:
+    """Everything needed to rebuild a dictionary and to check what it may be used with."""
+
+    architecture: str
+    """Registry name, e.g. ``topk``; loading looks the class up by this name."""
+    d_in: int
+    """Width of the input activation (for ``attn.hook_z``: n_heads * d_head)."""
+    d_sae: int
+    """Number of latents (dictionary atoms)."""
+    d_out: int = 0
+    """Width of the reconstruction; 0 means ``d_in`` (an autoencoder)."""
+    hook_in: str | None = None
+    """The hook the dictionary reads, e.g. ``blocks.1.hook_resid_post``."""
+    hook_out: str | None = None
+    """The hook a transcoder predicts; None for autoencoders."""
+    model_name: str | None = None
+    """Name of the model whose activations trained it (``ModelInfo.name``)."""
+    model_fingerprint: str | None = None
+    """``ModelInfo.fingerprint`` of that model; :func:`check_compatible` compares it."""
+    normalization: str = "none"
+    """Input normalisation: ``none``; ``scalar`` (x times a constant so E||x|| = sqrt(d));
+    ``standardize`` (per token: subtract the mean, divide by std + 1e-5; inverted after decoding)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Architecture-specific hyperparameters (k, l1_coeff, ...), defaults filled in."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """The TrainConfig it was trained with, and where its data came from."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Final training metrics (and evaluation results when written back)."""
+
+    def __post_init__(self) -> None:
+        if self.d_out == 0:
+            self.d_out = self.d_in
+        if min(self.d_in, self.d_sae, self.d_out) < 1:
+            raise InterpError(f"Dictionary sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae}).")
+        if self.normalization not in NORMALIZATIONS:
+            raise InterpError(
+                f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}."
+            )
+        if self.normalization == "standardize" and self.is_transcoder:
+            raise InterpError(
+                "Per-token standardisation cannot be inverted for a transcoder's output; use 'scalar'."
+            )
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.hook_out is not None or bool(self.params.get("transcoder"))
+
+
+class TrainBatch(NamedTuple):
+    """One training batch, already normalised by the dictionary."""
+
+    x: torch.Tensor
+    """Inputs (N, d_in), normalised."""
+    y: torch.Tensor
+    """Targets (N, d_out), normalised; the same tensor as ``x`` for autoencoders."""
+    grad: torch.Tensor | None
+    """d(LM loss)/d(x) in normalised coordinates (N, d_in), when the store has gradients."""
+
+
+class TrainState(NamedTuple):
+    """What the trainer tells an architecture about where training is."""
+
+    step: int
+    """Optimiser steps taken before this one."""
+    n_steps: int
+    """Total steps of the run."""
+    dead: torch.Tensor
+    """(d_sae,) bool: latents that have not fired within the dead window."""
+
+
+class StepOutput(NamedTuple):
+    """An architecture's training forward pass."""
+
+    loss: torch.Tensor
+    """Scalar to minimise (reconstruction plus the architecture's own terms)."""
+    y_hat: torch.Tensor
+    """Reconstruction (N, d_out) in normalised coordinates, detached or not."""
+    fired: torch.Tensor
+    """(d_sae,) bool: latents that fired on at least one row (for dead-latent tracking)."""
+    l0: float
+    """Mean number of active latents per row."""
+    terms: dict[str, float]
+    """Named loss components for the log, e.g. ``{"mse": ..., "aux": ...}``."""
+
+
+class Dictionary(nn.Module, ABC):
+    """Abstract base of every architecture. Subclasses register with :func:`register`.
+
+    Contract: ``encode`` (N, d_in) -> (N, d_sae); ``decode`` (N, d_sae) -> (N, d_out);
+    ``forward(x) == decode(encode(x))`` in raw coordinates (for ``standardize``, ``decode`` needs the
+    per-token ``stats`` that ``normalize_input`` returns to undo the standardisation).
+    ``W_dec`` is (d_sae, d_out) with row i the atom of latent i; ``W_enc`` is (d_in, d_sae).
+    """
+
+    param_defaults: dict[str, Any] = {}
+    """Architecture hyperparameters and their defaults; ``create`` rejects other names."""
+    needs_grads: bool = False
+    """True when training reads LM-loss gradients from the store (``interp cache --with-grads``)."""
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("in_scale", torch.ones(()))
+        self.register_buffer("out_scale", torch.ones(()))
+
+    @property
+    def p(self) -> dict[str, Any]:
+        return self.cfg.params
+
+    # ---- normalisation ----------------------------------------------------------------------
+    def normalize_input(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Raw (N, d_in) -> normalised, plus the per-token (mean, std) when standardising."""
+        x = x.to(self.in_scale.dtype)
+        if self.cfg.normalization == "standardize":
+            mu = x.mean(-1, keepdim=True)
+            std = x.std(-1, keepdim=True) + _EPS
+            return (x - mu) / std, (mu, std)
+        return x * self.in_scale, None
+
+    def normalize_target(
+        self, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Raw target (N, d_out) -> the coordinates the reconstruction is made in."""
+        y = y.to(self.out_scale.dtype)
+        if stats is not None:
+            return (y - stats[0]) / stats[1]
+        return y * self.out_scale
+
+    def normalize_grad(
+        self, g: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """d(loss)/dx (raw) -> d(loss)/d(normalised x) (the per-token mean's dependence is ignored)."""
+        g = g.to(self.in_scale.dtype)
+        return g * stats[1] if stats is not None else g / self.in_scale
+
+    def denormalize_output(
+        self, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        if stats is not None:
+            return y * stats[1] + stats[0]
+        return y / self.out_scale
+
+    @torch.no_grad()
+    def fit_normalization(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set the ``scalar`` constants from a raw sample so that E||x|| = sqrt(d) (no-op otherwise)."""
+        if self.cfg.normalization == "scalar":
+            self.in_scale.fill_(math.sqrt(x.shape[1]) / x.norm(dim=1).mean().clamp_min(1e-12).item())
+            self.out_scale.fill_(math.sqrt(y.shape[1]) / y.norm(dim=1).mean().clamp_min(1e-12).item())
+
+    # ---- public inference API ---------------------------------------------------------------
+    def encode(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """Latent activations (N, d_sae) of raw inputs (N, d_in)."""
+        return self.encode_normalized(self.normalize_input(x)[0], **kw)
+
+    def decode(self, f: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Raw-scale reconstruction (N, d_out) of latents (N, d_sae)."""
+        return self.denormalize_output(self.decode_normalized(f), stats)
+
+    def forward(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """Reconstruction (N, d_out) of raw inputs (N, d_in), in raw coordinates."""
+        xn, stats = self.normalize_input(x)
+        return self.denormalize_output(self.reconstruct_normalized(xn, **kw), stats)
+
+    def reconstruct_normalized(self, xn: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """Normalised inputs to normalised reconstruction; skip transcoders add their linear path here."""
+        return self.decode_normalized(self.encode_normalized(xn, **kw))
+
+    # ---- the architecture's maths -----------------------------------------------------------
+    @abstractmethod
+    def encode_normalized(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """(N, d_in) normalised -> (N, d_sae) inference activations."""
+
+    @abstractmethod
+    def decode_normalized(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, d_sae) -> (N, d_out) normalised reconstruction."""
+
+    @abstractmethod
+    def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
+        """The training forward pass and loss (the trainer calls ``backward`` on ``loss``)."""
+
+    @property
+    @abstractmethod
+    def W_dec(self) -> torch.Tensor:
+        """(d_sae, d_out) dictionary atoms."""
+
+    @property
+    @abstractmethod
+    def W_enc(self) -> torch.Tensor:
+        """(d_in, d_sae) encoder directions."""
+
+    # ---- hooks the trainer calls (defaults do nothing) ----------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
+        """Data-dependent initialisation from normalised samples ``x`` (M, d_in), ``y`` (M, d_out)."""
+
+    def constrain_grads(self) -> None:
+        """Adjust gradients after ``backward`` (e.g. remove the component parallel to unit-norm atoms)."""
+
+    def constrain_weights(self) -> None:
+        """Project parameters back onto their constraint set after the optimiser step."""
+
+    def revive(
+        self, dead: torch.Tensor, batch: TrainBatch, generator: torch.Generator
+    ) -> dict[str, tuple[int, torch.Tensor]]:
+        """Re-initialise dead latents (called every ``resample_every`` steps).
+
+        Returns ``{parameter name: (dim, indices)}`` for the slices it rewrote, so the trainer can zero
+        their Adam moments. The default does nothing (TopK-style codes use an auxiliary loss instead).
+        """
+        return {}
+
+
+# ---- registry ------------------------------------------------------------------------------------
+REGISTRY: dict[str, type[Dictionary]] = {}
+"""Architecture name -> class. The single source of truth for the CLI, loading, docs and tests."""
+PRESETS: dict[str, dict[str, Any]] = {}
+"""Architecture name -> params that name fixes (several names can share one class)."""
+DESCRIPTIONS: dict[str, str] = {}
+"""Architecture name -> one-line description (docs tables, ``--help``)."""
+
+
+def register(
+    name: str,
+    cls: type[Dictionary] | None = None,
+    *,
+    preset: dict[str, Any] | None = None,
+    description: str = "",
+) -> Any:
+    """Register ``cls`` under ``name``: ``@register("topk")`` or ``register("x", Cls, preset=...)``."""
+
+    def add(c: type[Dictionary]) -> type[Dictionary]:
+        if name in REGISTRY and REGISTRY[name] is not c:
+            raise InterpError(f"Architecture {name!r} is already registered to {REGISTRY[name].__name__}.")
+        REGISTRY[name] = c
+        PRESETS[name] = dict(preset or {})
+        DESCRIPTIONS[name] = description or (c.__doc__ or "").strip().splitlines()[0]
+        return c
+
+    return add(cls) if cls is not None else add
+
+
+def resolve_params(architecture: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Registered defaults, then the preset, then ``params``; unknown names raise InterpError."""
+    cls = lookup(architecture)
+    unknown = sorted(set(params) - set(cls.param_defaults))
+    if unknown:
+        raise InterpError(
+            f"Unknown parameter(s) {', '.join(unknown)} for architecture {architecture!r}; "
+            f"it takes: {', '.join(sorted(cls.param_defaults)) or 'none'}."
+        )
+    return {**copy.deepcopy(cls.param_defaults), **PRESETS[architecture], **params}
+
+
+def lookup(architecture: str) -> type[Dictionary]:
+    if architecture not in REGISTRY:
+        near = close_matches(architecture, REGISTRY)
+        raise InterpError(
+            f"Unknown architecture {architecture!r}. Registered: {', '.join(sorted(REGISTRY))}."
+            + (f" Did you mean {near[0]!r}?" if near else "")
+        )
+    return REGISTRY[architecture]
+
+
+_CFG_KEYS = {f.name for f in fields(DictionaryConfig)} - {"architecture", "d_in", "d_sae", "params"}
+
+
+def create(architecture: str, d_in: int, d_sae: int, **params: Any) -> Dictionary:
+    """A freshly initialised dictionary. Keyword arguments that are ``DictionaryConfig`` fields
+    (``d_out``, ``hook_in``, ``normalization`` ...) go to the config; the rest are architecture params."""
+    cfg_kw = {k: params.pop(k) for k in list(params) if k in _CFG_KEYS}
+    cfg = DictionaryConfig(
+        architecture, int(d_in), int(d_sae), params=resolve_params(architecture, params), **cfg_kw
+    )
+    return lookup(architecture)(cfg)
+
+
+# ---- save / load ---------------------------------------------------------------------------------
+def save_dictionary(d: Dictionary, path: str | Path) -> Path:
+    """Write ``cfg.json`` and ``weights.safetensors`` into directory ``path`` (atomically, weights first)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu() for k, v in d.state_dict().items()}
+    save_tensors(
+        path / WEIGHTS_FILE, tensors, metadata={"format": FORMAT, "architecture": d.cfg.architecture}
+    )
+    atomic_write_json(path / CFG_FILE, {"format": FORMAT, "version": VERSION, **asdict(d.cfg)})
+    return path
+
+
+def load_dictionary(path: str | Path, device: str = "cpu") -> Dictionary:
+    """Rebuild a dictionary saved by :func:`save_dictionary` (the class comes from ``cfg.json``)."""
+    path = Path(path)
+    raw = read_json(path / CFG_FILE, "dictionary config")
+    if raw.get("format") != FORMAT:
+        raise InterpError(
+            f"{path / CFG_FILE} is not an interp dictionary config (format {raw.get('format')!r})."
+        )
+    if raw.get("version", 0) > VERSION:
+        raise InterpError(f"Dictionary {path} has format version {raw['version']}; upgrade interp.")
+    known = {f.name for f in fields(DictionaryConfig)}
+    cfg = DictionaryConfig(**{k: v for k, v in raw.items() if k in known})
+    lookup(cfg.architecture)
+    d = REGISTRY[cfg.architecture](cfg)
+    state = load_tensors(path / WEIGHTS_FILE, device=device)
+    missing, unexpected = d.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InterpError(
+            f"Weights in {path} do not match a {cfg.architecture} dictionary "
+            f"(missing {missing}, unexpected {unexpected})."
+        )
+    return d.to(device)
+
+
+def check_compatible(d: Dictionary, source: Any, hook: str | None = None) -> None:
+    """Raise InterpError unless ``d`` was made for ``source`` (a ModelInfo, its dict, a store, or a Model).
+
+    Checks the model fingerprint (when both sides know it) and, for stores, that the dictionary's hook(s)
+    are present with the right width.
+    """
+    info: Any = getattr(source, "info", None) or getattr(source, "model", None) or source
+    if not isinstance(info, dict):
+        info = info.to_dict() if hasattr(info, "to_dict") else vars(info)
+    fp, name = info.get("fingerprint"), info.get("name")
+    if d.cfg.model_fingerprint and fp and fp != d.cfg.model_fingerprint:
+        raise InterpError(
+            f"This dictionary was trained on model {d.cfg.model_name!r} "
+            f"(fingerprint {d.cfg.model_fingerprint}) "
+            f"but is being used with {name!r} (fingerprint {fp}). Use a dictionary trained on this model."
+        )
+    hook_in = hook or d.cfg.hook_in
+    if hasattr(source, "d") and hasattr(source, "hooks"):
+        for h, width in ((hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
+            if h is None:
+                continue
+            if h not in source.hooks:
+                raise InterpError(
+                    f"The dictionary reads {h!r}, which the store does not hold ({', '.join(source.hooks)})."
+                )
+            if source.d(h) != width:
+                raise InterpError(
+                    f"Hook {h!r} has width {source.d(h)} in the store but the dictionary expects {width}."
+                )

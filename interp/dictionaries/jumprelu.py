@@ -1,0 +1,96 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024b).
+
+f = pi * H(pi - theta) with pi = (x - b_dec) W_enc + b_enc and a per-latent threshold theta = exp(t).
+Loss = E sum_dims (y - y_hat)^2 + l0_coeff * E ||f||_0, with straight-through pseudo-derivatives
+(rectangle kernel K(u) = 1[|u| < 1/2], bandwidth eps):
+  df/dtheta := -(theta/eps) K((pi - theta)/eps),   dH/dtheta := -(1/eps) K((pi - theta)/eps).
+These are derivatives with respect to theta; autograd then applies the chain rule through theta = exp(t)
+(as circuit-tracer does; the BatchTopK repo drops that factor of theta). pi gets no gradient from L0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.linear import LinearSAE
+from interp.dictionaries.relu import sum_sq_error, warmup
+
+
+def _kernel(u: torch.Tensor) -> torch.Tensor:
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, pi: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(pi, theta)
+        ctx.eps = eps
+        return pi * (pi > theta)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        pi, theta = ctx.saved_tensors
+        g_pi = g * (pi > theta)
+        g_theta = (-(theta / ctx.eps) * _kernel((pi - theta) / ctx.eps) * g).sum(0)
+        return g_pi, g_theta, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, pi: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(pi, theta)
+        ctx.eps = eps
+        return (pi > theta).to(pi.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        pi, theta = ctx.saved_tensors
+        g_theta = (-(1 / ctx.eps) * _kernel((pi - theta) / ctx.eps) * g).sum(0)
+        return None, g_theta, None
+
+
+@register(
+    "jumprelu", description="JumpReLU SAE with straight-through L0 penalty (Rajamanoharan et al. 2024b)"
+)
+class JumpReluSAE(LinearSAE):
+    """JumpReLU SAE: learned per-latent thresholds, L0 penalty through straight-through estimators."""
+
+    param_defaults: dict[str, Any] = {
+        "l0_coeff": 1.0,
+        "bandwidth": 0.001,
+        "threshold_init": 0.001,
+        "l0_warmup": 0.1,
+        "transcoder": False,
+        "skip": False,
+        "b_dec_init": "geometric_median",
+        "init_seed": 0,
+    }
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__(cfg)
+        self.log_threshold = torch.nn.Parameter(
+            torch.full((cfg.d_sae,), math.log(float(self.p["threshold_init"])))
+        )
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def encode_normalized(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
+        pi = self.pre_acts(x)
+        return pi * (pi > self.threshold)
+
+    def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
+        pi = self.pre_acts(batch.x)
+        theta, eps = self.threshold, float(self.p["bandwidth"])
+        f = _JumpReLU.apply(pi, theta, eps)
+        y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)
+        mse = sum_sq_error(y_hat, batch.y)
+        l0 = _Step.apply(pi.detach(), theta, eps).sum(1).mean()
+        loss = mse + float(self.p["l0_coeff"]) * warmup(state, float(self.p["l0_warmup"])) * l0
+        active = f > 0
+        return StepOutput(loss, y_hat, active.any(0), l0.item(), {"mse": mse.item(), "l0": l0.item()})

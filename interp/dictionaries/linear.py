@@ -1,0 +1,239 @@
+"""The linear encoder/decoder shared by the SAE family, and the pieces of maths they reuse.
+
+``LinearSAE`` is abstract: it owns the parameters (W_enc, b_enc, W_dec, b_dec, and for transcoders an
+input bias b_in and optionally W_skip), the unit-norm decoder constraint, data-dependent init and the
+sparse TopK machinery. Final classes define only their activation and loss.
+
+Pre-activations: z_pre = (x - b_in) W_enc + b_enc, where b_in is b_dec for autoencoders (the usual
+pre-encoder bias) and a separate parameter for transcoders, whose output space differs from the input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from interp.dictionaries.base import Dictionary, DictionaryConfig, TrainBatch
+
+
+class LinearSAE(Dictionary):
+    """Abstract: a linear encoder, an activation chosen by the subclass, and a linear decoder."""
+
+    unit_norm_decoder: bool = True
+    """Keep W_dec rows at unit norm (with the parallel gradient removed); subclasses may switch it off."""
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__(cfg)
+        d_in, n, d_out = cfg.d_in, cfg.d_sae, cfg.d_out
+        self.W_enc_ = nn.Parameter(torch.empty(d_in, n))
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.W_dec_ = nn.Parameter(torch.empty(n, d_out))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        self.b_in = nn.Parameter(torch.zeros(d_in)) if self.untied_bias else None
+        self.W_skip = nn.Parameter(torch.zeros(d_out, d_in)) if self.p.get("skip") else None
+        self.reset_parameters()
+
+    @property
+    def untied_bias(self) -> bool:
+        return self.cfg.is_transcoder or self.cfg.d_in != self.cfg.d_out
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform encoder, decoder = encoder transposed ("tied init") with unit-norm rows."""
+        gen = torch.Generator().manual_seed(int(self.p.get("init_seed", 0)))
+        bound = 1 / math.sqrt(self.cfg.d_in)
+        with torch.no_grad():
+            self.W_enc_.copy_(torch.rand(self.W_enc_.shape, generator=gen) * 2 * bound - bound)
+            if self.cfg.d_in == self.cfg.d_out:
+                self.W_dec_.copy_(self.W_enc_.T)
+            else:
+                self.W_dec_.copy_(torch.randn(self.W_dec_.shape, generator=gen))
+            self.W_dec_.div_(self.W_dec_.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        return self.W_enc_
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.W_dec_
+
+    def input_bias(self) -> torch.Tensor:
+        return self.b_in if self.b_in is not None else self.b_dec
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d_in) -> (N, d_sae) encoder pre-activations."""
+        return (x - self.input_bias()) @ self.W_enc_ + self.b_enc
+
+    def decode_normalized(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec_ + self.b_dec
+
+    def skip_path(self, x: torch.Tensor) -> torch.Tensor | float:
+        """The skip transcoder's linear term x W_skip^T (0 without one)."""
+        return x @ self.W_skip.T if self.W_skip is not None else 0.0
+
+    def reconstruct_normalized(self, xn: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return self.decode_normalized(self.encode_normalized(xn, **kw)) + self.skip_path(xn)
+
+    # ---- trainer hooks ----------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
+        """b_dec = geometric median (or mean, ``b_dec_init="mean"``) of the targets; b_in = that of inputs."""
+        center = (
+            geometric_median if self.p.get("b_dec_init", "geometric_median") == "geometric_median" else _mean
+        )
+        self.b_dec.copy_(center(y))
+        if self.b_in is not None:
+            self.b_in.copy_(center(x))
+
+    def constrain_grads(self) -> None:
+        if self.unit_norm_decoder and self.W_dec_.grad is not None:
+            remove_parallel_grad(self.W_dec_)
+
+    def constrain_weights(self) -> None:
+        if self.unit_norm_decoder:
+            with torch.no_grad():
+                self.W_dec_.div_(self.W_dec_.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def revive(
+        self, dead: torch.Tensor, batch: TrainBatch, generator: torch.Generator
+    ) -> dict[str, tuple[int, torch.Tensor]]:
+        """Anthropic resampling, when ``params["resample"]`` is on: each dead atom points at an input of
+        the batch drawn with probability proportional to its squared reconstruction loss squared; its
+        encoder column is that direction times 0.2 x the mean alive encoder norm; b_enc = 0."""
+        idx = dead.nonzero().flatten()
+        if not self.p.get("resample") or idx.numel() == 0:
+            return {}
+        err = (batch.y - self.reconstruct_normalized(batch.x)).pow(2).sum(1)
+        weights = err.pow(2) + 1e-12
+        rows = torch.multinomial(
+            weights, idx.numel(), replacement=idx.numel() > len(weights), generator=generator
+        )
+        atoms = _unit(batch.y[rows] - self.b_dec)
+        enc = _unit(batch.x[rows] - self.input_bias()) if self.untied_bias else atoms
+        alive = ~dead
+        enc_norm = self.W_enc_[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        self.W_dec_[idx] = (
+            atoms * self.W_dec_[alive].norm(dim=1).mean() if not self.unit_norm_decoder else atoms
+        )
+        self.W_enc_[:, idx] = (enc * enc_norm * 0.2).T
+        self.b_enc[idx] = 0.0
+        return {"W_dec_": (0, idx), "W_enc_": (1, idx), "b_enc": (0, idx)}
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+# ---- shared maths --------------------------------------------------------------------------------
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(0)
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed Euclidean distance to the rows of x (M, d)."""
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - y).norm(dim=1).clamp_min(1e-8)
+        y_next = (w[:, None] * x).sum(0) / w.sum()
+        if (y_next - y).norm() < tol * (1 + y.norm()):
+            return y_next
+        y = y_next
+    return y
+
+
+def remove_parallel_grad(W: torch.Tensor) -> None:
+    """g_i <- g_i - (g_i . d_i) d_i for unit-norm rows d_i of W (in place on W.grad)."""
+    assert W.grad is not None
+    unit = W.detach() / W.detach().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    W.grad -= (W.grad * unit).sum(1, keepdim=True) * unit
+
+
+class _GatheredPreacts(torch.autograd.Function):
+    """Forward: z_pre.gather(1, idx). Backward: gradients for W_enc, b_enc and x that touch only the
+    selected (row, latent) pairs, so a TopK step costs one dense encoder matmul, not three."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, z_pre: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, W, idx)
+        return z_pre.gather(1, idx)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        x, W, idx = ctx.saved_tensors
+        g = g.contiguous()
+        gW = gx = gb = None
+        if ctx.needs_input_grad[2]:
+            # dW[:, i] = sum over selected (n, j) with idx[n, j] == i of g[n, j] x[n]: exactly the weight
+            # gradient of an embedding_bag, whose scatter kernel is far cheaper than a dense matmul.
+            with torch.enable_grad():
+                table = torch.zeros(
+                    W.shape[1], W.shape[0], dtype=W.dtype, device=W.device, requires_grad=True
+                )
+                bag = F.embedding_bag(idx, table, per_sample_weights=g, mode="sum")
+                gW = torch.autograd.grad(bag, table, grad_outputs=x)[0].T
+        if ctx.needs_input_grad[3]:
+            gb = torch.zeros(W.shape[1], dtype=g.dtype, device=g.device).index_add_(
+                0, idx.reshape(-1), g.reshape(-1)
+            )
+        if ctx.needs_input_grad[1]:
+            gx = F.embedding_bag(idx, W.T.contiguous(), per_sample_weights=g, mode="sum")
+        return None, gx, gW, gb, None
+
+
+def gathered_preacts(
+    z_pre: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
+    """Pre-activations at ``idx`` (N, m), differentiable in W and b. ``z_pre`` (N, d_sae) must equal
+    ``x @ W + b`` and be computed without a graph; ``x`` is the centred input."""
+    return _GatheredPreacts.apply(z_pre, x, W, b, idx)
+
+
+def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """sum_j vals[:, j] * W_dec[idx[:, j]]: (N, k) indices and values -> (N, d_out), without a dense f."""
+    return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+
+
+def fired_sparse(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
+    """(d_sae,) bool: latents with a positive value anywhere in the (N, k) selection."""
+    fired = torch.zeros(d_sae, dtype=torch.bool, device=idx.device)
+    fired[idx[vals > 0]] = True
+    return fired
+
+
+def scatter_dense(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
+    """(N, k) indices and values -> dense (N, d_sae)."""
+    return torch.zeros(idx.shape[0], d_sae, dtype=vals.dtype, device=vals.device).scatter_(1, idx, vals)
+
+
+def normalized_mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||y - y_hat||^2 / ||y - mean(y)||^2 over the batch (OpenAI's NMSE); non-finite becomes 0."""
+    out = (y_hat - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return torch.nan_to_num(out, nan=0.0, posinf=0.0)
+
+
+def auxk_loss(
+    z_pre: torch.Tensor,
+    xc: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    residual: torch.Tensor,
+    dead: torch.Tensor,
+    k_aux: int,
+) -> torch.Tensor:
+    """AuxK: the top ``k_aux`` dead latents of each row reconstruct the (detached) residual; NMSE."""
+    n_dead = int(dead.sum())
+    if n_dead == 0 or k_aux <= 0:
+        return z_pre.new_zeros(())
+    masked = z_pre.masked_fill(~dead, float("-inf"))
+    idx = masked.topk(min(k_aux, n_dead), dim=1, sorted=False).indices
+    vals = F.relu(gathered_preacts(z_pre, xc, W_enc, b_enc, idx))
+    return normalized_mse(sparse_decode(idx, vals, W_dec), residual)

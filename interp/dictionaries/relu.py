@@ -1,0 +1,89 @@
+"""ReLU + L1 SAEs: the standard one (Bricken et al. 2023), the April-2024 Anthropic variant with the
+L1 penalty weighted by decoder norms, and the ReLU transcoder (Dunefsky et al. 2024).
+
+Standard: f = ReLU((x - b_dec) W_enc + b_enc); unit-norm decoder rows (parallel gradient removed);
+Anthropic resampling of dead latents. Loss = E sum_dims (y - y_hat)^2 + l1_coeff * E sum_i f_i.
+
+``relu_normweighted``: f = ReLU(x W_enc + b_enc) (no pre-encoder bias); the decoder is unconstrained and
+the penalty is l1_coeff * E sum_i f_i ||W_dec,i||; atoms start as random directions of norm 0.1 with
+W_enc = W_dec^T; l1_coeff warms up linearly over the first ``l1_warmup`` of the steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.linear import LinearSAE
+
+
+def warmup(state: TrainState, fraction: float) -> float:
+    """Linear ramp from 0 to 1 over the first ``fraction`` of the run (1 when fraction is 0)."""
+    if fraction <= 0:
+        return 1.0
+    return min(1.0, (state.step + 1) / max(1.0, fraction * state.n_steps))
+
+
+def sum_sq_error(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """E_batch sum_dims (y - y_hat)^2."""
+    return (y_hat - y).pow(2).sum(1).mean()
+
+
+@register(
+    "relu", description="ReLU SAE with L1 penalty, unit-norm decoder and resampling (Bricken et al. 2023)"
+)
+@register(
+    "relu_normweighted",
+    preset={"norm_weighted": True, "resample": False, "l1_warmup": 0.05},
+    description="ReLU SAE, L1 weighted by decoder norms, unconstrained decoder (Anthropic, April 2024)",
+)
+@register(
+    "transcoder",
+    preset={"transcoder": True, "b_dec_init": "mean"},
+    description="ReLU + L1 transcoder from one hook to another (Dunefsky et al. 2024)",
+)
+class ReluSAE(LinearSAE):
+    """ReLU SAE trained with an L1 penalty."""
+
+    param_defaults: dict[str, Any] = {
+        "l1_coeff": 5.0,
+        "l1_warmup": 0.0,
+        "norm_weighted": False,
+        "resample": True,
+        "transcoder": False,
+        "skip": False,
+        "b_dec_init": "geometric_median",
+        "init_seed": 0,
+    }
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__(cfg)
+        self.unit_norm_decoder = not self.p["norm_weighted"]
+        if self.p["norm_weighted"]:
+            with torch.no_grad():
+                self.W_dec_.mul_(0.1)
+                if cfg.d_in == cfg.d_out:
+                    self.W_enc_.copy_(self.W_dec_.T)
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p["norm_weighted"]:
+            return x @ self.W_enc_ + self.b_enc
+        return super().pre_acts(x)
+
+    def encode_normalized(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return F.relu(self.pre_acts(x))
+
+    def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
+        f = F.relu(self.pre_acts(batch.x))
+        y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)
+        mse = sum_sq_error(y_hat, batch.y)
+        weighted = f * self.W_dec_.norm(dim=1) if self.p["norm_weighted"] else f
+        l1 = weighted.sum(1).mean()
+        loss = mse + float(self.p["l1_coeff"]) * warmup(state, float(self.p["l1_warmup"])) * l1
+        active = f > 0
+        return StepOutput(
+            loss, y_hat, active.any(0), float(active.sum()) / len(f), {"mse": mse.item(), "l1": l1.item()}
+        )

@@ -1,0 +1,514 @@
+"""The one training loop for every dictionary architecture.
+
+The trainer streams batches from an activation store, normalises them through each dictionary, calls
+the architecture's ``training_step``, and owns everything around it: Adam with warmup and decay, the
+architecture's gradient/weight constraints, dead-latent tracking and revival, the NaN policy, logging,
+progress, checkpoints and exact resume. It never asks which architecture it runs.
+
+Several dictionaries can share one pass over the data (several hooks, or a hyperparameter sweep on one
+hook): pass a list of configs that agree on the data fields (batch_size, n_tokens, seed).
+
+Exact resume: the data order is a pure function of (seed, step) (epoch e is the store's shuffled order
+with seed ``seed + e``), so a resumed run skips the batches it already consumed. A checkpoint holds
+weights, buffers, Adam moments, dead-latent counters and the revival RNG, so on CPU with a fixed seed a
+resumed run ends with bit-identical weights to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from interp.dictionaries import Dictionary, TrainBatch, TrainState, create, save_dictionary
+from interp.dictionaries.base import NORMALIZATIONS, lookup
+from interp.dictionaries.checkpoint import (
+    load_optimizer_tensors,
+    optimizer_tensors,
+    read_checkpoint,
+    reset_moments,
+    write_checkpoint,
+)
+from interp.errors import InterpError
+from interp.store import ActivationStore
+
+log = logging.getLogger(__name__)
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how. One config describes one dictionary."""
+
+    architecture: str = "topk"
+    """Registry name (see ``interp.dictionaries.REGISTRY``)."""
+    hook: str | None = None
+    """Input hook in the store; None uses the store's only hook."""
+    hook_out: str | None = None
+    """Target hook for transcoders (e.g. ``blocks.0.hook_mlp_out``); None for autoencoders."""
+    expansion: int = 8
+    """d_sae = expansion * d_in, unless ``d_sae`` is given."""
+    d_sae: int | None = None
+    """Number of latents; overrides ``expansion``."""
+    d_in: int | None = None
+    """Expected input width; when given, a store with another width is refused before training."""
+    k: int | None = None
+    """Shortcut for ``params["k"]`` (active latents / pursuit steps / codes per token)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Architecture hyperparameters, e.g. ``{"l1_coeff": 5.0}``; unknown names are refused."""
+    normalization: str = "scalar"
+    """``none``, ``scalar`` (E||x|| = sqrt(d), fixed from the init sample) or ``standardize`` (per token)."""
+    n_tokens: int = 1_000_000
+    """Training tokens; the store is reused in reshuffled epochs when it is smaller."""
+    batch_size: int = 4096
+    """Tokens per optimiser step."""
+    lr: float | None = None
+    """Adam learning rate; None gives 2e-4 / sqrt(d_sae / 16384) (sparsify's scaling rule)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup from 0 over this many steps."""
+    schedule: str = "linear"
+    """LR after warmup: ``constant``, ``linear`` (to 0 over the last ``decay_fraction``) or ``cosine``."""
+    decay_fraction: float = 0.2
+    """Fraction of the run at the end over which ``linear`` decays the LR to 0."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this (None: no clipping)."""
+    dead_tokens: int | None = None
+    """A latent is dead after this many tokens without firing; None gives min(10M, n_tokens // 10)."""
+    resample_every: int | None = None
+    """Steps between revival calls (resampling, dead-code replacement); None: n_steps // 5; 0: never."""
+    resample_until: float = 0.7
+    """No revival after this fraction of the run, so revived latents have time to train."""
+    init_tokens: int = 16384
+    """Rows used for data-dependent init (normalisation constant, geometric median, k-means)."""
+    nan_policy: str = "stop"
+    """On a non-finite batch or loss: ``stop`` (raise InterpError, checkpoint kept) or ``skip`` the batch."""
+    seed: int = 0
+    """Seeds data order, init and revival."""
+    checkpoint_every: int | None = None
+    """Write a resumable checkpoint every this many steps (None: every tenth of the run)."""
+    log_every: int = 25
+    """Steps between JSONL log lines (``train_log.jsonl``)."""
+    device: str = "cpu"
+    """Where training runs."""
+    name: str | None = None
+    """Sub-directory of ``out_dir`` for this dictionary; None gives ``<architecture>-<hook>``."""
+    wandb_project: str | None = None
+    """Also log to this Weights & Biases project, when wandb is importable."""
+
+    def __post_init__(self) -> None:
+        lookup(self.architecture)
+        object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "betas", tuple(self.betas))
+        checks = [
+            (self.expansion >= 1, "expansion must be >= 1"),
+            (self.d_sae is None or self.d_sae >= 1, "d_sae must be >= 1"),
+            (self.k is None or self.k >= 1, "k must be >= 1"),
+            (self.n_tokens >= 1 and self.batch_size >= 1, "n_tokens and batch_size must be >= 1"),
+            (self.n_tokens >= self.batch_size, "n_tokens must be at least one batch (batch_size)"),
+            (self.lr is None or self.lr > 0, "lr must be positive"),
+            (self.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (0 <= self.decay_fraction <= 1 and 0 <= self.resample_until <= 1, "fractions must be in [0, 1]"),
+            (self.nan_policy in ("stop", "skip"), "nan_policy must be 'stop' or 'skip'"),
+            (self.warmup_steps >= 0 and self.log_every >= 1, "warmup_steps >= 0 and log_every >= 1"),
+            (self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InterpError(f"Bad TrainConfig: {msg}.")
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_tokens // self.batch_size
+
+    def arch_params(self) -> dict[str, Any]:
+        return {**self.params, **({"k": self.k} if self.k is not None else {})}
+
+    def data_key(self) -> tuple[Any, ...]:
+        return (self.n_tokens, self.batch_size, self.seed, self.device)
+
+
+class TrainResult(NamedTuple):
+    """What a training run produced."""
+
+    dictionaries: list[Path]
+    """One dictionary directory per config, in config order."""
+    metrics: dict[str, dict[str, float]]
+    """Directory name -> final training metrics (loss, l0, fvu, dead_fraction, tokens_per_s ...)."""
+
+
+@dataclass
+class _Slot:
+    """One dictionary being trained and everything the loop keeps for it."""
+
+    cfg: TrainConfig
+    name: str
+    dictionary: Dictionary
+    opt: torch.optim.Adam
+    since_fired: torch.Tensor
+    lr: float
+    dead_tokens: int
+    resample_every: int
+    recent: list[dict[str, float]] = field(default_factory=list)
+
+
+# ---- public entry point -------------------------------------------------------------------------
+def train_dictionary(
+    cfg: TrainConfig | Sequence[TrainConfig], store: Any, out_dir: str | Path, *, progress: bool = True
+) -> TrainResult:
+    """Train one dictionary per config on ``store`` (a directory, an ActivationStore or a TensorStore).
+
+    Writes ``out_dir/<name>/`` (cfg.json + weights.safetensors) per config, ``out_dir/train_log.jsonl``,
+    and ``out_dir/checkpoint/`` while running. Run the same call again to resume after an interruption.
+    """
+    cfgs = [cfg] if isinstance(cfg, TrainConfig) else list(cfg)
+    if not cfgs:
+        raise InterpError("No TrainConfig given.")
+    if len({c.data_key() for c in cfgs}) != 1:
+        raise InterpError("Configs trained in one pass must share n_tokens, batch_size, seed and device.")
+    source = ActivationStore(store) if isinstance(store, (str, Path)) else store
+    out = Path(out_dir)
+    slots = [_make_slot(c, source, i) for i, c in enumerate(cfgs)]
+    names = [s.name for s in slots]
+    if len(set(names)) != len(names):
+        raise InterpError(f"Dictionary names collide ({names}); give each config a distinct name.")
+    return run_loop(slots, cfgs[0], source, out, progress)
+
+
+def _make_slot(cfg: TrainConfig, source: Any, index: int) -> _Slot:
+    hook = cfg.hook or _only_hook(source)
+    hook_out = cfg.hook_out
+    d_in = source.d(hook) if hasattr(source, "d") else None
+    if cfg.d_in is not None and d_in != cfg.d_in:
+        raise InterpError(
+            f"Hook {hook!r} has width {d_in} in the store, but the config expects d_in={cfg.d_in}. "
+            "Use a store cached from the right model/hook, or fix d_in."
+        )
+    d_out = source.d(hook_out) if hook_out else d_in
+    d_sae = cfg.d_sae or cfg.expansion * d_in
+    model = dict(getattr(source, "model", None) or {})
+    params = cfg.arch_params()
+    accepted = lookup(cfg.architecture).param_defaults
+    if hook_out and "transcoder" in accepted:
+        params.setdefault("transcoder", True)
+    if "init_seed" in accepted:
+        params.setdefault("init_seed", cfg.seed)
+    d = create(
+        cfg.architecture,
+        d_in,
+        d_sae,
+        d_out=d_out,
+        hook_in=hook,
+        hook_out=hook_out,
+        normalization=cfg.normalization,
+        model_name=model.get("name"),
+        model_fingerprint=model.get("fingerprint"),
+        **params,
+    ).to(cfg.device)
+    if d.needs_grads and not getattr(source, "has_grads", False):
+        raise InterpError(
+            f"Architecture {cfg.architecture!r} trains on LM-loss gradients, and this store has none. "
+            "Re-cache with `interp cache --with-grads`."
+        )
+    lr = cfg.lr or 2e-4 / math.sqrt(d_sae / 16384)
+    opt = torch.optim.Adam(d.parameters(), lr=lr, betas=cfg.betas, eps=cfg.adam_eps)
+    n_steps = cfg.n_steps
+    name = cfg.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.architecture}-{hook}")
+    dead_tokens = cfg.dead_tokens or max(cfg.batch_size, min(10_000_000, cfg.n_tokens // 10))
+    resample_every = n_steps // 5 if cfg.resample_every is None else cfg.resample_every
+    return _Slot(cfg, name, d, opt, torch.zeros(d_sae, dtype=torch.long), lr, dead_tokens, resample_every)
+
+
+def _only_hook(source: Any) -> str:
+    hooks = list(source.hooks)
+    if len(hooks) != 1:
+        raise InterpError(f"The store holds several hooks ({', '.join(hooks)}); set TrainConfig.hook.")
+    return hooks[0]
+
+
+def lr_at(cfg: TrainConfig, base: float, step: int) -> float:
+    """The learning rate at ``step`` (a pure function of the step, so resume needs no scheduler state)."""
+    n = max(cfg.n_steps, 1)
+    if step < cfg.warmup_steps:
+        return base * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        t = (step - cfg.warmup_steps) / max(1, n - cfg.warmup_steps)
+        return base * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if cfg.schedule == "linear" and cfg.decay_fraction > 0:
+        start = n * (1 - cfg.decay_fraction)
+        if step >= start:
+            return base * max(0.0, (n - step) / (n - start))
+    return base
+
+
+def data_order(source: Any, hooks: list[str], cfg: TrainConfig, grads: bool) -> Iterator[Any]:
+    """Batches forever, epoch e shuffled with seed ``cfg.seed + e``: a pure function of (seed, step)."""
+    epoch = 0
+    while True:
+        n = 0
+        for batch in source.batches(hooks, cfg.batch_size, epochs=1, seed=cfg.seed + epoch, grads=grads):
+            n += 1
+            yield batch
+        if n == 0:
+            raise InterpError(f"The store yields no full batch of {cfg.batch_size} rows; lower batch_size.")
+        epoch += 1
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+def run_loop(slots: list[_Slot], cfg: TrainConfig, source: Any, out: Path, progress: bool) -> TrainResult:
+    hooks = sorted({h for s in slots for h in (s.dictionary.cfg.hook_in, s.dictionary.cfg.hook_out) if h})
+    grads = any(s.dictionary.needs_grads for s in slots)
+    n_steps = cfg.n_steps
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ckpt_dir = out / "checkpoint"
+    meta = {"configs": [config_dict(s.cfg) for s in slots], "n_steps": n_steps}
+    start = _resume(slots, ckpt_dir, meta, gen)
+    data = data_order(source, hooks, cfg, grads)
+    if start == 0:
+        _init_from_data(slots, data, cfg, gen)
+        data = data_order(source, hooks, cfg, grads)
+    for _ in range(start):
+        next(data)
+    logger = _Logger(out, slots, start)
+    bar = _progress_bar(progress, n_steps * cfg.batch_size, start * cfg.batch_size)
+    t0 = now()
+    every = cfg.checkpoint_every or max(1, n_steps // 10)
+    try:
+        for step in range(start, n_steps):
+            batch = next(data)
+            if not _finite_batch(batch, cfg, step):
+                continue
+            for slot in slots:
+                _train_step(slot, batch, step, n_steps, gen)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == n_steps:
+                rate = (step + 1 - start) * cfg.batch_size / max(now() - t0, 1e-9)
+                logger.write(step + 1, rate)
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{slots[0].recent[-1]['loss']:.4g}", l0=f"{slots[0].recent[-1]['l0']:.1f}"
+                    )
+            if bar is not None:
+                bar.update(cfg.batch_size)
+            if (step + 1) % every == 0 and step + 1 < n_steps:
+                _checkpoint(slots, ckpt_dir, step + 1, meta, gen)
+    finally:
+        if bar is not None:
+            bar.close()
+        logger.close()
+    rate = (n_steps - start) * cfg.batch_size / max(now() - t0, 1e-9)
+    return _finish(slots, source, out, rate, ckpt_dir)
+
+
+def _train_step(slot: _Slot, batch: Any, step: int, n_steps: int, gen: torch.Generator) -> None:
+    d, c = slot.dictionary, slot.cfg
+    tb = _normalised(d, batch, c.device)
+    for group in slot.opt.param_groups:
+        group["lr"] = lr_at(c, slot.lr, step)
+    dead = slot.since_fired >= slot.dead_tokens
+    out = d.training_step(tb, TrainState(step, n_steps, dead.to(c.device)))
+    if not torch.isfinite(out.loss):
+        if c.nan_policy == "stop":
+            raise InterpError(
+                f"Loss of {slot.name} became {out.loss.item()} at step {step}. Lower lr, enable "
+                "grad_clip, or set nan_policy='skip'. A checkpoint was written; rerun to resume."
+            )
+        slot.opt.zero_grad(set_to_none=True)
+        return
+    slot.opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    d.constrain_grads()
+    if c.grad_clip:
+        torch.nn.utils.clip_grad_norm_(d.parameters(), c.grad_clip)
+    slot.opt.step()
+    d.constrain_weights()
+    slot.since_fired += len(tb.x)
+    slot.since_fired[out.fired.cpu()] = 0
+    if (
+        slot.resample_every
+        and (step + 1) % slot.resample_every == 0
+        and step + 1 < c.resample_until * n_steps
+    ):
+        dead = slot.since_fired >= slot.dead_tokens
+        resets = d.revive(dead.to(c.device), tb, gen)
+        if resets:
+            reset_moments(slot.opt, d, resets)
+            slot.since_fired[dead] = 0
+            log.info("%s: revived %d dead latents at step %d", slot.name, int(dead.sum()), step + 1)
+    with torch.no_grad():
+        fvu = ((tb.y - out.y_hat) ** 2).sum() / ((tb.y - tb.y.mean(0)) ** 2).sum().clamp_min(1e-12)
+    slot.recent.append({"loss": out.loss.item(), "l0": out.l0, "fvu": fvu.item(), **out.terms})
+    del slot.recent[:-100]
+
+
+def _normalised(d: Dictionary, batch: Any, device: str) -> TrainBatch:
+    x = batch.acts[d.cfg.hook_in].to(device)
+    xn, stats = d.normalize_input(x)
+    yn = d.normalize_target(batch.acts[d.cfg.hook_out].to(device), stats) if d.cfg.hook_out else xn
+    g = batch.grads.get(d.cfg.hook_in) if batch.grads else None
+    return TrainBatch(xn, yn, d.normalize_grad(g.to(device), stats) if g is not None else None)
+
+
+def _finite_batch(batch: Any, cfg: TrainConfig, step: int) -> bool:
+    for hook, x in batch.acts.items():
+        if not torch.isfinite(x).all():
+            if cfg.nan_policy == "stop":
+                raise InterpError(
+                    f"The store has non-finite activations at hook {hook!r} (batch {step}). "
+                    "Re-cache the store, or set nan_policy='skip' to skip such batches."
+                )
+            log.warning("skipping batch %d: non-finite activations at %s", step, hook)
+            return False
+    return True
+
+
+def _init_from_data(slots: list[_Slot], data: Iterator[Any], cfg: TrainConfig, gen: torch.Generator) -> None:
+    """Normalisation constants and data-dependent init from the first ``init_tokens`` rows of the order."""
+    batches, rows = [], 0
+    while rows < cfg.init_tokens:
+        batches.append(next(data))
+        rows += cfg.batch_size
+    for slot in slots:
+        d = slot.dictionary
+        x = torch.cat([b.acts[d.cfg.hook_in] for b in batches])[: cfg.init_tokens].to(slot.cfg.device)
+        y = torch.cat([b.acts[d.cfg.hook_out] for b in batches])[: cfg.init_tokens] if d.cfg.hook_out else x
+        ok = torch.isfinite(x).all(1) & torch.isfinite(y.to(x.device)).all(1)
+        if not ok.all():
+            if slot.cfg.nan_policy == "stop":
+                raise InterpError(
+                    f"The store has non-finite activations in the init sample of {slot.name}. "
+                    "Re-cache the store, or set nan_policy='skip' to drop such rows."
+                )
+            x, y = x[ok], y[ok.to(y.device)]
+        d.fit_normalization(x, y.to(x.device))
+        xn, stats = d.normalize_input(x)
+        d.init_from_data(xn, d.normalize_target(y.to(x.device), stats), gen)
+        d.constrain_weights()
+
+
+def _checkpoint(
+    slots: list[_Slot], directory: Path, step: int, meta: dict[str, Any], gen: torch.Generator
+) -> None:
+    tensors: dict[str, torch.Tensor] = {"rng": gen.get_state()}
+    for i, s in enumerate(slots):
+        tensors.update({f"d{i}/{k}": v.detach().cpu() for k, v in s.dictionary.state_dict().items()})
+        tensors.update(optimizer_tensors(s.opt, s.dictionary, f"opt{i}/"))
+        tensors[f"since_fired{i}"] = s.since_fired
+    write_checkpoint(directory, step, tensors, meta)
+    log.info("checkpoint at step %d in %s", step, directory)
+
+
+def _resume(slots: list[_Slot], directory: Path, meta: dict[str, Any], gen: torch.Generator) -> int:
+    found = read_checkpoint(directory)
+    if found is None:
+        return 0
+    saved, tensors = found
+    if saved.get("configs") != meta["configs"]:
+        raise InterpError(
+            f"{directory} holds a checkpoint of a different training config. Use another out_dir, "
+            "or delete the checkpoint to start over."
+        )
+    gen.set_state(tensors["rng"])
+    for i, s in enumerate(slots):
+        prefix = f"d{i}/"
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        s.dictionary.load_state_dict(state)
+        load_optimizer_tensors(s.opt, s.dictionary, tensors, f"opt{i}/")
+        s.since_fired = tensors[f"since_fired{i}"].clone()
+    log.info("resuming from step %d (%s)", saved["step"], directory)
+    return int(saved["step"])
+
+
+def _finish(slots: list[_Slot], source: Any, out: Path, rate: float, ckpt_dir: Path) -> TrainResult:
+    paths, metrics = [], {}
+    for s in slots:
+        d = s.dictionary
+        recent = s.recent[-20:] or [{}]
+        m = {k: sum(r[k] for r in recent) / len(recent) for k in recent[-1]}
+        m.update(dead_fraction=float((s.since_fired >= s.dead_tokens).float().mean()), tokens_per_s=rate)
+        d.cfg.metrics = m
+        d.cfg.training = {
+            **config_dict(s.cfg),
+            "store": str(getattr(source, "path", "")),
+            "n_steps": s.cfg.n_steps,
+            "lr_resolved": s.lr,
+            "dead_tokens": s.dead_tokens,
+        }
+        paths.append(save_dictionary(d.cpu(), out / s.name))
+        metrics[s.name] = m
+    for f in ckpt_dir.glob("*"):
+        f.unlink()
+    if ckpt_dir.is_dir():
+        ckpt_dir.rmdir()
+    return TrainResult(paths, metrics)
+
+
+class _Logger:
+    """JSONL log (always) plus wandb when asked for and importable."""
+
+    def __init__(self, out: Path, slots: list[_Slot], start: int):
+        out.mkdir(parents=True, exist_ok=True)
+        self.slots = slots
+        self.path = out / "train_log.jsonl"
+        if self.path.exists():  # drop lines past the checkpoint we resume from
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        self.file = open(self.path, "a")
+        self.wandb = None
+        project = slots[0].cfg.wandb_project
+        if project:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(project=project, config={s.name: config_dict(s.cfg) for s in slots})
+            except ImportError:
+                log.warning("wandb_project is set but wandb is not installed; logging to %s only", self.path)
+
+    def write(self, step: int, rate: float) -> None:
+        for s in self.slots:
+            last = s.recent[-1] if s.recent else {}
+            dead = float((s.since_fired >= s.dead_tokens).float().mean())
+            row = {
+                "step": step,
+                "dictionary": s.name,
+                "lr": s.opt.param_groups[0]["lr"],
+                "tokens_per_s": rate,
+                "dead_fraction": dead,
+                **last,
+            }
+            self.file.write(json.dumps(row) + "\n")
+            if self.wandb is not None:
+                self.wandb.log({f"{s.name}/{k}": v for k, v in row.items() if k != "dictionary"}, step=step)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc="train", dynamic_ncols=True)
+
+
+def now() -> float:
+    return time.perf_counter()
