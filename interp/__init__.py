@@ -32,7 +32,7 @@ _EXPORTS = {
     "evaluate": "interp.evals",
     "AnalyzeConfig": "interp.features",
     "analyze_features": "interp.features",
-    "load_feature_store": "interp.features",
+    "load_feature_store": "interp.featurestore",
     "build_dashboard": "interp.dashboards",
 }
 

@@ -1,0 +1,163 @@
+"""Benchmark of the analyze and dashboard stages; prints times and ratios (not part of the test run).
+
+1. analyze throughput (tokens/s) against the dictionary's ``encode`` alone over the same rows;
+2. time to build the static site for ``--features`` features (16k by default);
+3. time until the index page is ready in headless Chromium with that many features.
+
+The store is synthetic (random activations written in the store format) and the dictionary a plain
+ReLU SAE, so the numbers measure interp's own work, not a model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def synthetic_store(path: Path, n_rows: int, d: int, ctx_len: int, vocab: int) -> None:
+    from interp.io import atomic_write_json, save_tensors
+    from interp.store import FORMAT, VERSION, shard_name
+
+    g = torch.Generator().manual_seed(0)
+    shards, per_shard = [], 64 * ctx_len * 16
+    for k, a in enumerate(range(0, n_rows, per_shard)):
+        rows = min(per_shard, n_rows - a)
+        pos = torch.arange(rows, dtype=torch.int32) % ctx_len - 1
+        t = {
+            "act/h": torch.randn(rows, d, generator=g),
+            "tokens": torch.randint(0, vocab, (rows,), generator=g, dtype=torch.int32),
+            "doc": torch.arange(a, a + rows) // ctx_len,
+            "pos": pos,
+        }
+        sha = save_tensors(path / shard_name(k), t)
+        shards.append(
+            {
+                "file": shard_name(k),
+                "rows": rows,
+                "contexts": rows // ctx_len,
+                "bytes": (path / shard_name(k)).stat().st_size,
+                "sha256": sha,
+            }
+        )
+    model = {
+        "name": "synthetic",
+        "architecture": "none",
+        "d_model": d,
+        "n_layers": 1,
+        "n_heads": 1,
+        "d_head": d,
+        "d_vocab": vocab,
+        "n_ctx": ctx_len,
+        "bos_token_id": 0,
+        "fingerprint": "synthetic",
+    }
+    atomic_write_json(
+        path / "manifest.json",
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": model,
+            "hooks": {"h": {"shape": [d], "d": d}},
+            "ctx_len": ctx_len,
+            "dtype": "float32",
+            "with_grads": False,
+            "shards": shards,
+            "complete": True,
+        },
+    )
+
+
+class _FakeVocabModel:
+    """Token strings and W_U for the synthetic store (the analyze stage's only needs from a model)."""
+
+    def __init__(self, vocab: int, d: int):
+        from types import SimpleNamespace
+
+        self.info = SimpleNamespace(fingerprint="synthetic", d_vocab=vocab, name="synthetic")
+        self.W_U = torch.randn(d, vocab)
+
+    def token_strings(self, ids):
+        return [f"t{int(i)}" for i in ids]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=131072)
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--features", type=int, default=16384)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-browser", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from test_features import StandInSAE
+
+    from interp.dashboards import build_dashboard
+    from interp.features import AnalyzeConfig, analyze_features
+    from interp.store import ActivationStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "store").mkdir()
+        synthetic_store(tmp / "store", args.rows, args.d, 128, 4096)
+        store = ActivationStore(tmp / "store")
+        sae = StandInSAE(args.d, args.features, "h", "synthetic")
+        sae.b_enc.data -= 1.5  # sparse: a few dozen active latents per token
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for chunk in store.chunks("h", 4096):
+                sae.encode(chunk.acts["act/h"])
+        t_encode = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = analyze_features(
+            sae, store, tmp / "fs", AnalyzeConfig(), _FakeVocabModel(4096, args.d), progress=False
+        )
+        t_analyze = time.perf_counter() - t0
+        print(f"rows {args.rows}, d_in {args.d}, features {args.features}, threads {args.threads}")
+        print(f"encode alone : {args.rows / t_encode:10.0f} tokens/s ({t_encode:.1f}s)")
+        print(
+            f"analyze      : {args.rows / t_analyze:10.0f} tokens/s ({t_analyze:.1f}s); "
+            f"analyze / encode time = {t_analyze / t_encode:.2f}x"
+        )
+        t0 = time.perf_counter()
+        index = build_dashboard(out, tmp / "site", progress=False)
+        t_site = time.perf_counter() - t0
+        size = sum(p.stat().st_size for p in (tmp / "site").rglob("*") if p.is_file()) / 2**20
+        print(
+            f"site build   : {t_site:.1f}s for {args.features} features "
+            f"({args.features / t_site:.0f} features/s, {size:.0f} MiB)"
+        )
+        if not args.no_browser and Path("/usr/bin/chromium").exists():
+            from playwright.sync_api import sync_playwright
+            from test_browser import ARGS, CHROMIUM
+
+            with sync_playwright() as p:
+                b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                page = b.new_page()
+                t0 = time.perf_counter()
+                page.goto(index.as_uri())
+                page.wait_for_selector("body[data-ready]", timeout=60000)
+                t_index = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                page.fill("#search", "t17")
+                page.wait_for_function("document.getElementById('count').textContent.startsWith('')")
+                t_search = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                page.goto(index.parent.joinpath("feature.html").as_uri() + "?i=123")
+                page.wait_for_selector("body[data-ready]", timeout=60000)
+                t_feature = time.perf_counter() - t0
+                b.close()
+            print(
+                f"index ready  : {t_index:.2f}s in Chromium with {args.features} features "
+                f"(search {t_search:.2f}s, feature page {t_feature:.2f}s)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+// Shared helpers of interp's pages. Data strings are only ever placed with textContent / title,
+// never parsed as HTML: a token can be "<script>".
+"use strict";
+
+const Interp = (() => {
+  function el(tag, props, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = v;
+      else if (k === "title") e.title = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) {
+      if (c === null || c === undefined) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  // Data files are scripts that assign to a global: fetch() of file:// URLs is blocked offline.
+  function loadScript(src) {
+    return new Promise((resolve, reject) => {
+      const s = document.createElement("script");
+      s.src = src;
+      s.onload = () => { s.remove(); resolve(); };
+      s.onerror = () => { s.remove(); reject(new Error("could not load " + src)); };
+      document.head.append(s);
+    });
+  }
+
+  function fmt(x, digits = 3) {
+    if (x === null || x === undefined || Number.isNaN(x)) return "–";
+    if (x === 0) return "0";
+    const a = Math.abs(x);
+    if (a >= 1e4 || a < 1e-3) return x.toExponential(digits - 1);
+    return Number(x.toPrecision(digits)).toString();
+  }
+
+  function fmtDensity(d) {
+    if (!d) return "0";
+    if (d >= 0.01) return (100 * d).toPrecision(3) + "%";
+    return d.toExponential(2);
+  }
+
+  const SPECIAL = { "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d" };
+  function showToken(s) {
+    if (s === "") return "\u2205";
+    return s.replace(/[\n\t\r]/g, (c) => SPECIAL[c]);
+  }
+
+  // Orange scale: alpha grows with activation / max.
+  function actColour(a, max) {
+    if (!(a > 0) || !(max > 0)) return "";
+    const t = Math.min(1, a / max);
+    return `rgba(247, 103, 7, ${(0.12 + 0.78 * t).toFixed(3)})`;
+  }
+
+  let tip = null;
+  function tooltip() {
+    if (!tip) { tip = el("div", { id: "tooltip" }); document.body.append(tip); }
+    return tip;
+  }
+  function attachTip(node, text) {
+    node.title = text;
+    node.addEventListener("mouseenter", (ev) => {
+      const t = tooltip(); t.textContent = text; t.style.display = "block";
+      t.style.left = ev.clientX + 12 + "px"; t.style.top = ev.clientY + 14 + "px";
+    });
+    node.addEventListener("mousemove", (ev) => {
+      const t = tooltip(); t.style.left = ev.clientX + 12 + "px"; t.style.top = ev.clientY + 14 + "px";
+    });
+    node.addEventListener("mouseleave", () => { tooltip().style.display = "none"; });
+  }
+
+  function tokenSpan(str, act, max, peak) {
+    const shown = showToken(str);
+    const s = el("span", { class: "tok" + (peak ? " peak" : "") + (shown !== str ? " special" : "") }, shown);
+    const bg = actColour(act, max);
+    if (bg) s.style.backgroundColor = bg;
+    attachTip(s, JSON.stringify(str) + "  " + fmt(act, 4));
+    return s;
+  }
+
+  function featureHref(i) { return "feature.html?i=" + encodeURIComponent(String(i | 0)); }
+
+  function header(meta, page) {
+    const h = el("header", { class: "top" },
+      el("span", { class: "brand" }, "interp"),
+      el("a", { href: "index.html" }, "Features"));
+    if (meta && meta.served) h.append(el("a", { href: "prompt.html" }, "Prompt"));
+    if (meta) h.append(el("span", { class: "sub" }, `${meta.model_name} \u00b7 ${meta.hook}`));
+    document.body.prepend(h);
+    document.title = (page ? page + " \u00b7 " : "") + "interp features";
+  }
+
+  function fail(root, message) {
+    root.replaceChildren(el("p", { class: "error" }, message));
+    document.body.dataset.ready = "1";
+  }
+
+  return { el, loadScript, fmt, fmtDensity, showToken, actColour, tokenSpan, attachTip, featureHref, header, fail };
+})();

@@ -1,0 +1,420 @@
+"""Turn a feature store into a static site that opens offline from ``file://``.
+
+Layout of a site directory::
+
+    index.html  feature.html  prompt.html      pages (copied from the ``dashboards`` package)
+    common.js  index.js  feature.js  prompt.js  style.css
+    plotly.min.js                               plotly's bundle, from the installed plotly package
+    data/meta.js                                window.INTERP_META: what the site shows
+    data/index-<c>.js                           INTERP_INDEX chunks: columns of 4096 features each
+    data/features/<i>.js                        window.INTERP_FEATURE: everything about feature i
+
+Constraints this module was designed under:
+- no network and no ``fetch``: pages load data as ``<script>`` files assigning to globals, because
+  browsers block ``fetch`` of ``file://`` URLs;
+- strings from a tokenizer, corpus or LLM are only ever put in the DOM with ``textContent``, and the
+  JSON in data files escapes ``<``, ``>``, ``&``, U+2028 and U+2029, so no data can close a script
+  or be parsed as markup;
+- 16k+ features: the index is columnar and paginated, one small data file per feature, and the site
+  is built in a temporary directory that is renamed into place (no per-file fsync).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from interp.errors import InterpError
+from interp.features import KINDS, FeatureStore, load_feature_store
+from interp.io import read_json
+
+log = logging.getLogger(__name__)
+
+INDEX_CHUNK = 4096
+_BLOCK = 512
+_JS_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def safe_json(obj: Any) -> str:
+    """JSON that is also safe inside a ``<script>`` element or file: no ``</script>``, no HTML specials."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return "".join(_JS_ESCAPES.get(ch, ch) for ch in text) if any(c in text for c in _JS_ESCAPES) else text
+
+
+def js_assign(name: str, obj: Any) -> str:
+    """A JavaScript statement assigning ``obj`` (as safe JSON) to ``window[name]``."""
+    return f"window.{name} = {safe_json(obj)};\n"
+
+
+def load_explanations(explanations: Any) -> dict[int, dict[str, Any]]:
+    """Normalise explanations to ``{feature: {"text": str, "scores": {name: float}}}``.
+
+    Accepts a path to a JSON file or an object: a mapping from feature index (int or str) to a string
+    or to a record with ``explanation``/``text`` and ``scores`` (a mapping) or ``score``; or a list of
+    such records that carry their index under ``feature``, ``index`` or ``latent``.
+    """
+    if explanations is None:
+        return {}
+    if isinstance(explanations, (str, Path)):
+        explanations = read_json(explanations, "explanations file")
+    items: list[tuple[Any, Any]]
+    if isinstance(explanations, Mapping):
+        items = list(explanations.items())
+    elif isinstance(explanations, list):
+        items = [
+            (next((r[k] for k in ("feature", "index", "latent") if k in r), None), r) for r in explanations
+        ]
+    else:
+        raise InterpError("Explanations must be a JSON object keyed by feature index, or a list of records.")
+    out: dict[int, dict[str, Any]] = {}
+    for key, rec in items:
+        try:
+            i = int(key)
+        except (TypeError, ValueError) as e:
+            raise InterpError(f"Explanation key {key!r} is not a feature index.") from e
+        if isinstance(rec, str):
+            out[i] = {"text": rec, "scores": {}}
+            continue
+        text = rec.get("explanation", rec.get("text", ""))
+        scores = dict(rec.get("scores") or {})
+        if "score" in rec and isinstance(rec["score"], (int, float)):
+            scores.setdefault("score", rec["score"])
+        out[i] = {
+            "text": str(text),
+            "scores": {
+                str(k): v for k, v in scores.items() if isinstance(v, (int, float)) and math.isfinite(v)
+            },
+        }
+    return out
+
+
+def build_dashboard(
+    feature_store: FeatureStore | str | Path,
+    out_dir: str | Path,
+    explanations: Any = None,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Write the static site for ``feature_store`` to ``out_dir``; returns the path of ``index.html``.
+
+    ``explanations``: see :func:`load_explanations`. An existing site in ``out_dir`` is replaced.
+    """
+    fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
+    expl = load_explanations(explanations)
+    out = Path(out_dir)
+    if out.exists() and not (out / "index.html").exists() and any(out.iterdir()):
+        raise InterpError(f"{out} is not empty and holds no dashboard; choose a new directory.")
+    tmp = out.with_name(out.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "data" / "features").mkdir(parents=True)
+    _copy_assets(tmp)
+    tops = top_tokens(fs)
+    score_name = _score_name(expl)
+    _write(tmp / "data" / "meta.js", js_assign("INTERP_META", site_meta(fs, expl, score_name)))
+    for c, a in enumerate(range(0, fs.n_features, INDEX_CHUNK)):
+        _write(
+            tmp / "data" / f"index-{c}.js",
+            "window.INTERP_INDEX.push("
+            + safe_json(_index_chunk(fs, a, min(a + INDEX_CHUNK, fs.n_features), tops, expl, score_name))
+            + ");\n",
+        )
+    bar = tqdm(total=fs.n_features, unit="feat", desc="dashboard", disable=not progress)
+    for a in range(0, fs.n_features, _BLOCK):
+        for rec in feature_payloads(fs, range(a, min(a + _BLOCK, fs.n_features)), tops, expl):
+            _write(tmp / "data" / "features" / f"{rec['i']}.js", js_assign("INTERP_FEATURE", rec))
+        bar.update(min(_BLOCK, fs.n_features - a))
+    bar.close()
+    _swap_into_place(tmp, out)
+    log.info("dashboard for %d features at %s", fs.n_features, out)
+    return out / "index.html"
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _copy_assets(dest: Path) -> None:
+    import plotly.offline
+
+    for name in _asset_files():
+        shutil.copyfile(name, dest / name.name)
+    _write(dest / "plotly.min.js", plotly.offline.get_plotlyjs())
+
+
+def _asset_files() -> list[Path]:
+    """The page assets: from the installed ``dashboards`` package, else the source checkout's copy."""
+    try:
+        from dashboards import ASSET_FILES, ASSETS_DIR
+    except ImportError:  # running from a checkout whose root is not on sys.path
+        ASSETS_DIR = Path(__file__).resolve().parents[1] / "dashboards"
+        ASSET_FILES = tuple(p.name for p in ASSETS_DIR.iterdir() if p.suffix in (".html", ".js", ".css"))
+    return [ASSETS_DIR / name for name in ASSET_FILES]
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``tmp`` with renames, so a reader never sees half a site."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _score_name(expl: dict[int, dict[str, Any]]) -> str | None:
+    names = Counter(n for rec in expl.values() for n in rec["scores"])
+    return sorted(names, key=lambda n: (-names[n], n))[0] if names else None
+
+
+def site_meta(fs: FeatureStore, expl: dict[int, dict[str, Any]], score_name: str | None) -> dict[str, Any]:
+    """What every page needs to know about the site (``window.INTERP_META``)."""
+    m = fs.manifest
+    d = m.get("dictionary", {})
+    return {
+        "n_features": fs.n_features,
+        "n_index_chunks": math.ceil(fs.n_features / INDEX_CHUNK),
+        "architecture": d.get("architecture", "?"),
+        "hook": m.get("hook"),
+        "hook_out": m.get("hook_out"),
+        "model_name": m.get("model", {}).get("name", "?"),
+        "n_rows": m.get("n_rows", 0),
+        "n_quantiles": m["config"]["n_quantiles"],
+        "window": m["config"]["window"],
+        "has_explanations": bool(expl),
+        "has_scores": score_name is not None,
+        "score_name": score_name,
+        "served": False,
+    }
+
+
+def top_tokens(fs: FeatureStore, n: int = 3) -> list[list[str]]:
+    """Per feature, the ``n`` most frequent tokens at the peak of its top examples (most frequent first)."""
+    t = fs.tensors
+    peak = (t["top_pos"] - t["top_start"]).clamp(min=0, max=t["top_tokens"].shape[2] - 1)
+    ids = t["top_tokens"].gather(2, peak[..., None].long()).squeeze(-1)  # (F, k)
+    ids = torch.where(t["top_start"] >= 0, ids, -1).tolist()
+    out = []
+    for row in ids:
+        counts = Counter(i for i in row if i >= 0)
+        out.append(fs.token_strings([i for i, _ in counts.most_common(n)]))
+    return out
+
+
+def _index_chunk(
+    fs: FeatureStore,
+    a: int,
+    b: int,
+    tops: list[list[str]],
+    expl: dict[int, dict[str, Any]],
+    score_name: str | None,
+) -> dict[str, Any]:
+    t = fs.tensors
+    return {
+        "id": list(range(a, b)),
+        "density": [_num(x) for x in t["density"][a:b].tolist()],
+        "max": [_num(x) for x in t["max_act"][a:b].tolist()],
+        "mean": [_num(x) for x in t["mean_act"][a:b].tolist()],
+        "top": tops[a:b],
+        "expl": [expl[i]["text"] if i in expl else None for i in range(a, b)],
+        "score": [expl.get(i, {}).get("scores", {}).get(score_name) for i in range(a, b)],
+    }
+
+
+def _num(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else 0.0
+
+
+def _rounded(acts: torch.Tensor, max_act: torch.Tensor) -> torch.Tensor:
+    """Round (b, k, W) activations to 4 significant digits of each feature's max (smaller files)."""
+    scale = 10.0 ** (3 - torch.floor(torch.log10(max_act.double().clamp(min=1e-30))))
+    return (acts.double() * scale[:, None, None]).round() / scale[:, None, None]
+
+
+def feature_payloads(
+    fs: FeatureStore, features: range, tops: list[list[str]], expl: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The ``INTERP_FEATURE`` record of each feature in ``features`` (a contiguous range)."""
+    t, a, b = fs.tensors, features.start, features.stop
+    cols = {name: t[name][a:b] for name in t if name != "hist_edges"}
+    ex = {
+        kind: {
+            "tok": cols[f"{kind}_tokens"].tolist(),
+            "act": _rounded(cols[f"{kind}_acts"], cols["max_act"]).tolist(),
+            "start": cols[f"{kind}_start"].tolist(),
+            "ctx": cols[f"{kind}_ctx"].tolist(),
+        }
+        for kind in KINDS
+    }
+    peaks = {kind: (cols[f"{kind}_pos"] - cols[f"{kind}_start"]).tolist() for kind in ("top", "quant")}
+    bands = cols["quant_band"].tolist()
+    edges = t["hist_edges"].tolist()
+    hist = cols["hist"].tolist()
+    lists = {
+        name: cols[name].tolist()
+        for name in cols
+        if name.startswith(("logit_", "nbr_", "head_attr"))
+        or name in ("count", "density", "max_act", "mean_act")
+    }
+    out = []
+    for r, i in enumerate(features):
+        strs: dict[int, int] = {}
+        rec: dict[str, Any] = {
+            "i": i,
+            "count": lists["count"][r],
+            "density": _num(lists["density"][r], 6),
+            "max": _num(lists["max_act"][r]),
+            "mean": _num(lists["mean_act"][r]),
+            "ex": {},
+        }
+        for kind in KINDS:
+            rows = []
+            for k, start in enumerate(ex[kind]["start"][r]):
+                if start < 0:
+                    continue
+                acts = ex[kind]["act"][r][k]
+                e = {
+                    "t": [strs.setdefault(tok, len(strs)) for tok in ex[kind]["tok"][r][k]],
+                    "a": [x if x else 0 for x in acts],
+                    "v": max(acts),
+                    "c": ex[kind]["ctx"][r][k],
+                    "p": peaks[kind][r][k] if kind in peaks else -1,
+                }
+                if kind == "quant":
+                    e["b"] = bands[r][k]
+                rows.append(e)
+            rec["ex"][kind] = rows
+        rec["strs"] = fs.token_strings(list(strs))
+        rec["hist"] = _hist_payload(hist[r], edges, lists["max_act"][r])
+        if "logit_pos" in lists:
+            rec["logits"] = {
+                side: [
+                    [s, _num(v)]
+                    for s, v in zip(
+                        fs.token_strings(lists[f"logit_{side}_ids"][r]), lists[f"logit_{side}"][r]
+                    )
+                ]
+                for side in ("pos", "neg")
+            }
+        if "nbr_dec_ids" in lists:
+            rec["nbrs"] = {
+                name: [
+                    [j, _num(v), tops[j], expl.get(j, {}).get("text")]
+                    for j, v in zip(lists[f"nbr_{name}_ids"][r], lists[key][r])
+                    if j >= 0
+                ]
+                for name, key in (("dec", "nbr_dec_cos"), ("cooc", "nbr_cooc"))
+            }
+        if "head_attr" in lists:
+            rec["heads"] = [_num(v) for v in lists["head_attr"][r]]
+        if i in expl:
+            rec["expl"] = expl[i]
+        out.append(rec)
+    return out
+
+
+def _hist_payload(counts: list[int], edges: list[float], max_act: float) -> dict[str, Any]:
+    """Non-empty span of the log-spaced bins; the overflow bin becomes [last edge, max activation]."""
+    lo, hi = list(edges[:-1]), list(edges[1:])
+    n = list(counts[1:-1])
+    if counts[-1]:
+        lo.append(edges[-1])
+        hi.append(max(max_act, edges[-1] * 1.0001))
+        n.append(counts[-1])
+    nz = [k for k, c in enumerate(n) if c]
+    span = range(nz[0], nz[-1] + 1) if nz else range(0)
+    return {
+        "lo": [_num(lo[k], 6) for k in span],
+        "hi": [_num(hi[k], 6) for k in span],
+        "n": [n[k] for k in span],
+        "under": counts[0],
+        "lo_edge": edges[0],
+    }
+
+
+def export_neuronpedia(
+    feature_store: FeatureStore | str | Path,
+    out_dir: str | Path,
+    explanations: Any = None,
+    *,
+    model_id: str | None = None,
+    sae_id: str | None = None,
+    batch_size: int = 128,
+) -> list[Path]:
+    """Write features as Neuronpedia-style JSON batches (``batch-<n>.json``); returns the files written.
+
+    Each feature record follows the field names of Neuronpedia's feature upload / SAEDashboard output
+    (``pos_str``/``pos_values``, ``neg_str``/``neg_values``, ``frac_nonzero``,
+    ``freq_hist_data_bar_heights``/``_values``, ``activations`` with ``tokens``/``values``/``bin_*``).
+    """
+    from interp.io import atomic_write_json
+
+    fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
+    expl = load_explanations(explanations)
+    m = fs.manifest
+    model_id = model_id or Path(str(m.get("model", {}).get("name", "model"))).name
+    sae_id = sae_id or str(m.get("hook"))
+    layer = next((int(p) for p in str(m.get("hook", "")).split(".") if p.isdigit()), None)
+    files = []
+    for n, a in enumerate(range(0, fs.n_features, batch_size)):
+        feats = [
+            _neuronpedia_feature(fs.feature(i), expl.get(i))
+            for i in range(a, min(a + batch_size, fs.n_features))
+        ]
+        path = Path(out_dir) / f"batch-{n}.json"
+        atomic_write_json(path, {"model_id": model_id, "layer": layer, "sae_set": sae_id, "features": feats})
+        files.append(path)
+    return files
+
+
+def _neuronpedia_feature(rec: dict[str, Any], expl: dict[str, Any] | None) -> dict[str, Any]:
+    hist = rec["hist"]
+    centres = [math.sqrt(lo * hi) for lo, hi in zip(hist["edges"][:-1], hist["edges"][1:])]
+    acts = []
+    for kind, examples in rec["examples"].items():
+        for ex in examples:
+            values = [max(0.0, v) for v in ex["acts"]]
+            top = max(values) if values else 0.0
+            acts.append(
+                {
+                    "tokens": ex["tokens"],
+                    "values": values,
+                    "maxValue": top,
+                    "maxValueTokenIndex": values.index(top) if values else 0,
+                    "bin_min": -1 if kind == "top" else ex.get("band", -1),
+                    "bin_max": -1,
+                    "bin_contains": -1,
+                    "qualifyingTokenIndex": None,
+                    "kind": kind,
+                }
+            )
+    logits = rec.get("logits", {"pos": [], "neg": []})
+    nb = rec.get("neighbours", {"dec": [], "cooc": []})
+    out = {
+        "feature_index": rec["index"],
+        "index": rec["index"],
+        "frac_nonzero": rec["density"],
+        "max_act": rec["max_act"],
+        "pos_str": [s for s, _ in logits["pos"]],
+        "pos_values": [v for _, v in logits["pos"]],
+        "neg_str": [s for s, _ in logits["neg"]],
+        "neg_values": [v for _, v in logits["neg"]],
+        "freq_hist_data_bar_heights": hist["counts"][1:-1],
+        "freq_hist_data_bar_values": centres,
+        "correlated_features_indices": [j for j, _ in nb["cooc"]],
+        "correlated_features_jaccard": [v for _, v in nb["cooc"]],
+        "decoder_cosine_indices": [j for j, _ in nb["dec"]],
+        "decoder_cosine_values": [v for _, v in nb["dec"]],
+        "activations": acts,
+        "explanations": [{"description": expl["text"], "scores": expl["scores"]}] if expl else [],
+    }
+    return out

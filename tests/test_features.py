@@ -1,0 +1,208 @@
+"""The analyze stage against a brute-force computation over a small real activation store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from interp.cache import CacheConfig, cache_activations
+from interp.data import CorpusConfig
+from interp.errors import InterpError
+from interp.features import AnalyzeConfig, analyze_features, hash_keys, load_feature_store
+from interp.store import ActivationStore
+
+RESID = "blocks.0.hook_resid_post"
+HOOK_Z = "blocks.1.attn.hook_z"
+
+
+@dataclass
+class StandInCfg:
+    """The fields of ``interp.dictionaries`` configs that analysis reads."""
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    d_out: int
+    hook_in: str
+    hook_out: str | None = None
+    model_name: str | None = None
+    model_fingerprint: str | None = None
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+class StandInSAE(nn.Module):
+    """A test double of the dictionary interface: a plain ReLU SAE with seeded random weights."""
+
+    def __init__(self, d_in: int, d_sae: int, hook: str, fingerprint: str | None, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.cfg = StandInCfg("relu", d_in, d_sae, d_in, hook, model_fingerprint=fingerprint)
+        self.W_enc = nn.Parameter(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        self.b_enc = nn.Parameter(-torch.linspace(0.5, 2.6, d_sae))  # common to rare features
+        self.W_dec = nn.Parameter(torch.randn(d_sae, d_in, generator=g) / d_in**0.5)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6) * self.cfg.d_in**0.5  # scale-free firing
+        return torch.relu(x @ self.W_enc + self.b_enc)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec
+
+
+CFG = AnalyzeConfig(
+    n_top=5,
+    n_quantiles=3,
+    per_quantile=2,
+    quantile_pool=7,
+    n_random=3,
+    window=12,
+    bins_per_decade=4,
+    n_logits=4,
+    n_neighbours=3,
+    cooc_rows=1 << 20,
+    chunk_rows=64,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_model_dir, corpus_dir, tmp_path_factory) -> ActivationStore:
+    cfg = CacheConfig(
+        model=str(tiny_model_dir),
+        hooks=(RESID, HOOK_Z),
+        corpus=CorpusConfig(source=str(corpus_dir)),
+        n_tokens=1024,
+        ctx_len=32,
+        batch_size=4,
+        shard_mb=0.05,
+    )
+    return cache_activations(cfg, tmp_path_factory.mktemp("store") / "s", progress=False)
+
+
+@pytest.fixture(scope="module")
+def analyzed(store, tiny_model, tmp_path_factory):
+    sae = StandInSAE(32, 24, RESID, store.model["fingerprint"])
+    path = analyze_features(sae, store, tmp_path_factory.mktemp("fs") / "f", CFG, tiny_model, progress=False)
+    return sae, load_feature_store(path)
+
+
+def _brute(sae: StandInSAE, store: ActivationStore, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's activations (BOS rows zeroed), and per-context (max, argmax), in one big encode."""
+    x = torch.cat([store.read(f"act/{hook}", i) for i in range(len(store.shards))])
+    with torch.no_grad():
+        f = sae.encode(x)
+    f[store.column("pos") < 0] = 0
+    return f, f.view(-1, store.ctx_len, f.shape[1])
+
+
+def test_counts_and_histograms_equal_brute_force(analyzed, store):
+    sae, fs = analyzed
+    f, _ = _brute(sae, store, RESID)
+    t = fs.tensors
+    n = int((store.column("pos") >= 0).sum())
+    assert len(store.shards) > 1 and fs.manifest["n_rows"] == store.n_rows
+    assert torch.equal(t["count"], (f > 0).sum(0))
+    assert (t["density"] > 0).sum() >= 20 and t["density"].max() < 1  # sparse, mostly alive, one dead
+    torch.testing.assert_close(t["density"], (f > 0).sum(0).float() / n)
+    torch.testing.assert_close(t["max_act"], f.max(0).values)
+    torch.testing.assert_close(t["mean_act"], (f.sum(0) / (f > 0).sum(0)).nan_to_num(0.0))
+    edges = t["hist_edges"]
+    assert edges[0] == pytest.approx(CFG.hist_min) and edges[-1] == pytest.approx(CFG.hist_max)
+    for j in range(f.shape[1]):
+        a = f[:, j][f[:, j] > 0]
+        ref = [int((a < edges[0]).sum())]
+        ref += [int(((a >= lo) & (a < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
+        ref += [int((a >= edges[-1]).sum())]
+        assert t["hist"][j].tolist() == ref, j
+
+
+def test_examples_equal_brute_force(analyzed, store):
+    sae, fs = analyzed
+    f, fc = _brute(sae, store, RESID)
+    t, L, W = fs.tensors, store.ctx_len, CFG.window
+    cmax, cpos = fc.max(dim=1)  # (C, F)
+    keys = hash_keys(torch.arange(cmax.shape[0]), cmax.shape[1], CFG.seed)
+    rkeys = hash_keys(torch.arange(cmax.shape[0]), cmax.shape[1], CFG.seed + 1)
+    tokens = store.column("tokens").long()
+    for j in range(f.shape[1]):
+        fired = [c for c in range(cmax.shape[0]) if cmax[c, j] > 0]
+        top = sorted(fired, key=lambda c: -cmax[c, j].item())[: CFG.n_top]  # sorted() is stable
+        assert t["top_ctx"][j].tolist() == top + [-1] * (CFG.n_top - len(top))
+        pool = sorted(fired, key=lambda c: keys[c, j].item())[: CFG.quantile_pool]
+        by_val = sorted(pool, key=lambda c: cmax[c, j].item()) or [None]
+        bands = [
+            [c for r, c in enumerate(by_val) if r * CFG.n_quantiles // len(by_val) == b]
+            for b in range(CFG.n_quantiles)
+        ]
+        want = [
+            sorted((c for c in b if c is not None), key=lambda c: keys[c, j].item())[: CFG.per_quantile]
+            for b in bands
+        ]
+        got = t["quant_ctx"][j].view(CFG.n_quantiles, CFG.per_quantile)
+        assert [[c for c in row if c >= 0] for row in got.tolist()] == want
+        quiet = [c for c in range(cmax.shape[0]) if cmax[c, j] <= 0]
+        rand = sorted(quiet, key=lambda c: rkeys[c, j].item())[: CFG.n_random]
+        assert [c for c in t["rand_ctx"][j].tolist() if c >= 0] == rand
+        assert (t["rand_acts"][j, : len(rand)] == 0).all() and (t["rand_tokens"][j, : len(rand)] >= 0).all()
+        for k, c in enumerate(top):  # windows: ids and per-token activations of the feature
+            start = min(max(int(cpos[c, j]) - (W - W // 4), 0), L - W)
+            rows = slice(c * L + start, c * L + start + W)
+            assert int(t["top_start"][j, k]) == start
+            assert t["top_tokens"][j, k].tolist() == tokens[rows].tolist()
+            torch.testing.assert_close(t["top_acts"][j, k], f[rows, j])
+            assert t["top_acts"][j, k, int(cpos[c, j]) - start] == pytest.approx(float(cmax[c, j]), rel=1e-5)
+    # common features lack negatives, rare ones fill few slots, a dead one has none: all paths ran
+    assert (t["top_ctx"] < 0).any() and (t["top_ctx"] >= 0).any() and (t["rand_start"] >= 0).any()
+    assert (t["quant_band"] == CFG.n_quantiles - 1).any()
+
+
+def test_weight_statistics(analyzed, tiny_model, store):
+    sae, fs = analyzed
+    t = fs.tensors
+    logits = sae.W_dec.detach() @ tiny_model.W_U.detach()
+    assert torch.equal(t["logit_pos_ids"].long(), logits.topk(CFG.n_logits, dim=1).indices)
+    torch.testing.assert_close(t["logit_neg"], logits.topk(CFG.n_logits, dim=1, largest=False).values)
+    unit = torch.nn.functional.normalize(sae.W_dec.detach(), dim=1)
+    cos = unit @ unit.T
+    cos.fill_diagonal_(-2)
+    torch.testing.assert_close(t["nbr_dec_cos"], cos.topk(CFG.n_neighbours, dim=1).values)
+    f, _ = _brute(sae, store, RESID)
+    b = (f > 0).float()  # cooc_rows covers the store, so the sample is every row
+    both = b.T @ b
+    jac = both / (b.sum(0)[:, None] + b.sum(0)[None, :] - both).clamp(min=1)
+    jac.fill_diagonal_(0)
+    torch.testing.assert_close(t["nbr_cooc"], jac.topk(CFG.n_neighbours, dim=1).values)
+    rec = fs.feature(3)
+    assert rec["logits"]["pos"][0][0] == tiny_model.token_strings([int(t["logit_pos_ids"][3, 0])])[0]
+    assert rec["examples"]["top"][0]["tokens"] == tiny_model.token_strings(t["top_tokens"][3, 0])
+    assert "head_attr" not in rec
+
+
+def test_attention_sae_head_attribution_and_resume(store, tiny_model, tmp_path):
+    sae = StandInSAE(32, 8, HOOK_Z, store.model["fingerprint"], seed=1)
+    cfg = AnalyzeConfig(n_top=2, quantile_pool=10, window=8, n_logits=3, cooc_rows=64, max_rows=256)
+    out = analyze_features(sae, store, tmp_path / "z", cfg, tiny_model, progress=False)
+    fs = load_feature_store(out)
+    norms = sae.W_dec.detach().view(8, 4, 8).norm(dim=-1)
+    torch.testing.assert_close(fs.tensors["head_attr"], norms / norms.sum(1, keepdim=True))
+    assert "logit_pos" not in fs.tensors  # hook_z is not the residual stream
+    assert fs.manifest["n_rows"] == 256 and fs.manifest["hook_shape"] == [4, 8]
+    stamp = (out / "features.safetensors").stat().st_mtime_ns
+    analyze_features(sae, store, out, cfg, tiny_model, progress=False)  # complete: nothing is redone
+    assert (out / "features.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_bad_inputs_fail_before_work(store, tiny_model, tmp_path):
+    with pytest.raises(InterpError, match="d_in=16"):
+        analyze_features(StandInSAE(16, 4, RESID, None), store, tmp_path / "a", CFG, tiny_model)
+    with pytest.raises(InterpError, match="fingerprints differ"):
+        analyze_features(StandInSAE(32, 4, RESID, "0" * 16), store, tmp_path / "b", CFG, tiny_model)
+    with pytest.raises(InterpError, match="Did you mean"):
+        analyze_features(StandInSAE(32, 4, "blocks.0.hook_resid_pst", None), store, tmp_path / "c", CFG)
+    with pytest.raises(InterpError, match="n_top"):
+        AnalyzeConfig(n_top=0)
+    assert not Path(tmp_path / "a").exists()
