@@ -21,6 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--with-grads", action="store_true", help="also store d(LM loss)/d(activation)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--processing", default="default", choices=["default", "transformer_lens", "none"],
+                   help="weight processing at load; default keeps the checkpoint's own residual stream")
     p.add_argument("--out", required=True, help="store directory (resumes if it holds the same store)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         with_grads=args.with_grads,
         device=args.device,
+        processing=args.processing,
     )
     store = cache_activations(cfg, args.out, progress=not args.no_progress)
     print(f"{store.path}: {store.n_rows} rows x {len(store.hooks)} hooks in {len(store.shards)} shards")

@@ -58,6 +58,9 @@ class CacheConfig:
     """Also store the gradient of the summed next-token loss with respect to each hooked activation."""
     device: str = "cpu"
     """Where the model runs (cpu, cuda, cuda:1 ...)."""
+    processing: str = "default"
+    """Weight processing at load (``interp.models.PROCESSING``): default (SAELens's coordinates, equal to
+    the checkpoint's own hidden states), transformer_lens (also centred), or none."""
 
     def __post_init__(self) -> None:
         if isinstance(self.hooks, str):
@@ -89,7 +92,7 @@ def cache_activations(
     out = Path(out_dir)
     _check_out_dir(out)
     if model is None:
-        model = load_model(cfg.model, device=cfg.device)
+        model = load_model(cfg.model, device=cfg.device, processing=cfg.processing)
     hooks = model.resolve_hooks(list(cfg.hooks))
     if cfg.ctx_len > model.info.n_ctx:
         raise InterpError(f"ctx_len {cfg.ctx_len} exceeds the model's context of {model.info.n_ctx} tokens.")
@@ -133,7 +136,7 @@ def _probe_shapes(model: Model, hooks: list[str], first: Context) -> dict[str, l
 
 
 def _new_manifest(cfg: CacheConfig, model: Model, hooks: list[str], shapes: dict[str, list[int]]) -> dict[str, Any]:
-    spec = {k: v for k, v in asdict(cfg).items() if k not in ("model", "device", "hooks")}
+    spec = {k: v for k, v in asdict(cfg).items() if k not in ("model", "device", "hooks", "processing")}
     spec["hooks"] = hooks
     spec["model_fingerprint"] = model.info.fingerprint
     return {

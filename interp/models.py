@@ -34,6 +34,16 @@ from interp.errors import InterpError, close_matches
 log = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
+# Weight processing applied at load time; it fixes the coordinate system every activation is cached in.
+# "default" is SAELens's convention (LayerNorm folded into the next weights, writing weights left
+# uncentred), so interp's dictionaries export to SAELens unchanged; "transformer_lens" is
+# HookedTransformer.from_pretrained's (also centres writing weights); "none" keeps the checkpoint's own.
+PROCESSING = {
+    "default": dict(fold_ln=True, center_writing_weights=False, center_unembed=True, fold_value_biases=True),
+    "transformer_lens": dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
+                             fold_value_biases=True),
+    "none": dict(no_processing=True),
+}
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
 # Hooks the bridge only exposes after a flag is switched on; switching it on costs a little speed.
@@ -70,8 +80,11 @@ class ModelInfo:
     """Longest context the model accepts."""
     bos_token_id: int | None
     """Token id prepended to every context, or None when the tokenizer has none."""
+    processing: str
+    """Weight processing applied at load time (a key of ``PROCESSING``); part of the fingerprint."""
     fingerprint: str
-    """sha256 (16 hex digits) of the model's config and vocabulary: equal fingerprints, same model."""
+    """sha256 (16 hex digits) of the model's config, vocabulary and processing: equal fingerprints, same
+    activations."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,15 +242,22 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 # ---- loading -------------------------------------------------------------------------------------
-def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Model:
-    """Load ``demo``, a local Hugging Face checkpoint directory, or a hub / TransformerLens name."""
+def load_model(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, processing: str = "default"
+) -> Model:
+    """Load ``demo``, a local Hugging Face checkpoint directory, or a hub / TransformerLens name.
+
+    ``processing`` picks the weight processing (see ``PROCESSING``); it changes cached activations.
+    """
+    if processing not in PROCESSING:
+        raise InterpError(f"processing must be one of {', '.join(PROCESSING)}, got {processing!r}.")
     path = _resolve_local(name)
     if path is None:
         _check_hub_reachable(name)
     source = str(path) if path is not None else _hub_name(name)
-    bridge = _boot(source, name, device, dtype)
+    bridge = _boot(source, name, device, dtype, processing)
     tokenizer = bridge.tokenizer
-    info = _model_info(name, bridge)
+    info = _model_info(name, bridge, processing)
     log.info("loaded %s (%s, d_model=%d, %d layers)", name, info.architecture, info.d_model, info.n_layers)
     return Model(bridge, tokenizer, info)
 
@@ -304,7 +324,7 @@ def _in_hf_cache(hub: str) -> bool:
         return False
 
 
-def _boot(source: str, name: str, device: str | torch.device, dtype: torch.dtype) -> Any:
+def _boot(source: str, name: str, device: str | torch.device, dtype: torch.dtype, processing: str) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
@@ -316,14 +336,14 @@ def _boot(source: str, name: str, device: str | torch.device, dtype: torch.dtype
         ) from e
     except ValueError as e:
         raise InterpError(f"Could not load {name!r}: {e}") from e
-    bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.enable_compatibility_mode(disable_warnings=True, **PROCESSING[processing])
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
     return bridge
 
 
-def _model_info(name: str, bridge: Any) -> ModelInfo:
+def _model_info(name: str, bridge: Any, processing: str) -> ModelInfo:
     cfg = bridge.cfg
     hf_cfg = bridge.original_model.config
     tok = bridge.tokenizer
@@ -332,6 +352,7 @@ def _model_info(name: str, bridge: Any) -> ModelInfo:
     canon.pop("dtype", None)
     digest = hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode())
     digest.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    digest.update(processing.encode())
     return ModelInfo(
         name=name,
         architecture=(hf_cfg.architectures or [type(bridge.original_model).__name__])[0],
@@ -342,5 +363,6 @@ def _model_info(name: str, bridge: Any) -> ModelInfo:
         d_vocab=int(cfg.d_vocab),
         n_ctx=int(cfg.n_ctx),
         bos_token_id=tok.bos_token_id,
+        processing=processing,
         fingerprint=digest.hexdigest()[:16],
     )

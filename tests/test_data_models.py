@@ -90,3 +90,17 @@ def test_missing_local_path_and_non_checkpoint_dir(tmp_path):
         load_model(str(tmp_path / "nope" / "model"))
     with pytest.raises(InterpError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+def test_processing_sets_the_coordinate_system(tiny_model_dir, tiny_model):
+    tokens = torch.randint(0, 300, (1, 10))
+    hook = "blocks.0.hook_resid_post"
+    with torch.no_grad():
+        hidden = tiny_model.bridge.original_model(tokens, output_hidden_states=True).hidden_states[1]
+    # default: LayerNorm folded, residual stream not centred, so it equals the checkpoint's hidden states
+    assert torch.allclose(tiny_model.capture(tokens, [hook]).acts[hook], hidden, atol=1e-5)
+    centred = load_model(str(tiny_model_dir), processing="transformer_lens")
+    assert centred.capture(tokens, [hook]).acts[hook].mean(-1).abs().max() < 1e-5
+    assert centred.info.fingerprint != tiny_model.info.fingerprint
+    with pytest.raises(InterpError, match="processing must be one of"):
+        load_model(str(tiny_model_dir), processing="folded")
