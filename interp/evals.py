@@ -130,10 +130,16 @@ def evaluate(
     return EvalResult(**result)
 
 
-def _reconstruction(d: Dictionary, store: Any, n_tokens: int, batch_size: int) -> dict[str, Any]:
-    hook_in, hook_out = d.cfg.hook_in, d.cfg.hook_out or d.cfg.hook_in
+def _hooks(d: Dictionary) -> tuple[str, str]:
+    """(hook the dictionary reads, hook it reconstructs); raises when it was not trained on a store."""
+    hook_in = d.cfg.hook_in
     if hook_in is None:
         raise InterpError("The dictionary has no hook_in; it was not trained on a store.")
+    return hook_in, d.cfg.hook_out or hook_in
+
+
+def _reconstruction(d: Dictionary, store: Any, n_tokens: int, batch_size: int) -> dict[str, Any]:
+    hook_in, hook_out = _hooks(d)
     hooks = sorted({hook_in, hook_out})
     acc = {k: 0.0 for k in ("err", "sq", "xx", "cos", "ratio", "hh", "xh", "l0", "l1")}
     sum_x = torch.zeros(d.cfg.d_out, dtype=torch.float64)
@@ -186,7 +192,7 @@ def _downstream(d: Dictionary, store: Any, model: Any, ce_tokens: int, batch_con
     n_ctx = max(1, min(store.n_rows // ctx, math.ceil(ce_tokens / ctx)))
     tokens = store.column("tokens")[: n_ctx * ctx].long().view(n_ctx, ctx)
     keep = store.column("pos")[: n_ctx * ctx].view(n_ctx, ctx) >= 0  # False at inserted BOS rows
-    hook_in, hook_out = d.cfg.hook_in, d.cfg.hook_out or d.cfg.hook_in
+    hook_in, hook_out = _hooks(d)
     sums = {"clean": 0.0, "splice": 0.0, "zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
     count = 0
     for a in range(0, n_ctx, batch_contexts):

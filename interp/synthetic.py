@@ -156,7 +156,7 @@ class TensorStore:
         if grads and not self.grads:
             raise InterpError("This TensorStore has no gradients.")
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
+        for _epoch in range(epochs):
             order = torch.randperm(self.n_rows, generator=gen) if shuffle else torch.arange(self.n_rows)
             stop = self.n_rows - self.n_rows % batch_size if drop_last else self.n_rows
             for a in range(0, stop, batch_size):

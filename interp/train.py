@@ -190,7 +190,9 @@ def train_dictionary(
 def _make_slot(cfg: TrainConfig, source: Any, index: int) -> _Slot:
     hook = cfg.hook or _only_hook(source)
     hook_out = cfg.hook_out
-    d_in = source.d(hook) if hasattr(source, "d") else None
+    d_in = source.d(hook) if hasattr(source, "d") else cfg.d_in
+    if d_in is None:
+        raise InterpError("The data source does not report its width (no `d(hook)`); set TrainConfig.d_in.")
     if cfg.d_in is not None and d_in != cfg.d_in:
         raise InterpError(
             f"Hook {hook!r} has width {d_in} in the store, but the config expects d_in={cfg.d_in}. "

@@ -134,6 +134,10 @@ class Dictionary(nn.Module, ABC):
     """Architecture hyperparameters and their defaults; ``create`` rejects other names."""
     needs_grads: bool = False
     """True when training reads LM-loss gradients from the store (``interp cache --with-grads``)."""
+    in_scale: torch.Tensor
+    """() buffer: the ``scalar`` normalisation's input multiplier (1 otherwise)."""
+    out_scale: torch.Tensor
+    """() buffer: the ``scalar`` normalisation's target multiplier (1 otherwise)."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()

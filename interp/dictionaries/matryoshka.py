@@ -52,6 +52,8 @@ class MatryoshkaSAE(LinearSAE):
         "b_dec_init": "geometric_median",
         "init_seed": 0,
     }
+    threshold: torch.Tensor
+    """() buffer: the BatchTopK inference threshold theta (-1 until the first training batch sets it)."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)

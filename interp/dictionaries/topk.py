@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interp.dictionaries.base import StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
 from interp.dictionaries.linear import (
     LinearSAE,
     auxk_loss,
@@ -135,8 +135,10 @@ class BatchTopKSAE(LinearSAE):
         "b_dec_init": "geometric_median",
         "init_seed": 0,
     }
+    threshold: torch.Tensor
+    """() buffer: the inference threshold theta (-1 until the first training batch sets it)."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.tensor(-1.0))
 
