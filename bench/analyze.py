@@ -1,8 +1,12 @@
 """Benchmark of the analyze and dashboard stages; prints times and ratios (not part of the test run).
 
-1. analyze throughput (tokens/s) against the dictionary's ``encode`` alone over the same rows;
+1. analyze throughput (tokens/s) against the dictionary's ``encode`` alone over the same rows, with the
+   streaming pass and each fixed cost (example windows, co-occurrence, decoder neighbours, logits)
+   timed apart;
 2. time to build the static site for ``--features`` features (16k by default);
-3. time until the index page is ready in headless Chromium with that many features.
+3. time until the index page is ready in headless Chromium with that many features;
+4. with ``--memory R1 R2 ..``: instead, the peak RSS of analyze (in a fresh process) on stores of each
+   row count, to show that memory does not grow with the store.
 
 The store is synthetic (random activations written in the store format) and the dictionary a plain
 ReLU SAE, so the numbers measure interp's own work, not a model's.
@@ -11,6 +15,10 @@ ReLU SAE, so the numbers measure interp's own work, not a model's.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,76 +95,169 @@ class _FakeVocabModel:
         return [f"t{int(i)}" for i in ids]
 
 
+def _encode_seconds(sae, store, chunk_rows: int = 4096) -> float:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for chunk in store.chunks("h", chunk_rows):
+            sae.encode(chunk.acts["act/h"])
+    return time.perf_counter() - t0
+
+
+def _dictionary(d: int, features: int):
+    from test_features import StandInSAE
+
+    sae = StandInSAE(d, features, "h", "synthetic")
+    sae.b_enc.data -= 1.5  # sparse: a few dozen active latents per token
+    return sae
+
+
+def throughput(args: argparse.Namespace, tmp: Path) -> Path:
+    from interp.features import AnalyzeConfig, analyze_features
+    from interp.io import read_json
+    from interp.store import ActivationStore
+
+    (tmp / "store").mkdir()
+    synthetic_store(tmp / "store", args.rows, args.d, 128, 4096)
+    store = ActivationStore(tmp / "store")
+    sae = _dictionary(args.d, args.features)
+    t_encode = _encode_seconds(sae, store)
+    t0 = time.perf_counter()
+    out = analyze_features(sae, store, tmp / "fs", AnalyzeConfig(), _FakeVocabModel(4096, args.d), progress=False)
+    t_analyze = time.perf_counter() - t0
+    sec = read_json(out / "manifest.json", "manifest")["timings"]
+    n = args.rows
+    print(f"rows {n}, d_in {args.d}, features {args.features}, threads {args.threads}")
+    print(f"encode alone   : {n / t_encode:10.0f} tok/s ({t_encode:.1f}s)")
+    print(
+        f"analyze        : {n / t_analyze:10.0f} tok/s ({t_analyze:.1f}s); analyze / encode = "
+        f"{t_analyze / t_encode:.2f}x"
+    )
+    print(
+        f"streaming pass : {n / sec['pass']:10.0f} tok/s ({sec['pass']:.1f}s); pass / encode = "
+        f"{sec['pass'] / t_encode:.2f}x"
+    )
+    print(
+        "fixed costs    : "
+        + ", ".join(
+            f"{name} {sec[name]:.1f}s" for name in ("windows", "cooccurrence", "decoder_neighbours", "logits", "write")
+        )
+    )
+    return out
+
+
+def memory(args: argparse.Namespace, tmp: Path) -> None:
+    """Peak RSS of analyze over stores of each size in ``args.memory``, each in a fresh process.
+
+    The children run with a fixed glibc mmap threshold (unless the environment sets one), so that
+    freed buffers go back to the system and RSS follows live memory: with glibc's default the heap
+    keeps freed pages after large frees, and RSS creeps with the number of chunks.
+    """
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536", **os.environ}
+    for rows in args.memory:
+        path = tmp / f"store-{rows}"
+        path.mkdir()
+        synthetic_store(path, rows, args.d, 128, 4096)
+        t0 = time.perf_counter()
+        res = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(path),
+                "--d",
+                str(args.d),
+                "--features",
+                str(args.features),
+                "--threads",
+                str(args.threads),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        rss = int(res.stdout.split()[-1])
+        print(
+            f"rows {rows:>9}, d_in {args.d}, features {args.features}: peak RSS {rss / 2**20:7.0f} MiB "
+            f"({time.perf_counter() - t0:.0f}s)"
+        )
+        shutil.rmtree(path)
+
+
+def child(args: argparse.Namespace) -> None:
+    """Analyze the store at ``args.child`` and print this process's peak RSS in bytes (Linux: KiB x 1024)."""
+    from interp.features import AnalyzeConfig, analyze_features
+
+    out = Path(args.child).with_name(Path(args.child).name + "-fs")
+    analyze_features(
+        _dictionary(args.d, args.features),
+        args.child,
+        out,
+        AnalyzeConfig(),
+        _FakeVocabModel(4096, args.d),
+        progress=False,
+    )
+    shutil.rmtree(out)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rows", type=int, default=131072)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=65536)
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--features", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--memory", type=int, nargs="+", metavar="ROWS", help="peak-RSS mode: store sizes in rows")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from test_features import StandInSAE
+    if args.child:
+        return child(args)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        if args.memory:
+            return memory(args, tmp)
+        out = throughput(args, tmp)
+        dashboard(args, out, tmp)
 
+
+def dashboard(args: argparse.Namespace, out: Path, tmp: Path) -> None:
     from interp.dashboards import build_dashboard
-    from interp.features import AnalyzeConfig, analyze_features
-    from interp.store import ActivationStore
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "store").mkdir()
-        synthetic_store(tmp / "store", args.rows, args.d, 128, 4096)
-        store = ActivationStore(tmp / "store")
-        sae = StandInSAE(args.d, args.features, "h", "synthetic")
-        sae.b_enc.data -= 1.5  # sparse: a few dozen active latents per token
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for chunk in store.chunks("h", 4096):
-                sae.encode(chunk.acts["act/h"])
-        t_encode = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = analyze_features(
-            sae, store, tmp / "fs", AnalyzeConfig(), _FakeVocabModel(4096, args.d), progress=False
-        )
-        t_analyze = time.perf_counter() - t0
-        print(f"rows {args.rows}, d_in {args.d}, features {args.features}, threads {args.threads}")
-        print(f"encode alone : {args.rows / t_encode:10.0f} tokens/s ({t_encode:.1f}s)")
-        print(
-            f"analyze      : {args.rows / t_analyze:10.0f} tokens/s ({t_analyze:.1f}s); "
-            f"analyze / encode time = {t_analyze / t_encode:.2f}x"
-        )
-        t0 = time.perf_counter()
-        index = build_dashboard(out, tmp / "site", progress=False)
-        t_site = time.perf_counter() - t0
-        size = sum(p.stat().st_size for p in (tmp / "site").rglob("*") if p.is_file()) / 2**20
-        print(
-            f"site build   : {t_site:.1f}s for {args.features} features "
-            f"({args.features / t_site:.0f} features/s, {size:.0f} MiB)"
-        )
-        if not args.no_browser and Path("/usr/bin/chromium").exists():
-            from playwright.sync_api import sync_playwright
-            from test_browser import ARGS, CHROMIUM
+    t0 = time.perf_counter()
+    index = build_dashboard(out, tmp / "site", progress=False)
+    t_site = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in (tmp / "site").rglob("*") if p.is_file()) / 2**20
+    print(
+        f"site build     : {t_site:.1f}s for {args.features} features "
+        f"({args.features / t_site:.0f} features/s, {size:.0f} MiB)"
+    )
+    if args.no_browser or not Path("/usr/bin/chromium").exists():
+        return
+    from playwright.sync_api import sync_playwright
+    from test_browser import ARGS, CHROMIUM
 
-            with sync_playwright() as p:
-                b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                page = b.new_page()
-                t0 = time.perf_counter()
-                page.goto(index.as_uri())
-                page.wait_for_selector("body[data-ready]", timeout=60000)
-                t_index = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                page.fill("#search", "t17")
-                page.wait_for_function("document.getElementById('count').textContent.startsWith('')")
-                t_search = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                page.goto(index.parent.joinpath("feature.html").as_uri() + "?i=123")
-                page.wait_for_selector("body[data-ready]", timeout=60000)
-                t_feature = time.perf_counter() - t0
-                b.close()
-            print(
-                f"index ready  : {t_index:.2f}s in Chromium with {args.features} features "
-                f"(search {t_search:.2f}s, feature page {t_feature:.2f}s)"
-            )
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = b.new_page()
+        t0 = time.perf_counter()
+        page.goto(index.as_uri())
+        page.wait_for_selector("body[data-ready]", timeout=60000)
+        t_index = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        page.fill("#search", "t17")
+        page.wait_for_function("document.getElementById('count').textContent.startsWith('')")
+        t_search = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        page.goto(index.parent.joinpath("feature.html").as_uri() + "?i=123")
+        page.wait_for_selector("body[data-ready]", timeout=60000)
+        t_feature = time.perf_counter() - t0
+        b.close()
+    print(
+        f"index ready    : {t_index:.2f}s in Chromium with {args.features} features "
+        f"(search {t_search:.2f}s, feature page {t_feature:.2f}s)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
-"""``interp analyze``: per-feature statistics and examples of a dictionary over an activation store."""
+"""``interp analyze``: per-feature statistics and examples of a dictionary over an activation store.
+
+Every field of ``interp.features.AnalyzeConfig`` is a flag (generated from the dataclass: name, type,
+default and the docstring under the field as help).
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from cli.config_flags import add_config_flags, config_kwargs
+
+CONFIG = ("interp.features", "AnalyzeConfig")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,22 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model", default=None, help="model for token strings and W_U (default: the store's model)"
     )
     p.add_argument("--hook", default=None, help="store hook to read (default: the dictionary's hook_in)")
-    p.add_argument("--n-top", type=int, default=20, help="top-activating contexts per feature")
-    p.add_argument("--n-quantiles", type=int, default=10, help="activation bands for quantile examples")
-    p.add_argument("--per-quantile", type=int, default=3, help="examples per band")
-    p.add_argument(
-        "--quantile-pool", type=int, default=200, help="uniform sample of firing contexts per feature"
-    )
-    p.add_argument("--n-random", type=int, default=10, help="non-activating contexts per feature")
-    p.add_argument("--window", type=int, default=32, help="tokens per example window")
-    p.add_argument("--n-logits", type=int, default=10, help="promoted/suppressed tokens per feature")
-    p.add_argument("--n-neighbours", type=int, default=10, help="neighbours per feature")
-    p.add_argument("--cooc-rows", type=int, default=8192, help="rows sampled for co-occurrence")
-    p.add_argument("--chunk-rows", type=int, default=4096, help="rows encoded at once")
-    p.add_argument("--max-rows", type=int, default=None, help="analyse only the first rows of the store")
-    p.add_argument("--seed", type=int, default=0, help="seed of the example sampling")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    add_config_flags(p.add_argument_group("analysis (AnalyzeConfig)"), *CONFIG)
     p.set_defaults(run=run)
 
 
@@ -37,22 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from interp.dictionaries import load_dictionary
     from interp.features import AnalyzeConfig, analyze_features, load_feature_store
 
-    cfg = AnalyzeConfig(
-        n_top=args.n_top,
-        n_quantiles=args.n_quantiles,
-        per_quantile=args.per_quantile,
-        quantile_pool=args.quantile_pool,
-        n_random=args.n_random,
-        window=args.window,
-        n_logits=args.n_logits,
-        n_neighbours=args.n_neighbours,
-        cooc_rows=args.cooc_rows,
-        chunk_rows=args.chunk_rows,
-        max_rows=args.max_rows,
-        seed=args.seed,
-        device=args.device,
-    )
-    dictionary = load_dictionary(args.dictionary).to(args.device).eval()
+    cfg = AnalyzeConfig(**config_kwargs(args, *CONFIG))
+    dictionary = load_dictionary(args.dictionary).to(cfg.device).eval()
     model = None
     if args.model:
         from interp.models import load_model

@@ -1,4 +1,4 @@
-"""``interp export``: write a feature store in other tools' formats (Neuronpedia-style JSON)."""
+"""``interp export``: write a feature store in other tools' formats (Neuronpedia dashboard batches)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export features to other tools' formats", description=__doc__)
     p.add_argument("--features", required=True, help="feature store directory (from interp analyze)")
-    p.add_argument("--neuronpedia", action="store_true", required=True, help="write Neuronpedia-style JSON")
+    p.add_argument("--neuronpedia", action="store_true", required=True, help="write Neuronpedia dashboard batches")
     p.add_argument("--out", required=True, help="directory for batch-<n>.json files")
     p.add_argument("--explanations", default=None, help="explanations JSON to include")
     p.add_argument("--model-id", default=None, help="Neuronpedia model id (default: the model's name)")
@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.dashboards import export_neuronpedia
+    from interp.neuronpedia import export_neuronpedia
 
     files = export_neuronpedia(
         args.features,

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         explanations=load_explanations(args.explanations),
     )
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     print(f"serving {site} at http://{host}:{port}/  (prompt view: http://{host}:{port}/prompt.html)")
     try:
         server.serve_forever()

@@ -50,6 +50,13 @@ const Interp = (() => {
     return s.replace(/[\n\t\r]/g, (c) => SPECIAL[c]);
   }
 
+  // A token on its own (tables, lists): spaces are drawn as U+2423 so " the" and "    " stay visible.
+  function chip(s) {
+    const c = el("span", { class: "chip" }, showToken(s).replace(/ /g, "\u2423"));
+    c.title = JSON.stringify(s);
+    return c;
+  }
+
   // Orange scale: alpha grows with activation / max.
   function actColour(a, max) {
     if (!(a > 0) || !(max > 0)) return "";
@@ -100,5 +107,6 @@ const Interp = (() => {
     document.body.dataset.ready = "1";
   }
 
-  return { el, loadScript, fmt, fmtDensity, showToken, actColour, tokenSpan, attachTip, featureHref, header, fail };
+  return { el, loadScript, fmt, fmtDensity, showToken, chip, actColour, tokenSpan, attachTip, featureHref, header,
+    fail };
 })();

@@ -2,7 +2,7 @@
 "use strict";
 
 (async function () {
-  const { el, fmt, fmtDensity, tokenSpan, featureHref, showToken } = Interp;
+  const { el, fmt, fmtDensity, tokenSpan, featureHref, chip } = Interp;
   const root = document.getElementById("app");
   const raw = new URLSearchParams(location.search).get("i") || "";
   try {
@@ -80,7 +80,7 @@
     const table = (rows, cls) => {
       const tb = el("tbody");
       for (const [s, v] of rows) {
-        tb.append(el("tr", {}, el("td", { class: "tokcell" }, el("span", { class: "chip" }, showToken(s))),
+        tb.append(el("tr", {}, el("td", { class: "tokcell" }, chip(s)),
           el("td", { class: "num " + cls }, (v > 0 ? "+" : "") + fmt(v))));
       }
       return el("table", { class: "logits" }, tb);
@@ -104,7 +104,7 @@
       const tb = el("tbody");
       for (const [j, v, tops, expl] of rows) {
         const top = el("td", {});
-        for (const t of tops) top.append(el("span", { class: "chip" }, showToken(t)), " ");
+        for (const t of tops) top.append(chip(t), " ");
         tb.append(el("tr", {}, el("td", {}, el("a", { href: featureHref(j) }, "#" + j)),
           el("td", { class: "num" }, fmt(v)), expl ? el("td", {}, expl) : top));
       }

@@ -2,7 +2,7 @@
 "use strict";
 
 (async function () {
-  const { el, fmt, fmtDensity, showToken, featureHref } = Interp;
+  const { el, fmt, fmtDensity, chip, featureHref } = Interp;
   const root = document.getElementById("app");
   try {
     await Interp.loadScript("data/meta.js");
@@ -104,7 +104,7 @@
     const rows = view.slice(state.page * state.per, (state.page + 1) * state.per).map((r) => {
       const id = col.id[r];
       const top = el("td", {});
-      for (const t of col.top[r]) top.append(el("span", { class: "chip" }, showToken(t)), " ");
+      for (const t of col.top[r]) top.append(chip(t), " ");
       const tr = el("tr", { "data-feature": String(id) },
         el("td", { class: "num" }, el("a", { href: featureHref(id) }, "#" + id)),
         el("td", { class: "num" }, fmtDensity(col.density[r]), densityBar(col.density[r])),

@@ -153,12 +153,15 @@ def _copy_assets(dest: Path) -> None:
 
 def _asset_files() -> list[Path]:
     """The page assets: from the installed ``dashboards`` package, else the source checkout's copy."""
+    names: tuple[str, ...]
     try:
         from dashboards import ASSET_FILES, ASSETS_DIR
+
+        folder, names = ASSETS_DIR, ASSET_FILES
     except ImportError:  # running from a checkout whose root is not on sys.path
-        ASSETS_DIR = Path(__file__).resolve().parents[1] / "dashboards"
-        ASSET_FILES = tuple(p.name for p in ASSETS_DIR.iterdir() if p.suffix in (".html", ".js", ".css"))
-    return [ASSETS_DIR / name for name in ASSET_FILES]
+        folder = Path(__file__).resolve().parents[1] / "dashboards"
+        names = tuple(p.name for p in folder.iterdir() if p.suffix in (".html", ".js", ".css"))
+    return [folder / name for name in names]
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -202,9 +205,9 @@ def top_tokens(fs: FeatureStore, n: int = 3) -> list[list[str]]:
     t = fs.tensors
     peak = (t["top_pos"] - t["top_start"]).clamp(min=0, max=t["top_tokens"].shape[2] - 1)
     ids = t["top_tokens"].gather(2, peak[..., None].long()).squeeze(-1)  # (F, k)
-    ids = torch.where(t["top_start"] >= 0, ids, -1).tolist()
+    rows: list[list[int]] = torch.where(t["top_start"] >= 0, ids, -1).tolist()
     out = []
-    for row in ids:
+    for row in rows:
         counts = Counter(i for i in row if i >= 0)
         out.append(fs.token_strings([i for i, _ in counts.most_common(n)]))
     return out
@@ -339,82 +342,3 @@ def _hist_payload(counts: list[int], edges: list[float], max_act: float) -> dict
         "under": counts[0],
         "lo_edge": edges[0],
     }
-
-
-def export_neuronpedia(
-    feature_store: FeatureStore | str | Path,
-    out_dir: str | Path,
-    explanations: Any = None,
-    *,
-    model_id: str | None = None,
-    sae_id: str | None = None,
-    batch_size: int = 128,
-) -> list[Path]:
-    """Write features as Neuronpedia-style JSON batches (``batch-<n>.json``); returns the files written.
-
-    Each feature record follows the field names of Neuronpedia's feature upload / SAEDashboard output
-    (``pos_str``/``pos_values``, ``neg_str``/``neg_values``, ``frac_nonzero``,
-    ``freq_hist_data_bar_heights``/``_values``, ``activations`` with ``tokens``/``values``/``bin_*``).
-    """
-    from interp.io import atomic_write_json
-
-    fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
-    expl = load_explanations(explanations)
-    m = fs.manifest
-    model_id = model_id or Path(str(m.get("model", {}).get("name", "model"))).name
-    sae_id = sae_id or str(m.get("hook"))
-    layer = next((int(p) for p in str(m.get("hook", "")).split(".") if p.isdigit()), None)
-    files = []
-    for n, a in enumerate(range(0, fs.n_features, batch_size)):
-        feats = [
-            _neuronpedia_feature(fs.feature(i), expl.get(i))
-            for i in range(a, min(a + batch_size, fs.n_features))
-        ]
-        path = Path(out_dir) / f"batch-{n}.json"
-        atomic_write_json(path, {"model_id": model_id, "layer": layer, "sae_set": sae_id, "features": feats})
-        files.append(path)
-    return files
-
-
-def _neuronpedia_feature(rec: dict[str, Any], expl: dict[str, Any] | None) -> dict[str, Any]:
-    hist = rec["hist"]
-    centres = [math.sqrt(lo * hi) for lo, hi in zip(hist["edges"][:-1], hist["edges"][1:])]
-    acts = []
-    for kind, examples in rec["examples"].items():
-        for ex in examples:
-            values = [max(0.0, v) for v in ex["acts"]]
-            top = max(values) if values else 0.0
-            acts.append(
-                {
-                    "tokens": ex["tokens"],
-                    "values": values,
-                    "maxValue": top,
-                    "maxValueTokenIndex": values.index(top) if values else 0,
-                    "bin_min": -1 if kind == "top" else ex.get("band", -1),
-                    "bin_max": -1,
-                    "bin_contains": -1,
-                    "qualifyingTokenIndex": None,
-                    "kind": kind,
-                }
-            )
-    logits = rec.get("logits", {"pos": [], "neg": []})
-    nb = rec.get("neighbours", {"dec": [], "cooc": []})
-    out = {
-        "feature_index": rec["index"],
-        "index": rec["index"],
-        "frac_nonzero": rec["density"],
-        "max_act": rec["max_act"],
-        "pos_str": [s for s, _ in logits["pos"]],
-        "pos_values": [v for _, v in logits["pos"]],
-        "neg_str": [s for s, _ in logits["neg"]],
-        "neg_values": [v for _, v in logits["neg"]],
-        "freq_hist_data_bar_heights": hist["counts"][1:-1],
-        "freq_hist_data_bar_values": centres,
-        "correlated_features_indices": [j for j, _ in nb["cooc"]],
-        "correlated_features_jaccard": [v for _, v in nb["cooc"]],
-        "decoder_cosine_indices": [j for j, _ in nb["dec"]],
-        "decoder_cosine_values": [v for _, v in nb["dec"]],
-        "activations": acts,
-        "explanations": [{"description": expl["text"], "scores": expl["scores"]}] if expl else [],
-    }
-    return out

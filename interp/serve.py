@@ -63,15 +63,14 @@ def prompt_features(
     peak = f.max(0).values
     chosen = [int(i) for i in peak.topk(min(n_summary, f.shape[1])).indices if peak[i] > 0]
     explanations = explanations or {}
+    shown = {int(j) for row in top for j, _ in row} | set(chosen)
     return {
         "tokens": model.token_strings(tokens[0]),
         "top": top,
         "features": [[i, round(float(peak[i]), 4), int((f[:, i] > 0).sum())] for i in chosen],
         "acts": {str(i): [round(float(v), 4) for v in f[:, i]] for i in chosen},
         "expl": {
-            str(i): explanations[i]["text"]
-            for i in {j for row in top for j, _ in row} | set(chosen)
-            if i in explanations
+            str(i): explanations[i]["text"] for i in sorted(shown) if i in explanations
         },
     }
 

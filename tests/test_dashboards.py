@@ -124,5 +124,30 @@ def test_cli_dashboard_and_neuronpedia_export(fs, tmp_path, capsys):
     f0, ref = feats[5], fs.feature(5)
     assert f0["frac_nonzero"] == pytest.approx(ref["density"])
     assert f0["pos_str"] == [s for s, _ in ref["logits"]["pos"]]
-    assert f0["activations"][0]["tokens"] == ref["examples"]["top"][0]["tokens"]
-    assert f0["activations"][0]["maxValue"] == pytest.approx(ref["max_act"], rel=1e-4)
+    top, quant = ref["examples"]["top"], ref["examples"]["quant"]
+    acts = f0["activations"]
+    assert len(acts) == len(top) + len(quant)  # random non-firing examples are not exported
+    assert acts[0]["tokens"] == top[0]["tokens"] and acts[0]["bin_min"] == -1
+    assert acts[0]["bin_max"] == pytest.approx(ref["max_act"])
+    assert acts[0]["values"][acts[0]["qualifying_token_index"]] == pytest.approx(max(top[0]["acts"]), abs=1e-3)
+    bands = acts[len(top) :]
+    assert bands and all(a["bin_min"] <= max(a["values"]) + 1e-3 <= a["bin_max"] + 2e-3 for a in bands)
+    assert all(a["bin_contains"] == 1 / 4 for a in bands)
+    assert f0["correlated_features_indices"] == [j for j, _ in ref["neighbours"]["cooc"]]
+    assert f0["n_tokens_in_prompt"] == 32 and f0["n_prompts_total"] == fs.manifest["n_rows"] // 32
+    # the format's field names, as SAEDashboard writes them for Neuronpedia
+    assert {"neuron_alignment_indices", "correlated_neurons_pearson", "logits_hist_data_bar_values",
+            "decoder_weights_dist", "dataset"} <= set(f0)
+    assert not {"index", "max_act", "explanations"} & set(f0)
+
+
+def test_neuronpedia_explanations_file(fs, tmp_path):
+    from interp.neuronpedia import export_neuronpedia
+
+    files = export_neuronpedia(fs, tmp_path, {3: {"text": "loops", "scores": {"fuzz": 0.5}}}, model_id="m")
+    assert [p.name for p in files] == ["batch-0.json"]
+    assert json.loads((tmp_path / "explanations.json").read_text()) == [
+        {"modelId": "m", "layer": RESID, "index": "3", "description": "loops", "scores": {"fuzz": 0.5}}
+    ]
+    batch = json.loads(files[0].read_text())
+    assert (batch["model_id"], batch["layer"], batch["sae_set"]) == ("m", 0, RESID)

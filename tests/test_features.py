@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,3 +207,63 @@ def test_bad_inputs_fail_before_work(store, tiny_model, tmp_path):
     with pytest.raises(InterpError, match="n_top"):
         AnalyzeConfig(n_top=0)
     assert not Path(tmp_path / "a").exists()
+
+
+def test_every_analyze_config_field_is_a_cli_flag():
+    import dataclasses
+
+    from cli.analyze import CONFIG
+    from cli.config_flags import config_fields, config_kwargs
+    from cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["analyze"]
+    flags = {a.dest: a for a in sub._actions}
+    fields = dataclasses.fields(AnalyzeConfig)
+    docs = {f.name: f.doc for f in config_fields(*CONFIG)}
+    for f in fields:
+        assert f.name in flags, f"AnalyzeConfig.{f.name} has no interp analyze flag"
+        assert flags[f.name].default == f.default and flags[f.name].help.startswith(docs[f.name])
+        assert len(docs[f.name]) > 10  # every field carries a docstring, which is the help
+    required = ["--dictionary", "d", "--store", "s", "--out", "o"]
+    args = parser.parse_args(["analyze", *required, "--n-top", "7", "--max-rows", "64", "--hist-min", "0.5"])
+    cfg = AnalyzeConfig(**config_kwargs(args, *CONFIG))
+    assert (cfg.n_top, cfg.max_rows, cfg.hist_min, cfg.window) == (7, 64, 0.5, AnalyzeConfig().window)
+    assert config_kwargs(parser.parse_args(["analyze", *required]), *CONFIG) == dataclasses.asdict(AnalyzeConfig())
+
+
+def test_peak_memory_does_not_grow_with_the_store():
+    """Peak RSS of analyze (bench/analyze.py --memory: each size in a fresh process) on stores 16x apart.
+
+    Holding the activations of the larger store would take 131072 x 2048 x 4 B = 1 GiB more."""
+    import re
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "analyze.py"
+    cmd = [sys.executable, str(bench), "--memory", "8192", "131072", "--d", "32", "--features", "2048"]
+    out = subprocess.run([*cmd, "--threads", "1"], check=True, capture_output=True, text=True, timeout=120).stdout
+    small, large = (float(x) for x in re.findall(r"peak RSS\s+(\d+) MiB", out))
+    assert large - small < 160, out
+
+
+class SignedSAE(StandInSAE):
+    """Activations of both signs (as matching pursuit or a linear dictionary give): windows where a
+    feature never fires (> 0) still hold non-zero values, so they must be encoded."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = x @ self.W_enc + self.b_enc + 1.5
+        return pre * (pre.abs() > 1.0)
+
+
+def test_signed_dictionary_windows_equal_brute_force(store, tiny_model, tmp_path):
+    sae = SignedSAE(32, 6, RESID, store.model["fingerprint"], seed=2)
+    cfg = AnalyzeConfig(n_top=3, quantile_pool=8, n_quantiles=2, per_quantile=2, n_random=3, window=8)
+    fs = load_feature_store(analyze_features(sae, store, tmp_path / "s", cfg, tiny_model, progress=False))
+    f, _ = _brute(sae, store, RESID)
+    t, L = fs.tensors, store.ctx_len
+    assert (f < 0).any() and (t["rand_acts"] < 0).any()
+    for kind in ("top", "quant", "rand"):
+        for j, k in (t[f"{kind}_start"] >= 0).nonzero().tolist():
+            row = int(t[f"{kind}_ctx"][j, k]) * L + int(t[f"{kind}_start"][j, k])
+            torch.testing.assert_close(t[f"{kind}_acts"][j, k], f[row : row + cfg.window, j])

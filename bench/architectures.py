@@ -1,0 +1,91 @@
+"""Every registered architecture trained on one store of a real model, with L0, FVU and CE loss recovered.
+
+One cache run stores the residual stream, the MLP input/output and the attention heads' z of one layer
+(with LM-loss gradients for the g-SAE). One training pass over it trains every architecture at once:
+the SAE family, MP, g-SAE and the post-hoc codebook on the residual stream, the transcoders from
+``ln2.hook_normalized`` to ``hook_mlp_out``, and an attention-output TopK SAE on ``attn.hook_z``.
+Prints a markdown table (the one in docs/dictionaries.md).
+
+Usage: python bench/architectures.py [--model demo] [--layer 0] [--n-tokens 131072] [--train-tokens 524288]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from interp.cache import CacheConfig, cache_activations
+from interp.data import CorpusConfig
+from interp.dictionaries import REGISTRY, load_dictionary
+from interp.evals import evaluate
+from interp.models import load_model
+from interp.train import TrainConfig, train_dictionary
+
+
+def configs(layer: int, k: int, common: dict) -> list[TrainConfig]:
+    resid = f"blocks.{layer}.hook_resid_post"
+    mlp_in, mlp_out = f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+    z = f"blocks.{layer}.attn.hook_z"
+    specs = {
+        "topk": dict(hook=resid, k=k),
+        "batchtopk": dict(hook=resid, k=k),
+        "matryoshka": dict(hook=resid, k=k),
+        "relu": dict(hook=resid, params={"l1_coeff": 5.0}),
+        "relu_normweighted": dict(hook=resid, params={"l1_coeff": 5.0}),
+        "jumprelu": dict(hook=resid, params={"threshold_init": 0.5, "bandwidth": 0.1, "l0_coeff": 0.3}),
+        "gated": dict(hook=resid, params={"l1_coeff": 5.0}),
+        "mp": dict(hook=resid, k=k),
+        "gsae": dict(hook=resid, k=k),
+        "codebook": dict(hook=resid, k=8),
+        "transcoder": dict(hook=mlp_in, hook_out=mlp_out, params={"l1_coeff": 5.0}),
+        "skip_transcoder": dict(hook=mlp_in, hook_out=mlp_out, k=k),
+    }
+    missing = set(REGISTRY) - set(specs)
+    if missing:
+        raise SystemExit(f"bench/architectures.py has no settings for: {', '.join(sorted(missing))}")
+    out = [TrainConfig(architecture=a, name=a, **s, **common) for a, s in specs.items()]
+    out.append(TrainConfig(architecture="topk", name="attn_z_topk", hook=z, k=k, **common))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="demo")
+    p.add_argument("--layer", type=int, default=0)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--expansion", type=int, default=8)
+    p.add_argument("--n-tokens", type=int, default=131_072)
+    p.add_argument("--train-tokens", type=int, default=524_288)
+    p.add_argument("--out", default="runs/architectures")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out)
+    model = load_model(args.model)
+    hooks = tuple(f"blocks.{args.layer}.{h}" for h in ("hook_resid_post", "ln2.hook_normalized", "hook_mlp_out",
+                                                         "attn.hook_z"))
+    store = cache_activations(CacheConfig(model=args.model, hooks=hooks, corpus=CorpusConfig(source="stdlib"),
+                                          n_tokens=args.n_tokens, ctx_len=min(128, model.info.n_ctx), with_grads=True),
+                             out / "store", model=model)
+    common = dict(expansion=args.expansion, n_tokens=args.train_tokens, batch_size=1024, seed=0)
+    t = time.perf_counter()
+    result = train_dictionary(configs(args.layer, args.k, common), store, out / "dicts")
+    train_s = time.perf_counter() - t
+    print(f"model {args.model} (d_model={model.info.d_model}), layer {args.layer}, {store.n_rows} cached rows, "
+          f"{args.train_tokens} training tokens each, all trained in one pass of {train_s:.0f} s\n")
+    print("| dictionary | hook | d_sae | L0 | FVU | CE loss recovered | ΔLM loss | dead |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path in result.dictionaries:
+        d = load_dictionary(path)
+        torch.manual_seed(0)
+        r = evaluate(d, store, model=model, n_tokens=32_768, ce_tokens=16_384)
+        hook = d.cfg.hook_in + (f" → {d.cfg.hook_out.rsplit('.', 1)[-1]}" if d.cfg.hook_out else "")
+        print(f"| {path.name} | {hook} | {d.cfg.d_sae} | {r.l0:.1f} | {r.fvu:.3f} | "
+              f"{r.ce_loss_recovered:.3f} | {r.delta_lm_loss:.3f} | {r.dead_fraction:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
