@@ -8,33 +8,26 @@ first contexts of --corpus).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
+
+from cli.config_flags import add_config_flags, config_kwargs
+
+_CONFIG = ("interp.codebook_finetune", "CodebookFinetuneConfig")
+_BY_HAND = ("sites", "corpus", "heldout")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from cli.zoo import _field_docs, _flag_kwargs
-    from interp.codebook_finetune import CodebookFinetuneConfig
-
     p = subparsers.add_parser("codebook", help="codebook features finetuned into a model; steering")
     commands = p.add_subparsers(dest="codebook_command", required=True)
     ft = commands.add_parser("finetune", help="insert codebooks at hook sites and finetune with the LM loss",
-                             description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             description=__doc__)
     ft.add_argument("--out", required=True, help="output directory (model/, codebooks/, metrics.json ...)")
     ft.add_argument("--no-progress", action="store_true")
-    docs, hints = _field_docs(CodebookFinetuneConfig), typing.get_type_hints(CodebookFinetuneConfig)
-    defaults = CodebookFinetuneConfig()
-    for field in dataclasses.fields(CodebookFinetuneConfig):
-        flag, help_ = f"--{field.name.replace('_', '-')}", docs.get(field.name, "")
-        default = getattr(defaults, field.name)
-        if field.name == "sites":
-            ft.add_argument(flag, nargs="+", default=list(default), help=help_)
-        elif field.name in ("corpus", "heldout"):
-            ft.add_argument(flag, default=default.source if default else "none", help=help_)
-        elif hints[field.name] is bool:
-            ft.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        else:
-            ft.add_argument(flag, default=default, help=help_, **_flag_kwargs(hints[field.name]))
+    ft.add_argument("--sites", nargs="+", default=["blocks.0.attn.hook_z", "blocks.1.hook_mlp_out"],
+                    help="hook sites: blocks.L.attn.hook_z (a codebook per head) or a (batch, pos, d) hook")
+    ft.add_argument("--corpus", default="stdlib:train", help="training corpus (see interp.data)")
+    ft.add_argument("--heldout", default="stdlib:heldout",
+                    help="held-out corpus; 'none' holds out the first contexts of --corpus")
+    add_config_flags(ft, *_CONFIG, skip=_BY_HAND)
     ft.set_defaults(run=run_finetune)
 
     st = commands.add_parser("steer", help="generate with a code forced, and show the next-token shift")
@@ -55,7 +48,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from interp.codebook_finetune import CodebookFinetuneConfig, finetune_codebooks
     from interp.data import CorpusConfig
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CodebookFinetuneConfig)}
+    values = config_kwargs(args, *_CONFIG, skip=_BY_HAND)
     values["sites"] = tuple(args.sites)
     values["corpus"] = CorpusConfig(args.corpus)
     values["heldout"] = None if args.heldout.lower() == "none" else CorpusConfig(args.heldout)

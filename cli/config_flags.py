@@ -3,7 +3,8 @@ name, type, default and help are written.
 
 The dataclass is read from its module's *source* with ``ast`` (its module is not imported), which keeps
 ``interp --help`` fast when the config lives next to heavy code. Supported field types: ``int``,
-``float``, ``str``, ``bool`` and ``X | None`` of those; defaults must be literals.
+``float``, ``str``, ``bool``, ``Literal[...]`` and ``X | None`` of those; defaults must be literals (fields
+with other defaults can be skipped and given hand-written flags).
 """
 
 from __future__ import annotations
@@ -30,16 +31,24 @@ class ConfigField(NamedTuple):
     """The docstring under the field, whitespace collapsed ('' if none)."""
 
 
-def config_fields(module: str, class_name: str) -> list[ConfigField]:
-    """The fields of dataclass ``class_name`` in ``module``, in order, read from the module's source."""
-    spec = importlib.util.find_spec(module)
+def _source_path(module: str) -> Path:
+    """The source file of ``module``, found without importing it or its parent packages."""
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
     if spec is None or spec.origin is None:
         raise ImportError(f"Cannot find the source of {module}.")
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    base = Path(spec.origin).parent
+    path = base.joinpath(*rest.split(".")) if rest else base
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def config_fields(module: str, class_name: str, skip: tuple[str, ...] = ()) -> list[ConfigField]:
+    """The fields of dataclass ``class_name`` in ``module`` (except ``skip``), in order, read from source."""
+    tree = ast.parse(_source_path(module).read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
     fields = []
     for node, after in zip(cls.body, [*cls.body[1:], None]):
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)) or node.target.id in skip:
             continue
         if node.value is None:
             raise ValueError(f"{class_name}.{node.target.id} has no default; flags need one.")
@@ -51,6 +60,8 @@ def config_fields(module: str, class_name: str) -> list[ConfigField]:
 
 
 def _flag_kwargs(f: ConfigField) -> dict[str, Any]:
+    if f.annotation.startswith("Literal["):
+        return {"choices": list(ast.literal_eval(f.annotation[len("Literal") :]))}
     parts = [p.strip() for p in f.annotation.split("|")]
     optional = "None" in parts
     names = [p for p in parts if p != "None"]
@@ -64,9 +75,11 @@ def _flag_kwargs(f: ConfigField) -> dict[str, Any]:
     return {"type": kind}
 
 
-def add_config_flags(parser: argparse._ActionsContainer, module: str, class_name: str) -> list[str]:
+def add_config_flags(
+    parser: argparse._ActionsContainer, module: str, class_name: str, skip: tuple[str, ...] = ()
+) -> list[str]:
     """Add one ``--field-name`` flag per field (default and help from the source); returns the names."""
-    fields = config_fields(module, class_name)
+    fields = config_fields(module, class_name, skip)
     for f in fields:
         default = "" if f.default is None else f" (default: {f.default})"
         parser.add_argument(
@@ -75,6 +88,8 @@ def add_config_flags(parser: argparse._ActionsContainer, module: str, class_name
     return [f.name for f in fields]
 
 
-def config_kwargs(args: argparse.Namespace, module: str, class_name: str) -> dict[str, Any]:
+def config_kwargs(
+    args: argparse.Namespace, module: str, class_name: str, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The parsed values of the flags that :func:`add_config_flags` added, as keyword arguments."""
-    return {f.name: getattr(args, f.name) for f in config_fields(module, class_name)}
+    return {f.name: getattr(args, f.name) for f in config_fields(module, class_name, skip)}

@@ -15,21 +15,33 @@ import sys
 import cli
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _commands() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(cli.__path__)
+                  if not m.name.startswith("_") and m.name not in ("main", "config_flags"))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, every other subcommand is a cheap stub (its full parser may import
+    torch to list, say, the registered architectures)."""
     parser = argparse.ArgumentParser(prog="interp", description="Interpretability toolkit for language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(cli.__path__), key=lambda m: m.name):
-        if info.name in ("main", "common") or info.name.startswith("_"):
+    for name in _commands():
+        module = importlib.import_module(f"cli.{name}")
+        if not hasattr(module, "add_parser"):
             continue
-        module = importlib.import_module(f"cli.{info.name}")
-        if hasattr(module, "add_parser"):
+        if only is None or name == only:
             module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=(module.__doc__ or "").strip().split("\n")[0].split(": ", 1)[-1])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    known = command in _commands()
+    args = build_parser(only=command if known else "").parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
