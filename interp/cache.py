@@ -104,6 +104,7 @@ def cache_activations(
     if manifest["complete"]:
         log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
         return ActivationStore(out)
+    contexts = _prefetch(contexts, depth=4 * cfg.batch_size)
     _write(cfg, model, hooks, shapes, _prepend(first, contexts), out, manifest, progress)
     return ActivationStore(out)
 
@@ -181,6 +182,36 @@ def _reconcile(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
 def _prepend(first: Context, rest: Iterator[Context]) -> Iterator[Context]:
     yield first
     yield from rest
+
+
+def _prefetch(items: Iterator[Context], depth: int) -> Iterator[Context]:
+    """Produce ``items`` on a background thread (reading and tokenising overlap the forward pass).
+
+    One producer keeps the order; an exception in it is raised here, in the consumer.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, name="interp-tokenize", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def _contexts_per_shard(cfg: CacheConfig, shapes: dict[str, list[int]]) -> int:
