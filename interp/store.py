@@ -122,7 +122,7 @@ class _Shard:
         if out.numel() == 0:
             return out
         row_bytes = out[0].numel() * out.element_size()
-        view = memoryview(out.view(-1).view(torch.uint8).numpy()).cast("B")
+        view = memoryview(out.view(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
         offset = self._base + entry["data_offsets"][0] + start * row_bytes
         done = 0
         while done < len(view):

@@ -11,6 +11,8 @@ not depend on TransformerLens and gives a reference that the hook-based code can
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -62,7 +64,7 @@ def induction_score(
     ``model.config.bos_token_id``; the score is :func:`induction_pattern_score`. The model is run in
     eval mode with eager attention; its training mode and attention implementation are restored after.
     """
-    config = model.config  # type: ignore[attr-defined]
+    config: Any = model.config
     bos = config.bos_token_id
     if bos is None:
         raise InterpError("the model config has no bos_token_id; the induction probe starts with BOS")

@@ -397,7 +397,7 @@ def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
         logger.info("model: %d parameters", n_params)
         train_loss = train_model(cfg, model, training_batches(cfg, train_docs, bos))
         if cfg.save_dtype == "float16":
-            model.to(torch.float16).to(torch.float32)  # evaluate exactly the weights that are saved
+            model.half().float()  # evaluate exactly the weights that are saved
         heldout = pack(heldout_docs, cfg.seq_len, bos, drop_last=False)
         loss, unigram, n_heldout = heldout_losses(
             model, heldout, unigram_log_probs(train_docs, len(tokenizer)), cfg.batch_size
