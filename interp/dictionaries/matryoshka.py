@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
-from interp.dictionaries.linear import LinearSAE, auxk_loss, normalized_mse
-from interp.dictionaries.topk import batch_topk, threshold_encode, update_threshold
+from interp.dictionaries.linear import LinearSAE, normalized_mse
+from interp.dictionaries.topk import batch_topk, batch_topk_step, threshold_encode
 from interp.errors import InterpError
 
 DEFAULT_FRACTIONS = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
@@ -75,22 +75,5 @@ class MatryoshkaSAE(LinearSAE):
             losses.append(normalized_mse(y_hat, batch.y))
             start = end
         recon = torch.stack(losses).mean()
-        aux = auxk_loss(
-            z_pre.detach(),
-            xc,
-            self.W_enc_,
-            self.b_enc,
-            self.W_dec_,
-            batch.y - y_hat.detach(),
-            state.dead,
-            int(self.p["k_aux"]),
-        )
-        update_threshold(self.threshold, f.detach(), float(self.p["threshold_rate"]))
-        active = f > 0
-        return StepOutput(
-            recon + float(self.p["aux_coef"]) * aux,
-            y_hat,
-            active.any(0),
-            float(active.sum()) / len(f),
-            {"nmse": losses[-1].item(), "prefix_nmse": recon.item(), "auxk": aux.item()},
-        )
+        return batch_topk_step(self, batch, state, z_pre, xc, f, y_hat, recon,
+                               {"nmse": losses[-1].item(), "prefix_nmse": recon.item()})

@@ -151,22 +151,29 @@ class BatchTopKSAE(LinearSAE):
         f = batch_topk(F.relu(z_pre), int(self.p["k"]))
         y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)
         mse = normalized_mse(y_hat, batch.y)
-        aux = auxk_loss(
-            z_pre.detach(),
-            xc,
-            self.W_enc_,
-            self.b_enc,
-            self.W_dec_,
-            batch.y - y_hat.detach(),
-            state.dead,
-            int(self.p["k_aux"]),
-        )
-        update_threshold(self.threshold, f.detach(), float(self.p["threshold_rate"]))
-        active = f > 0
-        return StepOutput(
-            mse + float(self.p["aux_coef"]) * aux,
-            y_hat,
-            active.any(0),
-            float(active.sum()) / len(f),
-            {"nmse": mse.item(), "auxk": aux.item()},
-        )
+        return batch_topk_step(self, batch, state, z_pre, xc, f, y_hat, mse, {"nmse": mse.item()})
+
+
+def batch_topk_step(
+    sae: LinearSAE,
+    batch: TrainBatch,
+    state: TrainState,
+    z_pre: torch.Tensor,
+    xc: torch.Tensor,
+    f: torch.Tensor,
+    y_hat: torch.Tensor,
+    recon: torch.Tensor,
+    terms: dict[str, float],
+) -> StepOutput:
+    """The end of a BatchTopK-style training step: AuxK on the residual, the threshold EMA, the output.
+
+    ``z_pre`` (N, d_sae) are pre-activations, ``xc`` the centred inputs, ``f`` the kept codes and ``recon``
+    the architecture's reconstruction loss; ``sae.threshold`` is updated in place.
+    """
+    aux = auxk_loss(z_pre.detach(), xc, sae.W_enc_, sae.b_enc, sae.W_dec_, batch.y - y_hat.detach(), state.dead,
+                    int(sae.p["k_aux"]))
+    threshold: torch.Tensor = sae.threshold  # type: ignore[assignment]  # a buffer of both BatchTopK kinds
+    update_threshold(threshold, f.detach(), float(sae.p["threshold_rate"]))
+    active = f > 0
+    return StepOutput(recon + float(sae.p["aux_coef"]) * aux, y_hat, active.any(0), float(active.sum()) / len(f),
+                      {**terms, "auxk": aux.item()})
