@@ -27,7 +27,7 @@ MMCS_FLOOR = {
     "relu_normweighted": 0.95,
     "jumprelu": 0.9,
     "gated": 0.95,
-    "matryoshka": 0.8,
+    "matryoshka": 0.9,
     "mp": 0.95,
     "codebook": 0.9,
     "transcoder": 0.85,
@@ -37,7 +37,7 @@ PARAMS = {
     "topk": {"k": 4},
     "gsae": {"k": 4},
     "batchtopk": {"k": 4},
-    "matryoshka": {"k": 4},
+    "matryoshka": {"k": 4, "params": {"group_sizes": [64, 64]}},  # a prefix at the true feature count
     "mp": {"k": 4},
     "codebook": {"k": 2},
     "skip_transcoder": {"k": 4},
