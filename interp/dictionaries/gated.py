@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
-from interp.dictionaries.linear import LinearSAE
+from interp.dictionaries.linear import LINEAR_DEFAULTS, LinearSAE
 from interp.dictionaries.relu import sum_sq_error, warmup
 
 
@@ -26,13 +26,10 @@ class GatedSAE(LinearSAE):
     """Gated SAE: a gate decides which latents fire, a magnitude path sets their values."""
 
     param_defaults: dict[str, Any] = {
+        **LINEAR_DEFAULTS,
         "l1_coeff": 5.0,
         "l1_warmup": 0.0,
         "resample": True,
-        "transcoder": False,
-        "skip": False,
-        "b_dec_init": "geometric_median",
-        "init_seed": 0,
     }
 
     def __init__(self, cfg: DictionaryConfig):

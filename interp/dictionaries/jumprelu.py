@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
-from interp.dictionaries.linear import LinearSAE
+from interp.dictionaries.linear import LINEAR_DEFAULTS, LinearSAE
 from interp.dictionaries.relu import sum_sq_error, warmup
 
 
@@ -60,14 +60,11 @@ class JumpReluSAE(LinearSAE):
     """JumpReLU SAE: learned per-latent thresholds, L0 penalty through straight-through estimators."""
 
     param_defaults: dict[str, Any] = {
+        **LINEAR_DEFAULTS,
         "l0_coeff": 1.0,
         "bandwidth": 0.001,
         "threshold_init": 0.001,
         "l0_warmup": 0.1,
-        "transcoder": False,
-        "skip": False,
-        "b_dec_init": "geometric_median",
-        "init_seed": 0,
     }
 
     def __init__(self, cfg: DictionaryConfig):

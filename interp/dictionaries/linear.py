@@ -19,6 +19,14 @@ from torch import nn
 
 from interp.dictionaries.base import Dictionary, DictionaryConfig, TrainBatch
 
+LINEAR_DEFAULTS: dict[str, Any] = {
+    "transcoder": False,
+    "skip": False,
+    "b_dec_init": "geometric_median",
+    "init_seed": 0,
+}
+"""Parameters every LinearSAE architecture accepts: transcoder mode, skip path, b_dec init, init seed."""
+
 
 class LinearSAE(Dictionary):
     """Abstract: a linear encoder, an activation chosen by the subclass, and a linear decoder."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
-from interp.dictionaries.linear import LinearSAE, normalized_mse
+from interp.dictionaries.linear import LINEAR_DEFAULTS, LinearSAE, normalized_mse
 from interp.dictionaries.topk import batch_topk, batch_topk_step, threshold_encode
 from interp.errors import InterpError
 
@@ -42,15 +42,12 @@ class MatryoshkaSAE(LinearSAE):
     """Matryoshka SAE: every prefix of the dictionary must reconstruct the input on its own."""
 
     param_defaults: dict[str, Any] = {
+        **LINEAR_DEFAULTS,
         "k": 32,
         "k_aux": 512,
         "aux_coef": 1 / 32,
         "threshold_rate": 0.01,
         "group_sizes": None,
-        "transcoder": False,
-        "skip": False,
-        "b_dec_init": "geometric_median",
-        "init_seed": 0,
     }
     threshold: torch.Tensor
     """() buffer: the BatchTopK inference threshold theta (-1 until the first training batch sets it)."""

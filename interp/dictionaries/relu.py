@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
-from interp.dictionaries.linear import LinearSAE
+from interp.dictionaries.linear import LINEAR_DEFAULTS, LinearSAE
 
 
 def warmup(state: TrainState, fraction: float) -> float:
@@ -49,14 +49,11 @@ class ReluSAE(LinearSAE):
     """ReLU SAE trained with an L1 penalty."""
 
     param_defaults: dict[str, Any] = {
+        **LINEAR_DEFAULTS,
         "l1_coeff": 5.0,
         "l1_warmup": 0.0,
         "norm_weighted": False,
         "resample": True,
-        "transcoder": False,
-        "skip": False,
-        "b_dec_init": "geometric_median",
-        "init_seed": 0,
     }
 
     def __init__(self, cfg: DictionaryConfig):

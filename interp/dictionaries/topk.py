@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
 from interp.dictionaries.linear import (
+    LINEAR_DEFAULTS,
     LinearSAE,
     auxk_loss,
     fired_sparse,
@@ -45,14 +46,11 @@ class TopKSAE(LinearSAE):
     """TopK SAE: exactly k active latents per token; dead latents revived by the AuxK loss."""
 
     param_defaults: dict[str, Any] = {
+        **LINEAR_DEFAULTS,
         "k": 32,
         "k_aux": 512,
         "aux_coef": 1 / 32,
         "beta": 0.0,
-        "transcoder": False,
-        "skip": False,
-        "b_dec_init": "geometric_median",
-        "init_seed": 0,
     }
 
     @property
@@ -126,14 +124,11 @@ class BatchTopKSAE(LinearSAE):
     """BatchTopK: k * batch latents per batch in training; a learned global threshold theta at inference."""
 
     param_defaults: dict[str, Any] = {
+        **LINEAR_DEFAULTS,
         "k": 32,
         "k_aux": 512,
         "aux_coef": 1 / 32,
         "threshold_rate": 0.01,
-        "transcoder": False,
-        "skip": False,
-        "b_dec_init": "geometric_median",
-        "init_seed": 0,
     }
     threshold: torch.Tensor
     """() buffer: the inference threshold theta (-1 until the first training batch sets it)."""
