@@ -30,7 +30,7 @@ ENV_VARS = {"sparsify": "INTERP_SPARSIFY_VENV", "saelens": "INTERP_SAELENS_VENV"
 
 _COMMON = """
 import json, sys, time, torch
-d_in, d_sae, k, batch, steps, threads = (int(a) for a in sys.argv[1:7])
+d_in, d_sae, k, batch, steps, threads, fused = (int(a) for a in sys.argv[1:8])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 x = torch.randn(batch, d_in)
@@ -42,7 +42,7 @@ _SCRIPTS = {
 import importlib.metadata as md
 from sparsify import SparseCoder, SparseCoderConfig
 sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k))
-opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=bool(fused))
 def step():
     out = sae(x)
     opt.zero_grad(set_to_none=True)
@@ -59,7 +59,7 @@ warnings.filterwarnings("ignore")
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainStepInput
 sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
-opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=bool(fused))
 def step():
     out = sae.training_forward_pass(TrainStepInput(
         sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False))
@@ -96,13 +96,23 @@ def venv_for(name: str, given: str | None = None) -> Path:
 
 
 def measure(
-    name: str, venv: Path, *, d_in: int, d_sae: int, k: int, batch: int, steps: int, threads: int
+    name: str,
+    venv: Path,
+    *,
+    d_in: int,
+    d_sae: int,
+    k: int,
+    batch: int,
+    steps: int,
+    threads: int,
+    fused_adam: bool = False,
 ) -> PeerResult:
-    """Run peer ``name``'s training script in ``venv`` and parse its throughput."""
+    """Run peer ``name``'s training script in ``venv`` and parse its throughput; ``fused_adam`` swaps the
+    library's plain torch Adam for the fused kernel."""
     python = venv / "bin" / "python"
     if not python.exists():
         return PeerResult(name, None, f"skipped: no venv at {venv} (set {ENV_VARS[name]}; setup in bench/peers.py)")
-    args = [str(v) for v in (d_in, d_sae, k, batch, steps, threads)]
+    args = [str(v) for v in (d_in, d_sae, k, batch, steps, threads, int(fused_adam))]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
     proc = subprocess.run(
         [str(python), "-c", _SCRIPTS[name] + _TIMING, *args], capture_output=True, text=True, env=env, timeout=1800

@@ -1,77 +1,124 @@
 """TopK training throughput vs the encoder matmul alone (the floor for a sparse decoder), and vs the
 peer libraries sparsify and SAELens on the same data, same run.
 
-d_in=512, d_sae=8192, k=32, batch 4096, fp32. Prints tokens/s for each and the ratios. Peers run in
-side virtualenvs (see bench/peers.py for the setup); one whose venv is absent is skipped with a message.
-Reference points on this kind of CPU: sparsify 1.3.3 ~8,500 tok/s, SAELens 6.54 ~2,200 tok/s.
+d_in=512, d_sae=8192, k=32, batch 4096, fp32 by default. For each thread count it prints tokens/s of:
+- the encoder matmul ``x @ W_enc``, as written (a fresh output each call) and into a reused buffer
+  (the faster of the two is the limit the ratio is taken against);
+- interp's TopK training step (forward, backward, decoder constraints, Adam, as ``interp train`` runs it);
+- sparsify and SAELens, each in its own virtualenv (see bench/peers.py; an absent venv is skipped),
+  and sparsify once more with torch's fused Adam, to show how much of the gap is the optimizer.
+
+interp's step and the matmuls are timed in interleaved rounds and the median round is reported, so a
+slow spell on a shared machine hits all of them alike. Reference points on this kind of CPU: sparsify
+1.3.3 ~8,500 tok/s, SAELens 6.54 ~2,200 tok/s. ``--device cuda --dtype bfloat16`` measures a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from peers import DEFAULT_VENVS, measure, venv_for  # bench/ is on sys.path when run as a script
 
 from interp.dictionaries import TrainBatch, TrainState, create
+from interp.train import make_optimizer
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-in", type=int, default=512)
     ap.add_argument("--d-sae", type=int, default=8192)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3, help="calls per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
+    ap.add_argument("--threads", default=f"1,{os.cpu_count()}", help="comma-separated torch thread counts")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast")
     ap.add_argument(
         "--sparsify-venv", default=None, help=f"default $INTERP_SPARSIFY_VENV or {DEFAULT_VENVS['sparsify']}"
     )
     ap.add_argument("--saelens-venv", default=None, help=f"default $INTERP_SAELENS_VENV or {DEFAULT_VENVS['saelens']}")
     ap.add_argument("--no-peers", action="store_true", help="measure interp only")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    print(f"d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch} {args.dtype} on {args.device}")
+    for threads in sorted({int(t) for t in args.threads.split(",")}):
+        torch.set_num_threads(threads)
+        print(f"\n-- {threads} thread(s) --")
+        rates = measure_interp(args)
+        limit = max(rates["encoder matmul, fresh output"], rates["encoder matmul, reused buffer"])
+        train = rates["interp TopK train step"]
+        print(f"interp step takes {limit / train:.2f}x the encoder matmul's time (goal <= 2x)")
+        if not args.no_peers and args.device == "cpu":
+            measure_peers(args, threads, train)
+
+
+def measure_interp(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(0)
-    x = torch.randn(args.batch, args.d_in)
-    d = create("topk", args.d_in, args.d_sae, k=args.k)
-    opt = torch.optim.Adam(d.parameters(), lr=1e-4)
-    dead = torch.zeros(args.d_sae, dtype=torch.bool)
+    dev = torch.device(args.device)
+    x = torch.randn(args.batch, args.d_in, device=dev)
+    d = create("topk", args.d_in, args.d_sae, k=args.k).to(dev)
+    opt = make_optimizer(d, lr=1e-4)
+    dead = torch.zeros(args.d_sae, dtype=torch.bool, device=dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    W = d.W_enc_.detach()
+    buf = torch.empty(args.batch, args.d_sae, device=dev, dtype=torch.bfloat16 if args.dtype == "bfloat16" else None)
+    Wc, xc = (W.bfloat16(), x.bfloat16()) if args.dtype == "bfloat16" else (W, x)
 
     def train_step() -> None:
-        out = d.training_step(TrainBatch(x, x, None), TrainState(0, 1, dead))
+        with autocast:
+            out = d.training_step(TrainBatch(x, x, None), TrainState(0, 1, dead))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         d.constrain_grads()
         opt.step()
         d.constrain_weights()
 
-    def matmul() -> None:
-        with torch.no_grad():
-            x @ d.W_enc_
-
-    rates = {}
-    for name, fn in (("encoder matmul", matmul), ("topk train step", train_step)):
+    fns: dict[str, Callable[[], object]] = {
+        "encoder matmul, fresh output": lambda: xc @ Wc,
+        "encoder matmul, reused buffer": lambda: torch.mm(xc, Wc, out=buf),
+        "interp TopK train step": train_step,
+    }
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            fn()
-        rates[name] = args.batch * args.steps / (time.perf_counter() - t)
-        print(f"{name:>16}: {rates[name]:>10,.0f} tok/s")
-    print(
-        f"ratio (matmul / train): {rates['encoder matmul'] / rates['topk train step']:.2f}x  "
-        f"(threads={args.threads}; goal <= 2x)"
-    )
-    if args.no_peers:
-        return
-    shape = dict(d_in=args.d_in, d_sae=args.d_sae, k=args.k, batch=args.batch, steps=args.steps)
-    for name, given in (("sparsify", args.sparsify_venv), ("saelens", args.saelens_venv)):
-        peer = measure(name, venv_for(name, given), threads=args.threads, **shape)
+    for _ in range(args.rounds):
+        for name, fn in fns.items():
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            _sync(dev)
+            times[name].append((time.perf_counter() - t) / args.steps)
+    rates = {name: args.batch / statistics.median(ts) for name, ts in times.items()}
+    for name, rate in rates.items():
+        print(f"{name:>32}: {rate:>10,.0f} tok/s  (median of {args.rounds} rounds)")
+    return rates
+
+
+def measure_peers(args: argparse.Namespace, threads: int, train: float) -> None:
+    shape = dict(d_in=args.d_in, d_sae=args.d_sae, k=args.k, batch=args.batch, steps=args.steps * args.rounds)
+    for name, given, fused in (
+        ("sparsify", args.sparsify_venv, False),
+        ("sparsify", args.sparsify_venv, True),
+        ("saelens", args.saelens_venv, False),
+    ):
+        label = f"{name}{' + fused Adam' if fused else ''}"
+        peer = measure(name, venv_for(name, given), threads=threads, fused_adam=fused, **shape)
         if peer.tokens_per_s is None:
-            print(f"{name:>16}: {peer.detail}")
+            print(f"{label:>32}: {peer.detail}")
             continue
-        ratio = rates["topk train step"] / peer.tokens_per_s
-        print(f"{name:>16}: {peer.tokens_per_s:>10,.0f} tok/s  ({peer.detail}; interp is {ratio:.2f}x its speed)")
+        print(f"{label:>32}: {peer.tokens_per_s:>10,.0f} tok/s  ({peer.detail}; "
+              f"interp is {train / peer.tokens_per_s:.2f}x its speed)")
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

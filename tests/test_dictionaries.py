@@ -14,7 +14,8 @@ from interp.dictionaries import (
     load_dictionary,
     save_dictionary,
 )
-from interp.dictionaries.linear import gathered_preacts, geometric_median, sparse_decode
+from interp.dictionaries.linear import geometric_median
+from interp.dictionaries.sparse import sparse_code, sparse_decode, topk_indices
 from interp.errors import InterpError
 from interp.synthetic import TensorStore
 
@@ -73,24 +74,36 @@ def test_unknown_architecture_and_param_are_refused_with_the_choices():
         create("topk", 4, 8, l1_coeff=3.0)
 
 
-def test_gathered_preacts_gradients_equal_dense_autograd():
+@pytest.mark.parametrize("use_csr", [True, False], ids=["csr", "embedding_bag"])
+def test_sparse_code_value_and_gradients_equal_dense_autograd(use_csr):
     torch.manual_seed(0)
-    x, W, b = torch.randn(7, 5), torch.randn(5, 11, requires_grad=True), torch.randn(11, requires_grad=True)
-    xc = x.clone().requires_grad_(True)
-    idx = torch.randint(0, 11, (7, 3))
-    w = torch.randn(7, 3)
-    dense = (xc @ W + b).gather(1, idx)
-    grads_dense = torch.autograd.grad((dense * w).sum(), [xc, W, b])
-    with torch.no_grad():
-        z = xc @ W + b
-    sparse = gathered_preacts(z, xc, W, b, idx)
-    torch.testing.assert_close(sparse, dense)
-    for g_s, g_d in zip(torch.autograd.grad((sparse * w).sum(), [xc, W, b]), grads_dense):
-        torch.testing.assert_close(g_s, g_d)
-    W_dec = torch.randn(11, 4)
-    torch.testing.assert_close(
-        sparse_decode(idx, w, W_dec), (torch.zeros(7, 11).scatter_add(1, idx, w)) @ W_dec
-    )
+    n, d_in, d_sae, d_out, m = 37, 5, 11, 4, 3
+    x, b_in = torch.randn(n, d_in, requires_grad=True), torch.randn(d_in, requires_grad=True)
+    W, b = torch.randn(d_in, d_sae, requires_grad=True), torch.randn(d_sae, requires_grad=True)
+    W_dec = torch.randn(d_sae, d_out, requires_grad=True)
+    idx = torch.stack([torch.randperm(d_sae)[:m] for _ in range(n)])  # distinct per row, unsorted
+    gy = torch.randn(n, d_out)
+    z = (x - b_in) @ W + b
+    dense = torch.zeros(n, d_sae).scatter(1, idx, torch.relu(z.gather(1, idx))) @ W_dec
+    expected = torch.autograd.grad(dense, [x, b_in, W, b, W_dec], gy)
+    y, vals = sparse_code(z.detach(), x, b_in, W, b, W_dec, idx, use_csr=use_csr)
+    torch.testing.assert_close(y, dense)
+    torch.testing.assert_close(vals, torch.relu(z.detach().gather(1, idx)))
+    for got, want in zip(torch.autograd.grad(y, [x, b_in, W, b, W_dec], gy), expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(sparse_decode(idx, vals, W_dec.detach()), dense.detach())
+
+
+@pytest.mark.parametrize("n,k", [(8192, 32), (4096, 16), (16384, 256), (65536, 64), (8192, 8), (100, 5)])
+def test_topk_indices_select_the_k_largest_exactly(n, k):
+    torch.manual_seed(n + k)
+    z = torch.randn(48, n)
+    z[:, n // 2 : n // 2 + 32] = z[:, :32]  # ties across groups
+    z[3] = 0.0  # a row of ties
+    idx = topk_indices(z, k)
+    assert idx.shape == (48, k)
+    assert (idx.sort(1).values.diff(1) > 0).all(), "indices within a row are distinct"
+    torch.testing.assert_close(z.gather(1, idx).sort(1).values, z.topk(k, dim=1).values.sort(1).values)
 
 
 def test_topk_keeps_k_and_decoder_stays_unit_norm_with_orthogonal_grad():

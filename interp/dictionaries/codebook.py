@@ -27,7 +27,7 @@ from interp.dictionaries.base import (
     TrainState,
     register,
 )
-from interp.dictionaries.linear import sparse_decode
+from interp.dictionaries.sparse import sparse_decode
 from interp.errors import InterpError
 
 _EPS = 1e-5

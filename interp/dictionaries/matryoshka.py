@@ -61,8 +61,7 @@ class MatryoshkaSAE(LinearSAE):
         return threshold_encode(F.relu(self.pre_acts(x)), self.threshold)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
-        xc = batch.x - self.input_bias()
-        z_pre = xc @ self.W_enc_ + self.b_enc
+        z_pre = self.pre_acts(batch.x)
         f = batch_topk(F.relu(z_pre), int(self.p["k"]))
         y_hat = self.b_dec.expand_as(batch.y) + self.skip_path(batch.x)
         losses = [normalized_mse(y_hat, batch.y)]
@@ -72,5 +71,5 @@ class MatryoshkaSAE(LinearSAE):
             losses.append(normalized_mse(y_hat, batch.y))
             start = end
         recon = torch.stack(losses).mean()
-        return batch_topk_step(self, batch, state, z_pre, xc, f, y_hat, recon,
+        return batch_topk_step(self, batch, state, z_pre, f, y_hat, recon,
                                {"nmse": losses[-1].item(), "prefix_nmse": recon.item()})

@@ -72,6 +72,7 @@ class MatchingPursuit(Dictionary):
             val = val.clamp_min(0)
             if threshold is not None:
                 val = val * (r.norm(dim=1) >= threshold)
+            val = val.to(z.dtype)  # under autocast the correlations may be bf16
             z = z.scatter_add(1, j[:, None], val[:, None])
             r = r - val[:, None] * self.D[j]
             if threshold is not None and not bool((r.norm(dim=1) >= threshold).any()):

@@ -26,11 +26,10 @@ from interp.dictionaries.linear import (
     LinearSAE,
     auxk_loss,
     fired_sparse,
-    gathered_preacts,
     normalized_mse,
     scatter_dense,
-    sparse_decode,
 )
+from interp.dictionaries.sparse import sparse_code, topk_indices
 
 
 @register("topk", description="TopK SAE with AuxK and tied init (Gao et al. 2024)")
@@ -63,7 +62,7 @@ class TopKSAE(LinearSAE):
         if grad is not None and float(self.p["beta"]) > 0:
             z = F.relu(z_pre)
             score = z + float(self.p["beta"]) * z * (grad @ self.W_dec_.detach().T).abs()
-        return score.topk(k, dim=1, sorted=False).indices
+        return topk_indices(score, k)
 
     def encode_normalized(self, x: torch.Tensor, grad: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
         """(N, d_in) -> (N, d_sae) with at most k non-zeros per row; ``grad`` enables g-SAE selection."""
@@ -72,23 +71,13 @@ class TopKSAE(LinearSAE):
         return scatter_dense(idx, F.relu(z_pre.gather(1, idx)), self.cfg.d_sae)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
-        xc = batch.x - self.input_bias()
-        with torch.no_grad():
-            z_pre = torch.addmm(self.b_enc, xc, self.W_enc_)
+        z_pre = self.train_preacts(batch.x)
         idx = self._select(z_pre, batch.grad)
-        vals = F.relu(gathered_preacts(z_pre, xc, self.W_enc_, self.b_enc, idx))
-        y_hat = sparse_decode(idx, vals, self.W_dec_) + self.b_dec + self.skip_path(batch.x)
+        enc = (batch.x, self.input_bias(), self.W_enc_, self.b_enc)
+        y_sparse, vals = sparse_code(z_pre, *enc, self.W_dec_, idx)
+        y_hat = y_sparse + self.b_dec + self.skip_path(batch.x)
         mse = normalized_mse(y_hat, batch.y)
-        aux = auxk_loss(
-            z_pre,
-            xc,
-            self.W_enc_,
-            self.b_enc,
-            self.W_dec_,
-            batch.y - y_hat.detach(),
-            state.dead,
-            int(self.p["k_aux"]),
-        )
+        aux = auxk_loss(z_pre, *enc, self.W_dec_, batch.y, y_hat, state.dead, int(self.p["k_aux"]))
         loss = mse + float(self.p["aux_coef"]) * aux
         l0 = float((vals > 0).sum()) / len(vals)
         return StepOutput(
@@ -141,12 +130,11 @@ class BatchTopKSAE(LinearSAE):
         return threshold_encode(F.relu(self.pre_acts(x)), self.threshold)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
-        xc = batch.x - self.input_bias()
-        z_pre = torch.addmm(self.b_enc, xc, self.W_enc_)
+        z_pre = self.pre_acts(batch.x)
         f = batch_topk(F.relu(z_pre), int(self.p["k"]))
         y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)
         mse = normalized_mse(y_hat, batch.y)
-        return batch_topk_step(self, batch, state, z_pre, xc, f, y_hat, mse, {"nmse": mse.item()})
+        return batch_topk_step(self, batch, state, z_pre, f, y_hat, mse, {"nmse": mse.item()})
 
 
 def batch_topk_step(
@@ -154,7 +142,6 @@ def batch_topk_step(
     batch: TrainBatch,
     state: TrainState,
     z_pre: torch.Tensor,
-    xc: torch.Tensor,
     f: torch.Tensor,
     y_hat: torch.Tensor,
     recon: torch.Tensor,
@@ -162,11 +149,11 @@ def batch_topk_step(
 ) -> StepOutput:
     """The end of a BatchTopK-style training step: AuxK on the residual, the threshold EMA, the output.
 
-    ``z_pre`` (N, d_sae) are pre-activations, ``xc`` the centred inputs, ``f`` the kept codes and ``recon``
-    the architecture's reconstruction loss; ``sae.threshold`` is updated in place.
+    ``z_pre`` (N, d_sae) are pre-activations, ``f`` the kept codes and ``recon`` the architecture's
+    reconstruction loss; ``sae.threshold`` is updated in place.
     """
-    aux = auxk_loss(z_pre.detach(), xc, sae.W_enc_, sae.b_enc, sae.W_dec_, batch.y - y_hat.detach(), state.dead,
-                    int(sae.p["k_aux"]))
+    aux = auxk_loss(z_pre.detach(), batch.x, sae.input_bias(), sae.W_enc_, sae.b_enc, sae.W_dec_,
+                    batch.y, y_hat, state.dead, int(sae.p["k_aux"]))
     threshold: torch.Tensor = sae.threshold  # type: ignore[assignment]  # a buffer of both BatchTopK kinds
     update_threshold(threshold, f.detach(), float(sae.p["threshold_rate"]))
     active = f > 0
