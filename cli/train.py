@@ -1,4 +1,5 @@
-"""``interp train``: train one dictionary on an activation store (a config file plus flags)."""
+"""``interp train``: train one dictionary on an activation store, or on activations computed on the fly
+from a model (``--model`` and ``--corpus`` instead of ``--store``). A config file plus flags."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from interp.dictionaries import REGISTRY
 
     p = subparsers.add_parser("train", help="train a sparse dictionary on a store", description=__doc__)
-    p.add_argument("--store", required=True, help="activation store directory (from interp cache)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--store", help="activation store directory (from interp cache)")
+    src.add_argument("--model", help="compute activations on the fly from this model (demo, a local HF "
+                     "directory or a hub name) instead of reading a store; needs --hook")
+    p.add_argument("--corpus", default="stdlib:train", help="with --model: corpus source (see interp.data)")
+    p.add_argument("--ctx-len", type=int, default=128, help="with --model: tokens per context")
+    p.add_argument("--model-batch", type=int, default=32, help="with --model: contexts per forward pass")
     p.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
     p.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
     p.add_argument("--architecture", choices=sorted(REGISTRY), help="dictionary architecture")
@@ -32,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="Adam learning rate (default: scaled by d_sae)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
+    p.add_argument("--autocast", choices=["bfloat16"], help="train under bf16 autocast (weights stay fp32)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--nan-policy", choices=["stop", "skip"])
     p.add_argument("--wandb-project")
@@ -70,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint_every",
             "nan_policy",
             "wandb_project",
+            "autocast",
         )
     }
     fields.update({k: v for k, v in flags.items() if v is not None})
@@ -77,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**fields, params=params)
     except TypeError as e:
         raise InterpError(f"Bad training config: {e}") from e
-    result = train_dictionary(cfg, args.store, args.out, progress=not args.no_progress)
+    source = args.store if args.store else _model_source(args, cfg)
+    result = train_dictionary(cfg, source, args.out, progress=not args.no_progress)
     for path in result.dictionaries:
         m = result.metrics[path.name]
         print(
@@ -85,3 +95,14 @@ def run(args: argparse.Namespace) -> int:
             f"{m['tokens_per_s']:.0f} tok/s"
         )
     return 0
+
+
+def _model_source(args: argparse.Namespace, cfg: object) -> object:
+    from interp.errors import InterpError
+    from interp.stream import ModelSource
+
+    hook, hook_out = getattr(cfg, "hook", None), getattr(cfg, "hook_out", None)
+    if not hook:
+        raise InterpError("--model computes activations on the fly and needs --hook (e.g. blocks.0.hook_resid_post).")
+    return ModelSource(args.model, [h for h in (hook, hook_out) if h], args.corpus, ctx_len=args.ctx_len,
+                       batch_contexts=args.model_batch, device=getattr(cfg, "device", "cpu"))

@@ -98,7 +98,7 @@ def cache_activations(
         raise InterpError(f"ctx_len {cfg.ctx_len} exceeds the model's context of {model.info.n_ctx} tokens.")
     contexts = iter_contexts(cfg.corpus, model.tokenizer, cfg.ctx_len, model.info.bos_token_id)
     first = next(contexts)  # raises InterpError for an empty corpus, before anything is written
-    shapes = _probe_shapes(model, hooks, first)
+    shapes = probe_shapes(model, hooks, first)
     manifest = _new_manifest(cfg, model, hooks, shapes)
     manifest = _reconcile(out, manifest)
     if manifest["complete"]:
@@ -121,7 +121,7 @@ def _check_out_dir(out: Path) -> None:
             )
 
 
-def _probe_shapes(model: Model, hooks: list[str], first: Context) -> dict[str, list[int]]:
+def probe_shapes(model: Model, hooks: list[str], first: Context) -> dict[str, list[int]]:
     """Per-token shape of every hook, from one context; refuses hooks that are not per-token."""
     acts = model.capture(first.tokens[None], hooks).acts
     shapes = {}

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -299,21 +299,12 @@ class ActivationStore:
         """
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         keys = self._keys(hooks, grads)
-        if batch_size < 1 or epochs < 1:
-            raise InterpError(f"batch_size and epochs must be >= 1 (got {batch_size}, {epochs}).")
         gen = torch.Generator().manual_seed(seed)
-        if buffer_rows is None:
-            row_bytes = 4 * sum(self.d(h) for h in hooks) * (2 if grads else 1)
-            buffer_rows = max(4 * batch_size, (256 << 20) // row_bytes)
-        buf = _ShuffleBuffer(max(buffer_rows, batch_size), gen) if shuffle else None
-        batcher = _Batcher(batch_size, hooks, grads)
-        for _ in range(epochs):
-            for rows in self._blocks(keys, batch_size, gen if shuffle else None, exclude_bos):
-                for out in buf.push(rows) if buf is not None else [rows]:
-                    yield from batcher.add(out)
-        if buf is not None:
-            yield from batcher.add(buf.flush())
-        yield from batcher.finish(keep_tail=not drop_last)
+        yield from shuffled_batches(
+            lambda: self._blocks(keys, batch_size, gen if shuffle else None, exclude_bos),
+            hooks, [self.d(h) for h in hooks], batch_size, epochs=epochs, gen=gen if shuffle else None,
+            buffer_rows=buffer_rows, grads=grads, drop_last=drop_last,
+        )
 
     def _blocks(
         self, keys: list[str], block: int, gen: torch.Generator | None, exclude_bos: bool
@@ -337,6 +328,38 @@ class ActivationStore:
                     yield rows
             finally:
                 shard.close()
+
+
+def shuffled_batches(
+    epoch_blocks: Callable[[], Iterator[dict[str, torch.Tensor]]],
+    hooks: list[str],
+    widths: list[int],
+    batch_size: int,
+    *,
+    epochs: int,
+    gen: torch.Generator | None,
+    buffer_rows: int | None,
+    grads: bool,
+    drop_last: bool,
+) -> Iterator[Batch]:
+    """Batches of exactly ``batch_size`` rows from ``epochs`` calls of ``epoch_blocks`` (row groups keyed
+    by :func:`act_key` / :func:`grad_key`), mixed through a shuffle buffer unless ``gen`` is None.
+
+    The buffer holds ``buffer_rows`` rows (default: about 256 MiB of them, at least 4 batches)."""
+    if batch_size < 1 or epochs < 1:
+        raise InterpError(f"batch_size and epochs must be >= 1 (got {batch_size}, {epochs}).")
+    if buffer_rows is None:
+        row_bytes = 4 * sum(widths) * (2 if grads else 1)
+        buffer_rows = max(4 * batch_size, (256 << 20) // row_bytes)
+    buf = _ShuffleBuffer(max(buffer_rows, batch_size), gen) if gen is not None else None
+    batcher = _Batcher(batch_size, hooks, grads)
+    for _ in range(epochs):
+        for rows in epoch_blocks():
+            for out in buf.push(rows) if buf is not None else [rows]:
+                yield from batcher.add(out)
+    if buf is not None:
+        yield from batcher.add(buf.flush())
+    yield from batcher.finish(keep_tail=not drop_last)
 
 
 class _ShuffleBuffer:

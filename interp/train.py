@@ -42,6 +42,7 @@ from interp.store import ActivationStore
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("constant", "linear", "cosine")
+AUTOCAST: dict[str | None, torch.dtype | None] = {None: None, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class TrainConfig:
     """Steps between JSONL log lines (``train_log.jsonl``)."""
     device: str = "cpu"
     """Where training runs."""
+    autocast: str | None = None
+    """``bfloat16``: run the training step under torch autocast (weights, Adam state and checkpoints stay
+    float32). None trains in float32. (float16 would need loss scaling, so it is not offered.)"""
     name: str | None = None
     """Sub-directory of ``out_dir`` for this dictionary; None gives ``<architecture>-<hook>``."""
     wandb_project: str | None = None
@@ -124,6 +128,7 @@ class TrainConfig:
             (self.nan_policy in ("stop", "skip"), "nan_policy must be 'stop' or 'skip'"),
             (self.warmup_steps >= 0 and self.log_every >= 1, "warmup_steps >= 0 and log_every >= 1"),
             (self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.autocast in AUTOCAST, f"autocast must be one of {list(AUTOCAST)}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -168,7 +173,8 @@ class _Slot:
 def train_dictionary(
     cfg: TrainConfig | Sequence[TrainConfig], store: Any, out_dir: str | Path, *, progress: bool = True
 ) -> TrainResult:
-    """Train one dictionary per config on ``store`` (a directory, an ActivationStore or a TensorStore).
+    """Train one dictionary per config on ``store``: a store directory, an ActivationStore, a TensorStore,
+    or an :class:`interp.stream.ModelSource` (activations computed on the fly).
 
     Writes ``out_dir/<name>/`` (cfg.json + weights.safetensors) per config, ``out_dir/train_log.jsonl``,
     and ``out_dir/checkpoint/`` while running. Run the same call again to resume after an interruption.
@@ -333,7 +339,9 @@ def _train_step(slot: _Slot, batch: Any, step: int, n_steps: int, gen: torch.Gen
     for group in slot.opt.param_groups:
         group["lr"] = lr_at(c, slot.lr, step)
     dead = slot.since_fired >= slot.dead_tokens
-    out = d.training_step(tb, TrainState(step, n_steps, dead.to(c.device)))
+    dtype = AUTOCAST[c.autocast]
+    with torch.autocast(torch.device(c.device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = d.training_step(tb, TrainState(step, n_steps, dead.to(c.device)))
     if not torch.isfinite(out.loss):
         if c.nan_policy == "stop":
             raise InterpError(
@@ -456,7 +464,8 @@ def _finish(slots: list[_Slot], source: Any, out: Path, rate: float, ckpt_dir: P
         d.cfg.metrics = m
         d.cfg.training = {
             **config_dict(s.cfg),
-            "store": str(getattr(source, "path", "")),
+            "store": str(source.path) if getattr(source, "path", None) else None,
+            "source": type(source).__name__,
             "n_steps": s.cfg.n_steps,
             "lr_resolved": s.lr,
             "dead_tokens": s.dead_tokens,

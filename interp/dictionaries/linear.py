@@ -84,7 +84,7 @@ class LinearSAE(Dictionary):
         fault per 4 KiB, a fifth of the matmul's own time at d_sae 8192), and the bias rides in the
         matmul as an extra input column of ones, which is cheaper than addmm's copy of b_enc into every
         output row."""
-        if x.device.type != "cpu" or torch.is_autocast_enabled():
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
             return torch.addmm(self.b_enc, x - self.input_bias(), self.W_enc_)
         (n, d_in), d_sae = x.shape, self.cfg.d_sae
         xa = self._workspace("x_aug", (n, d_in + 1), x.dtype)

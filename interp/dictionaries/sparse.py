@@ -66,7 +66,7 @@ class _SparseCode(torch.autograd.Function):
         idx: torch.Tensor,
         use_csr: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        vals = z_pre.gather(1, idx).clamp_min_(0)
+        vals = z_pre.gather(1, idx).clamp_min_(0).to(W_dec.dtype)  # under autocast z_pre may be bf16
         y = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
         ctx.save_for_backward(x, b_in, W_enc, W_dec, idx, vals)
         ctx.use_csr = use_csr
