@@ -81,27 +81,30 @@ def test_architecture_recovers_toy_ground_truth(arch, toy, tmp_path):
     assert [row["step"] for row in log] == list(range(64, 513, 64))
 
 
-@pytest.mark.parametrize("arch", ["topk", "relu", "batchtopk"])
+@pytest.mark.parametrize("arch", sorted(REGISTRY))
 def test_resume_after_a_stop_is_bit_identical(arch, toy, tmp_path):
     """A NaN row stops training (nan_policy='stop'); resuming on clean data must match a clean run."""
     kw = dict(
         n_tokens=256 * 30, d_sae=64, checkpoint_every=5, resample_every=7, dead_tokens=512, init_tokens=1024
     )
-    clean = TensorStore({"x": toy.x[:4096]})
+    if arch == "matryoshka":
+        kw["params"] = {"group_sizes": [32, 32]}
+    source, _, hooks = _source(arch, toy)
+    rows = slice(0, 4096)
+    clean = TensorStore({h: v[rows] for h, v in source.acts.items()}, {h: v[rows] for h, v in source.grads.items()})
     full = load_dictionary(
-        train_dictionary(_cfg(arch, **kw), clean, tmp_path / "a", progress=False).dictionaries[0]
+        train_dictionary(_cfg(arch, **hooks, **kw), clean, tmp_path / "a", progress=False).dictionaries[0]
     )
-    poisoned = toy.x[:4096].clone()
-    first_epoch = torch.randperm(
-        4096, generator=torch.Generator().manual_seed(0)
-    )  # TensorStore's order, seed 0
-    poisoned[first_epoch[12 * 256 + 7], 0] = float("nan")  # in batch 12, after the init sample
+    first_epoch = torch.randperm(4096, generator=torch.Generator().manual_seed(0))  # TensorStore's order, seed 0
+    poisoned = {h: v.clone() for h, v in clean.acts.items()}
+    poisoned[hooks.get("hook", "x")][first_epoch[12 * 256 + 7], 0] = float("nan")  # batch 12, after the init sample
     with pytest.raises(InterpError, match="non-finite"):
-        train_dictionary(_cfg(arch, **kw), TensorStore({"x": poisoned}), tmp_path / "b", progress=False)
+        train_dictionary(_cfg(arch, **hooks, **kw), TensorStore(poisoned, clean.grads), tmp_path / "b",
+                         progress=False)
     state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 10
     resumed = load_dictionary(
-        train_dictionary(_cfg(arch, **kw), clean, tmp_path / "b", progress=False).dictionaries[0]
+        train_dictionary(_cfg(arch, **hooks, **kw), clean, tmp_path / "b", progress=False).dictionaries[0]
     )
     for name, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
