@@ -133,3 +133,20 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(arch, tmp_path):
     assert not torch.equal(load_dictionary(fp32.dictionaries[0]).W_dec, d.W_dec), "autocast had no effect"
     with pytest.raises(InterpError, match="autocast"):
         TrainConfig(architecture=arch, autocast="float16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "mp"])
+def test_cuda_training_with_bf16_autocast_matches_cpu_quality(arch, tmp_path):
+    """On a GPU: the embedding_bag sparse path, fused Adam and bf16 autocast train as well as float32 on CPU."""
+    toy = toy_superposition(4096, d=32, n_features=64, p_active=0.04, seed=0)
+    kw = dict(architecture=arch, d_sae=64, n_tokens=4096 * 4, batch_size=256, normalization="none")
+    if arch != "jumprelu":
+        kw["k"] = 4
+    cpu = train_dictionary(TrainConfig(**kw), TensorStore({"x": toy.x}), tmp_path / "cpu", progress=False)
+    gpu = train_dictionary(TrainConfig(**kw, device="cuda", autocast="bfloat16"), TensorStore({"x": toy.x}),
+                           tmp_path / "gpu", progress=False)
+    (m_cpu,), (m_gpu,) = cpu.metrics.values(), gpu.metrics.values()
+    assert abs(m_gpu["fvu"] - m_cpu["fvu"]) < 0.1 and m_gpu["l0"] <= 1.5 * max(m_cpu["l0"], 1)
+    assert load_dictionary(gpu.dictionaries[0]).W_dec.device.type == "cpu"
