@@ -4,6 +4,7 @@
   :func:`token_counts` and :func:`usage_summary` turn that into per-code statistics (the tokens a code
   fires on, the tokens that follow them, example contexts).
 - :func:`next_token_shift` compares the next-token distribution with and without forcing a code;
+  :func:`target_mass` measures how much forcing raises the probability of chosen tokens;
   :func:`generate_with_codes` generates (greedy or sampled) while a code is forced.
 
 Forcing edits the selected code ids and recomputes y as the mean of the selected code vectors, so the
@@ -147,6 +148,42 @@ def next_token_shift(
     with model.hooks(codebook_hooks(codebooks, forces=force)):
         forced = model.forward(tokens)[:, -1].float().softmax(-1)
     return NextTokenShift(base.cpu(), forced.cpu())
+
+
+class TargetMass(NamedTuple):
+    """Next-token probability mass on a set of target tokens, per prompt."""
+
+    base: torch.Tensor
+    """(n,) with nothing forced."""
+    forced: torch.Tensor
+    """(n,) with the code forced; ``forced - base`` is the rise."""
+
+
+def target_mass(
+    model: Model,
+    codebooks: Mapping[str, CodebookBottleneck],
+    prompts: Sequence[torch.Tensor],
+    site: str,
+    head: int,
+    code_id: int,
+    targets: Sequence[int],
+    mode: Literal["include", "replace"] = "replace",
+    batch_size: int = 32,
+) -> TargetMass:
+    """Summed next-token probability of ``targets`` after each prompt (1-D token ids), without and with
+    ``code_id`` forced at the prompt's last position; prompts of equal length run as one batch."""
+    base, forced = torch.empty(len(prompts)), torch.empty(len(prompts))
+    ids = torch.as_tensor(list(targets), dtype=torch.long)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(int(p.shape[-1]), []).append(i)
+    for rows in by_len.values():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start: start + batch_size]
+            batch = torch.stack([prompts[i].reshape(-1) for i in chunk])
+            s = next_token_shift(model, codebooks, batch, site, head, code_id, "last", mode)
+            base[chunk], forced[chunk] = s.base[:, ids].sum(-1), s.forced[:, ids].sum(-1)
+    return TargetMass(base, forced)
 
 
 class Generation(NamedTuple):
