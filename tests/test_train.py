@@ -175,3 +175,29 @@ def test_hierarchical_tree_matches_the_spec():
     assert abs(on[:, 1].float().mean().item() - 0.2 * 0.2) < 0.01
     gram = data.directions @ data.directions.T
     assert gram[1, 2] > 0.05 and abs(gram[1, 5]) < 1e-5
+
+
+def test_wandb_gets_the_same_rows_as_the_jsonl_log(toy, tmp_path, monkeypatch):
+    """A real wandb run in offline mode; its history records are read back from the run file."""
+    pytest.importorskip("wandb")
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(name, value)
+    cfg = _cfg("topk", k=4, d_sae=64, n_tokens=256 * 16, log_every=4, wandb_project="interp-test")
+    train_dictionary(cfg, TensorStore({"x": toy.x[:4096]}), tmp_path / "out", progress=False)
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    store = datastore.DataStore()
+    store.open_for_scan(str(run_file))
+    history = []
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+    jsonl = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["_step"] for row in history] == [row["step"] for row in jsonl] == [4, 8, 12, 16]
+    for logged, row in zip(history, jsonl):
+        assert logged["topk-x/loss"] == pytest.approx(row["loss"]) and logged["topk-x/l0"] == row["l0"]
