@@ -3,8 +3,9 @@
 The acceptance criterion of codebook finetuning (docs/dictionaries.md, "Codebook finetuning"), measured
 on the demo model. If ``--run-dir`` holds no finished run, the demo model is first finetuned with the
 documented settings (codebooks at blocks.0.attn.hook_z, one per head, and blocks.1.hook_mlp_out;
-512 codes, k 8, 300 steps of 8 x 128 tokens). Then, on ``--n-heldout`` held-out contexts split in two
-halves:
+512 codes, k 8, 300 steps of 8 x 128 tokens; ``--k``, ``--n-codes``, ``--sites`` and ``--steps`` change
+them, and a finished run whose saved config differs from the requested one is refused). Then, on
+``--n-heldout`` held-out contexts split in two halves:
 
 - half A picks the codes: per site, the ``--n-codes-eval`` codes whose firings (at least
   ``--min-firings``, at under ``--max-fire-rate`` of positions) are followed by the most concentrated
@@ -19,6 +20,7 @@ tokens, under ``--n-random`` random codes of the same codebook (drawn from the c
 Prints a markdown table, a summary, and greedy generations with and without the best code forced.
 
 Usage: python bench/codebook_steering.py --run-dir /tmp/cb-demo [--n-codes-eval 10] [--n-random 20]
+       python bench/codebook_steering.py --run-dir /tmp/cb-k1 --k 1   # a fresh run dir per setting
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from interp.codebook_finetune import CodebookFinetuneConfig, finetune_codebooks, load_run
+from interp.codebook_finetune import CodebookFinetuneConfig, config_dict, finetune_codebooks, load_run
 from interp.codebook_steering import (
     CodeUsage,
     code_usage,
@@ -46,18 +48,30 @@ from interp.data import iter_contexts
 SITES = ("blocks.0.attn.hook_z", "blocks.1.hook_mlp_out")
 
 
-def finetune_config() -> CodebookFinetuneConfig:
-    """The documented demo-model run (docs/dictionaries.md, "On the demo model")."""
-    return CodebookFinetuneConfig(model="demo", sites=SITES, n_codes=512, k=8, steps=300, batch_size=8, ctx_len=128)
+def finetune_config(sites: tuple[str, ...] = SITES, n_codes: int = 512, k: int = 8,
+                    steps: int = 300) -> CodebookFinetuneConfig:
+    """The documented demo-model run (docs/dictionaries.md, "On the demo model"), by default."""
+    return CodebookFinetuneConfig(model="demo", sites=tuple(sites), n_codes=n_codes, k=k, steps=steps,
+                                  batch_size=8, ctx_len=128)
 
 
-def ensure_run(run_dir: Path) -> None:
-    if (run_dir / "metrics.json").is_file() and (run_dir / "codebooks" / "codebooks.json").is_file():
+CHECKED_FIELDS = ("model", "sites", "n_codes", "k", "steps", "batch_size", "ctx_len")
+
+
+def ensure_run(run_dir: Path, cfg: CodebookFinetuneConfig) -> None:
+    cfg_file = run_dir / "codebooks" / "codebooks.json"
+    if (run_dir / "metrics.json").is_file() and cfg_file.is_file():
+        saved = json.loads(cfg_file.read_text()).get("config") or {}
+        wanted = config_dict(cfg)
+        diff = {f: (saved.get(f), wanted[f]) for f in CHECKED_FIELDS if saved.get(f) != wanted[f]}
+        if diff:
+            raise SystemExit(f"{run_dir} was finetuned with other settings (saved, requested): {diff}; "
+                             f"use another --run-dir")
         print(f"using the finished run in {run_dir}")
         return
     print(f"no finished run in {run_dir}: finetuning the demo model")
     t = time.perf_counter()
-    finetune_codebooks(finetune_config(), run_dir, progress=False)
+    finetune_codebooks(cfg, run_dir, progress=False)
     print(f"finetuned and saved in {time.perf_counter() - t:.0f} s")
 
 
@@ -113,7 +127,7 @@ def measure_site(model, cbs, site: str, u: CodeUsage, half: int, pool: list[tupl
     return rows
 
 
-def print_table(rows: list[dict], n_random: int) -> None:
+def print_table(rows: list[dict], n_random: int, sites: tuple[str, ...] = SITES) -> None:
     print("| site | head | code | firings (A) | predicted next tokens (share) | base mass | rise when forced "
           "| random codes: mean rise | random p95 | beats p95 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -123,7 +137,7 @@ def print_table(rows: list[dict], n_random: int) -> None:
               f"{r['rise']:+.4f} | {r['random_mean']:+.4f} | {r['random_p95']:+.4f} | "
               f"{'yes' if r['rise'] > r['random_p95'] else 'no'} |")
     print()
-    for site in SITES:
+    for site in sites:
         sr = [r for r in rows if r["site"] == site]
         if not sr:
             print(f"{site}: no code passed the selection")
@@ -158,6 +172,10 @@ def show_generation(model, cbs, best: dict, u: CodeUsage, pool: list[tuple[int, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="/tmp/cb-demo", help="finetuning run; created here if not finished")
+    p.add_argument("--sites", nargs="+", default=list(SITES), help="finetuning: codebook sites")
+    p.add_argument("--n-codes", type=int, default=512, help="finetuning: codes per codebook")
+    p.add_argument("--k", type=int, default=8, help="finetuning: codes selected per token and codebook")
+    p.add_argument("--steps", type=int, default=300, help="finetuning: optimiser steps (8 x 128 tokens each)")
     p.add_argument("--n-heldout", type=int, default=256, help="held-out contexts (half select, half prompt)")
     p.add_argument("--n-codes-eval", type=int, default=10, help="codes tested per site")
     p.add_argument("--n-random", type=int, default=20, help="random codes of the same codebook per tested code")
@@ -175,14 +193,14 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
-    ensure_run(run_dir)
+    cfg = finetune_config(tuple(args.sites), args.n_codes, args.k, args.steps)
+    ensure_run(run_dir, cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for name in ("original", "snap", "finetuned", "finetuned_no_codebooks"):
         print(f"  {name:24s} held-out loss {metrics[name]['loss']:.3f}  accuracy {metrics[name]['accuracy']:.3f}")
 
     start = time.perf_counter()
     model, cbs = load_run(run_dir)
-    cfg = finetune_config()
     assert cfg.heldout is not None
     contexts = iter_contexts(cfg.heldout, model.tokenizer, cfg.ctx_len, model.info.bos_token_id)
     held = torch.stack([c.tokens for c in islice(contexts, args.n_heldout)])
@@ -195,7 +213,7 @@ def main() -> None:
           f"the prompts")
     rows = [row for site, u in usage.items() for row in measure_site(model, cbs, site, u, half, pool, args, gen)]
     print(f"measured in {time.perf_counter() - start:.0f} s\n")
-    print_table(rows, args.n_random)
+    print_table(rows, args.n_random, tuple(args.sites))
     if rows:
         best = max(rows, key=lambda r: r["rise"] - r["random_p95"])
         show_generation(model, cbs, best, usage[best["site"]], pool, args.mode)
