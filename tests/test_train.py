@@ -180,24 +180,38 @@ def test_hierarchical_tree_matches_the_spec():
 def test_wandb_gets_the_same_rows_as_the_jsonl_log(toy, tmp_path, monkeypatch):
     """A real wandb run in offline mode; its history records are read back from the run file."""
     pytest.importorskip("wandb")
-    from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
-
     for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
         monkeypatch.setenv(name, value)
     cfg = _cfg("topk", k=4, d_sae=64, n_tokens=256 * 16, log_every=4, wandb_project="interp-test")
     train_dictionary(cfg, TensorStore({"x": toy.x[:4096]}), tmp_path / "out", progress=False)
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    store = datastore.DataStore()
-    store.open_for_scan(str(run_file))
-    history = []
-    while (data := store.scan_data()) is not None:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                            for item in record.history.item})
+    history = _wandb_history(run_file)
     jsonl = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert [row["_step"] for row in history] == [row["step"] for row in jsonl] == [4, 8, 12, 16]
     for logged, row in zip(history, jsonl):
         assert logged["topk-x/loss"] == pytest.approx(row["loss"]) and logged["topk-x/l0"] == row["l0"]
+
+
+def _wandb_history(path) -> list[dict]:
+    """History rows of a ``.wandb`` run file: a ":W&B" header, then a LevelDB-format log (32 KiB blocks of
+    records with a 7-byte header: crc32, length, type) of protobuf ``Record`` messages."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, pending, rows = path.read_bytes(), 7, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL, or LAST of a record split across blocks
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
