@@ -44,8 +44,11 @@ def main() -> None:
     )
     ap.add_argument("--saelens-venv", default=None, help=f"default $INTERP_SAELENS_VENV or {DEFAULT_VENVS['saelens']}")
     ap.add_argument("--no-peers", action="store_true", help="measure interp only")
+    ap.add_argument("--dead-fraction", type=float, default=0.0,
+                    help="mark this fraction of interp's latents dead, so its step also runs AuxK (peers: AuxK off)")
     args = ap.parse_args()
-    print(f"d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch} {args.dtype} on {args.device}")
+    print(f"d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch} {args.dtype} on {args.device}, "
+          f"{args.dead_fraction:.0%} of interp's latents dead")
     for threads in sorted({int(t) for t in args.threads.split(",")}):
         torch.set_num_threads(threads)
         print(f"\n-- {threads} thread(s) --")
@@ -64,6 +67,7 @@ def measure_interp(args: argparse.Namespace) -> dict[str, float]:
     d = create("topk", args.d_in, args.d_sae, k=args.k).to(dev)
     opt = make_optimizer(d, lr=1e-4)
     dead = torch.zeros(args.d_sae, dtype=torch.bool, device=dev)
+    dead[: int(args.dead_fraction * args.d_sae)] = True
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     W = d.W_enc_.detach()
     buf = torch.empty(args.batch, args.d_sae, device=dev, dtype=torch.bfloat16 if args.dtype == "bfloat16" else None)

@@ -14,7 +14,7 @@ from interp.dictionaries import (
     load_dictionary,
     save_dictionary,
 )
-from interp.dictionaries.linear import geometric_median
+from interp.dictionaries.linear import auxk_loss, geometric_median, normalized_mse
 from interp.dictionaries.sparse import sparse_code, sparse_decode, topk_indices
 from interp.errors import InterpError
 from interp.synthetic import TensorStore
@@ -92,6 +92,27 @@ def test_sparse_code_value_and_gradients_equal_dense_autograd(use_csr):
     for got, want in zip(torch.autograd.grad(y, [x, b_in, W, b, W_dec], gy), expected):
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(sparse_decode(idx, vals, W_dec.detach()), dense.detach())
+
+
+@pytest.mark.parametrize("n_dead,k_aux", [(30, 8), (200, 4)], ids=["dense-over-dead", "sparse-pairs"])
+def test_auxk_loss_and_gradients_equal_dense_autograd(n_dead, k_aux):
+    """Both AuxK paths (matmuls over the dead columns; sparse pairs when dead latents are many) are exact."""
+    torch.manual_seed(1)
+    n, d_in, d_sae = 64, 8, 256
+    x, y, y_hat = torch.randn(n, d_in), torch.randn(n, d_in), torch.randn(n, d_in)
+    params = [torch.randn(d_in, requires_grad=True), torch.randn(d_in, d_sae, requires_grad=True),
+              torch.randn(d_sae, requires_grad=True), torch.randn(d_sae, d_in, requires_grad=True)]
+    b_in, W, b, W_dec = params
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[torch.randperm(d_sae)[:n_dead]] = True
+    z = (x - b_in) @ W + b
+    idx = z.detach().masked_fill(~dead, float("-inf")).topk(k_aux, dim=1).indices
+    f = torch.zeros(n, d_sae).scatter(1, idx, torch.relu(z.gather(1, idx)))
+    want = normalized_mse(f @ W_dec, y - y_hat)
+    got = auxk_loss(z.detach(), x, b_in, W, b, W_dec, y, y_hat, dead, k_aux)
+    torch.testing.assert_close(got, want)
+    for g_got, g_want in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        torch.testing.assert_close(g_got, g_want)
 
 
 @pytest.mark.parametrize("n,k", [(8192, 32), (4096, 16), (16384, 256), (65536, 64), (8192, 8), (100, 5)])
