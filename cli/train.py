@@ -19,7 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ctx-len", type=int, default=128, help="with --model: tokens per context")
     p.add_argument("--model-batch", type=int, default=32, help="with --model: contexts per forward pass")
     p.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
-    p.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
+    p.add_argument("--config", help="JSON file of TrainConfig fields, or a list of them to train a sweep in one "
+                   "pass over the data (give each a distinct 'name'); flags override every entry")
     p.add_argument("--architecture", choices=sorted(REGISTRY), help="dictionary architecture")
     p.add_argument("--hook", help="input hook (default: the store's only hook)")
     p.add_argument("--hook-out", help="target hook, for transcoders")
@@ -52,42 +53,21 @@ def run(args: argparse.Namespace) -> int:
     from interp.io import read_json
     from interp.train import TrainConfig, train_dictionary
 
-    fields = read_json(args.config, "training config") if args.config else {}
-    params = dict(fields.pop("params", {}))
-    for item in args.param:
-        name, _, value = item.partition("=")
+    loaded = read_json(args.config, "training config") if args.config else {}
+    entries = loaded if isinstance(loaded, list) else [loaded]
+    if not entries or not all(isinstance(e, dict) for e in entries):
+        raise InterpError(f"{args.config}: a training config is a JSON object of TrainConfig fields, or a list "
+                          "of them (a sweep trained in one pass over the data).")
+    cfgs = []
+    for entry in entries:
+        fields = {**entry, **{k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}}
+        params = {**fields.pop("params", {}), **_params(args.param)}
         try:
-            params[name] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name] = value
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "architecture",
-            "hook",
-            "hook_out",
-            "expansion",
-            "d_sae",
-            "k",
-            "normalization",
-            "n_tokens",
-            "batch_size",
-            "lr",
-            "seed",
-            "device",
-            "checkpoint_every",
-            "nan_policy",
-            "wandb_project",
-            "autocast",
-        )
-    }
-    fields.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        cfg = TrainConfig(**fields, params=params)
-    except TypeError as e:
-        raise InterpError(f"Bad training config: {e}") from e
-    source = args.store if args.store else _model_source(args, cfg)
-    result = train_dictionary(cfg, source, args.out, progress=not args.no_progress)
+            cfgs.append(TrainConfig(**fields, params=params))
+        except TypeError as e:
+            raise InterpError(f"Bad training config: {e}") from e
+    source = args.store if args.store else _model_source(args, cfgs)
+    result = train_dictionary(cfgs, source, args.out, progress=not args.no_progress)
     for path in result.dictionaries:
         m = result.metrics[path.name]
         print(
@@ -97,12 +77,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_source(args: argparse.Namespace, cfg: object) -> object:
+_FLAGS = ("architecture", "hook", "hook_out", "expansion", "d_sae", "k", "normalization", "n_tokens", "batch_size",
+          "lr", "seed", "device", "checkpoint_every", "nan_policy", "wandb_project", "autocast")
+"""Flags that override the config file's fields (every entry of a sweep)."""
+
+
+def _params(items: list[str]) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value
+    return params
+
+
+def _model_source(args: argparse.Namespace, cfgs: list) -> object:
     from interp.errors import InterpError
     from interp.stream import ModelSource
 
-    hook, hook_out = getattr(cfg, "hook", None), getattr(cfg, "hook_out", None)
-    if not hook:
+    if not all(c.hook for c in cfgs):
         raise InterpError("--model computes activations on the fly and needs --hook (e.g. blocks.0.hook_resid_post).")
-    return ModelSource(args.model, [h for h in (hook, hook_out) if h], args.corpus, ctx_len=args.ctx_len,
-                       batch_contexts=args.model_batch, device=getattr(cfg, "device", "cpu"))
+    hooks = sorted({h for c in cfgs for h in (c.hook, c.hook_out) if h})
+    return ModelSource(args.model, hooks, args.corpus, ctx_len=args.ctx_len, batch_contexts=args.model_batch,
+                       device=cfgs[0].device)

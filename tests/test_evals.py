@@ -164,3 +164,26 @@ def test_cli_train_then_eval(store, tiny_model_dir, tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_cli_trains_a_sweep_from_a_list_config_in_one_pass(store, tmp_path, capsys):
+    from cli.main import main
+
+    sweep = [{"name": f"topk-k{k}", "architecture": "topk", "k": k} for k in (2, 8)]
+    sweep.append({"name": "relu", "architecture": "relu", "expansion": 4})
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    common = ["--store", str(store.path), "--hook", RESID, "--n-tokens", "2048", "--batch-size", "256", "--no-progress"]
+    rc = main(["train", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "sweep.json"), "--expansion", "2",
+               *common])
+    assert rc == 0
+    out = capsys.readouterr().out
+    got = {n: json.loads((tmp_path / "o" / n / "cfg.json").read_text()) for n in ("topk-k2", "topk-k8", "relu")}
+    assert got["topk-k2"]["params"]["k"] == 2 and got["topk-k8"]["params"]["k"] == 8
+    assert got["relu"]["architecture"] == "relu"
+    assert {c["d_sae"] for c in got.values()} == {2 * store.d(RESID)}, "--expansion overrides every entry"
+    assert "L0 2.0" in out and "L0 8.0" in out
+    log = [json.loads(line) for line in (tmp_path / "o" / "train_log.jsonl").read_text().splitlines()]
+    assert {row["dictionary"] for row in log} == {"topk-k2", "topk-k8", "relu"}
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    rc = main(["train", "--out", str(tmp_path / "b"), "--config", str(tmp_path / "bad.json"), *common])
+    assert rc != 0 and "list of them" in capsys.readouterr().err and not (tmp_path / "b").exists()
