@@ -37,6 +37,7 @@ from interp.dictionaries.checkpoint import (
     reset_moments,
     write_checkpoint,
 )
+from interp.dictionaries.linear import release_workspaces
 from interp.errors import InterpError
 from interp.store import ActivationStore
 
@@ -329,6 +330,7 @@ def run_loop(slots: list[_Slot], cfg: TrainConfig, source: Any, out: Path, progr
         if bar is not None:
             bar.close()
         logger.close()
+        release_workspaces()
     rate = (n_steps - start) * cfg.batch_size / max(now() - t0, 1e-9)
     return _finish(slots, source, out, rate, ckpt_dir)
 

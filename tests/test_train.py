@@ -145,6 +145,13 @@ def test_one_pass_trains_a_sweep_over_hooks_and_hyperparameters(toy, tmp_path):
     assert [p.name for p in result.dictionaries] == ["a2", "a8", "b"]
     assert result.metrics["a2"]["l0"] <= 2 < result.metrics["a8"]["l0"] <= 8
     assert load_dictionary(tmp_path / "b").cfg.hook_in == "b"
+    # Dictionaries of a sweep share the training buffers; each must still equal its run alone.
+    alone = load_dictionary(train_dictionary(cfgs[1], source, tmp_path / "alone", progress=False).dictionaries[0])
+    for name, value in load_dictionary(tmp_path / "a8").state_dict().items():
+        assert torch.equal(value, alone.state_dict()[name]), name
+    from interp.dictionaries import linear
+
+    assert not getattr(linear._WORKSPACES, "buffers", None), "buffers are released when training ends"
     with pytest.raises(InterpError, match="share n_tokens"):
         train_dictionary(
             [cfgs[0], _cfg("topk", hook="b", n_tokens=4096)], source, tmp_path / "x", progress=False

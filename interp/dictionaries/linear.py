@@ -11,6 +11,7 @@ pre-encoder bias) and a separate parameter for transcoders, whose output space d
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import torch
@@ -81,26 +82,18 @@ class LinearSAE(Dictionary):
     def train_preacts(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations of a training batch, without a graph, for the sparse-code backward.
 
-        On CPU they are written into a buffer kept between steps (a fresh (N, d_sae) tensor costs a page
-        fault per 4 KiB, a fifth of the matmul's own time at d_sae 8192), and the bias rides in the
-        matmul as an extra input column of ones, which is cheaper than addmm's copy of b_enc into every
-        output row."""
+        On CPU they are written into a buffer reused from step to step and shared by every dictionary
+        (a fresh (N, d_sae) tensor costs a page fault per 4 KiB, a fifth of the matmul's own time at
+        d_sae 8192), so the result is only valid until the next call; the bias rides in the matmul as an
+        extra input column of ones, which is cheaper than addmm's copy of b_enc into every output row."""
         if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
             return torch.addmm(self.b_enc, x - self.input_bias(), self.W_enc_)
         (n, d_in), d_sae = x.shape, self.cfg.d_sae
-        xa = self._workspace("x_aug", (n, d_in + 1), x.dtype)
+        xa = workspace("x_aug", (n, d_in + 1), x.dtype)
         torch.sub(x, self.input_bias(), out=xa[:, :d_in])
         xa[:, d_in] = 1
-        Wa = torch.cat([self.W_enc_, self.b_enc[None]], out=self._workspace("W_aug", (d_in + 1, d_sae), x.dtype))
-        return torch.mm(xa, Wa, out=self._workspace("preacts", (n, d_sae), x.dtype))
-
-    def _workspace(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A CPU buffer kept on the instance (not in the state dict) and reused while shape and dtype hold."""
-        cache = self.__dict__.setdefault("_workspaces", {})
-        buf = cache.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = cache[name] = torch.empty(shape, dtype=dtype)
-        return buf
+        Wa = torch.cat([self.W_enc_, self.b_enc[None]], out=workspace("W_aug", (d_in + 1, d_sae), x.dtype))
+        return torch.mm(xa, Wa, out=workspace("preacts", (n, d_sae), x.dtype))
 
     def decode_normalized(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec_ + self.b_dec
@@ -157,6 +150,25 @@ class LinearSAE(Dictionary):
         self.W_enc_[:, idx] = (enc * enc_norm * 0.2).T
         self.b_enc[idx] = 0.0
         return {"W_dec_": (0, idx), "W_enc_": (1, idx), "b_enc": (0, idx)}
+
+
+_WORKSPACES = threading.local()
+
+
+def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A CPU buffer of this thread, reused while shape and dtype hold; training steps run one after
+    another, so every dictionary of a sweep shares one set instead of holding its own."""
+    cache = _WORKSPACES.__dict__.setdefault("buffers", {})
+    buf = cache.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        cache[name] = None  # free the old buffer before allocating its replacement
+        buf = cache[name] = torch.empty(shape, dtype=dtype)
+    return buf
+
+
+def release_workspaces() -> None:
+    """Free this thread's training buffers (the trainer calls it when a run ends)."""
+    _WORKSPACES.__dict__.pop("buffers", None)
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
