@@ -138,7 +138,7 @@ class _Pairs:
 
 
 def _transpose(t: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """t.T made contiguous in column blocks that fit in cache: 3x faster than ``t.T.contiguous()``."""
+    """t.T made contiguous in column blocks that fit in cache (3x faster than ``t.T.contiguous()`` on 2 threads)."""
     out = t.new_empty(t.shape[1], t.shape[0])
     for s in range(0, t.shape[0], block):
         out[:, s : s + block].copy_(t[s : s + block].T)
