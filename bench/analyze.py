@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def synthetic_store(path: Path, n_rows: int, d: int, ctx_len: int, vocab: int) -> None:
+    from interp.activations.store import FORMAT, VERSION, shard_name
     from interp.io import atomic_write_json, save_tensors
-    from interp.store import FORMAT, VERSION, shard_name
 
     g = torch.Generator().manual_seed(0)
     shards, per_shard = [], 64 * ctx_len * 16
@@ -112,9 +112,9 @@ def _dictionary(d: int, features: int):
 
 
 def throughput(args: argparse.Namespace, tmp: Path) -> Path:
-    from interp.features import AnalyzeConfig, analyze_features
+    from interp.activations.store import ActivationStore
+    from interp.features.analyze import AnalyzeConfig, analyze_features
     from interp.io import read_json
-    from interp.store import ActivationStore
 
     (tmp / "store").mkdir()
     synthetic_store(tmp / "store", args.rows, args.d, 128, 4096)
@@ -186,7 +186,7 @@ def memory(args: argparse.Namespace, tmp: Path) -> None:
 
 def child(args: argparse.Namespace) -> None:
     """Analyze the store at ``args.child`` and print this process's peak RSS in bytes (Linux: KiB x 1024)."""
-    from interp.features import AnalyzeConfig, analyze_features
+    from interp.features.analyze import AnalyzeConfig, analyze_features
 
     out = Path(args.child).with_name(Path(args.child).name + "-fs")
     analyze_features(
@@ -223,7 +223,7 @@ def main() -> None:
 
 
 def dashboard(args: argparse.Namespace, out: Path, tmp: Path) -> None:
-    from interp.dashboards import build_dashboard
+    from interp.site.build import build_dashboard
 
     t0 = time.perf_counter()
     index = build_dashboard(out, tmp / "site", progress=False)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from interp.cache import CacheConfig, cache_activations
-from interp.data import CorpusConfig, iter_contexts
-from interp.models import load_model
-from interp.store import ActivationStore
+from interp.activations.cache import CacheConfig, cache_activations
+from interp.activations.store import ActivationStore
+from interp.model.corpus import CorpusConfig, iter_contexts
+from interp.model.model import load_model
 
 
 def bare_forward_seconds(model, cfg: CacheConfig, hooks: list[str]) -> float:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from interp.codebook_finetune import CodebookFinetuneConfig, config_dict, finetune_codebooks, load_run
-from interp.codebook_steering import (
+from interp.codebooks.finetune import CodebookFinetuneConfig, config_dict, finetune_codebooks, load_run
+from interp.codebooks.steer import (
     CodeUsage,
     code_usage,
     fire_mask,
@@ -43,7 +43,7 @@ from interp.codebook_steering import (
     target_mass,
     token_counts,
 )
-from interp.data import iter_contexts
+from interp.model.corpus import iter_contexts
 
 SITES = ("blocks.0.attn.hook_z", "blocks.1.hook_mlp_out")
 

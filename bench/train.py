@@ -25,7 +25,7 @@ import torch
 from peers import DEFAULT_VENVS, measure, venv_for  # bench/ is on sys.path when run as a script
 
 from interp.dictionaries import TrainBatch, TrainState, create
-from interp.train import make_optimizer
+from interp.training.loop import make_optimizer
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import argparse
 
 from cli.config_flags import add_config_flags, config_kwargs
 
-CONFIG = ("interp.features", "AnalyzeConfig")
+CONFIG = ("interp.features.analyze", "AnalyzeConfig")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,13 +29,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from interp.dictionaries import load_dictionary
-    from interp.features import AnalyzeConfig, analyze_features, load_feature_store
+    from interp.features.analyze import AnalyzeConfig, analyze_features, load_feature_store
 
     cfg = AnalyzeConfig(**config_kwargs(args, *CONFIG))
     dictionary = load_dictionary(args.dictionary).to(cfg.device).eval()
     model = None
     if args.model:
-        from interp.models import load_model
+        from interp.model.model import load_model
 
         model = load_model(args.model)
     out = analyze_features(

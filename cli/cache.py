@@ -29,8 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.cache import CacheConfig, cache_activations
-    from interp.data import CorpusConfig
+    from interp.activations.cache import CacheConfig, cache_activations
+    from interp.model.corpus import CorpusConfig
 
     cfg = CacheConfig(
         model=args.model,

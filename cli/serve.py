@@ -22,11 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from interp.dashboards import build_dashboard, load_explanations
+    from interp.autointerp import load_explanations
     from interp.dictionaries import load_dictionary
-    from interp.features import load_feature_store
-    from interp.models import load_model
-    from interp.serve import make_server
+    from interp.features.analyze import load_feature_store
+    from interp.model.model import load_model
+    from interp.site import build_dashboard
+    from interp.site.serve import make_server
 
     fs = load_feature_store(args.features)
     site = Path(args.site) if args.site else Path(args.features) / "site"

@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--store", help="activation store directory (from interp cache)")
     src.add_argument("--model", help="compute activations on the fly from this model (demo, a local HF "
                      "directory or a hub name) instead of reading a store; needs --hook")
-    p.add_argument("--corpus", default="stdlib:train", help="with --model: corpus source (see interp.data)")
+    p.add_argument("--corpus", default="stdlib:train", help="with --model: corpus source (see interp.model.corpus)")
     p.add_argument("--ctx-len", type=int, default=128, help="with --model: tokens per context")
     p.add_argument("--model-batch", type=int, default=32, help="with --model: contexts per forward pass")
     p.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from interp.errors import InterpError
     from interp.io import read_json
-    from interp.train import TrainConfig, train_dictionary
+    from interp.training.loop import TrainConfig, train_dictionary
 
     loaded = read_json(args.config, "training config") if args.config else {}
     entries = loaded if isinstance(loaded, list) else [loaded]
@@ -94,8 +94,8 @@ def _params(items: list[str]) -> dict[str, object]:
 
 
 def _model_source(args: argparse.Namespace, cfgs: list) -> object:
+    from interp.activations.live import ModelSource
     from interp.errors import InterpError
-    from interp.stream import ModelSource
 
     if not all(c.hook for c in cfgs):
         raise InterpError("--model computes activations on the fly and needs --hook (e.g. blocks.0.hook_resid_post).")

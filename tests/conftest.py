@@ -50,7 +50,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
-    from interp.models import load_model
+    from interp.model.model import load_model
 
     return load_model(str(tiny_model_dir))
 

@@ -11,7 +11,7 @@ import torch
 from conftest import CORPUS_LINES, make_tiny_model
 from test_features import RESID, StandInSAE
 
-from interp.dashboards import build_dashboard
+from interp.site.build import build_dashboard
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -37,10 +37,10 @@ CLEAN = ["undefined", 0]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A model whose tokenizer has hostile tokens, a corpus full of them, its features and their site."""
-    from interp.cache import CacheConfig, cache_activations
-    from interp.data import CorpusConfig
-    from interp.features import AnalyzeConfig, analyze_features, load_feature_store
-    from interp.models import load_model
+    from interp.activations.cache import CacheConfig, cache_activations
+    from interp.features.analyze import AnalyzeConfig, analyze_features, load_feature_store
+    from interp.model.corpus import CorpusConfig
+    from interp.model.model import load_model
 
     base = tmp_path_factory.mktemp("browser")
     model_dir = make_tiny_model(base / "model", extra_tokens=PAYLOADS)
@@ -150,7 +150,7 @@ def test_hostile_strings_are_shown_as_text(page, world):
 
 
 def test_served_prompt_view(page, world):
-    from interp.serve import make_server
+    from interp.site.serve import make_server
 
     server = make_server(
         world["site"],

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.cache import CacheConfig, cache_activations
-from interp.data import CorpusConfig
+from interp.activations.cache import CacheConfig, cache_activations
+from interp.activations.store import ActivationStore
 from interp.errors import InterpError
-from interp.models import next_token_loss
-from interp.store import ActivationStore
+from interp.model.corpus import CorpusConfig
+from interp.model.model import next_token_loss
 
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.ln2.hook_normalized", "blocks.1.hook_mlp_out")
 

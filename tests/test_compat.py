@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from interp.activations.store import ActivationStore
 from interp.dictionaries import load_dictionary
-from interp.features import load_feature_store
-from interp.store import ActivationStore
+from interp.features.analyze import load_feature_store
 
 DATA = Path(__file__).parent / "data" / "compat"
 EXPECTED = json.loads((DATA / "expected.json").read_text())

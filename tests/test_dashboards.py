@@ -8,21 +8,21 @@ import pytest
 from test_features import RESID, StandInSAE
 
 from cli.main import main
-from interp.dashboards import (
+from interp.autointerp import load_explanations
+from interp.errors import InterpError
+from interp.features.analyze import AnalyzeConfig, analyze_features, load_feature_store
+from interp.site.build import (
     build_dashboard,
     feature_payloads,
-    load_explanations,
     safe_json,
     top_tokens,
 )
-from interp.errors import InterpError
-from interp.features import AnalyzeConfig, analyze_features, load_feature_store
 
 
 @pytest.fixture(scope="module")
 def fs(tiny_model_dir, tiny_model, corpus_dir, tmp_path_factory):
-    from interp.cache import CacheConfig, cache_activations
-    from interp.data import CorpusConfig
+    from interp.activations.cache import CacheConfig, cache_activations
+    from interp.model.corpus import CorpusConfig
 
     store = cache_activations(
         CacheConfig(
@@ -142,7 +142,7 @@ def test_cli_dashboard_and_neuronpedia_export(fs, tmp_path, capsys):
 
 
 def test_neuronpedia_explanations_file(fs, tmp_path):
-    from interp.neuronpedia import export_neuronpedia
+    from interp.formats.neuronpedia import export_neuronpedia
 
     files = export_neuronpedia(fs, tmp_path, {3: {"text": "loops", "scores": {"fuzz": 0.5}}}, model_id="m")
     assert [p.name for p in files] == ["batch-0.json"]

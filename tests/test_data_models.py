@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from interp.data import CorpusConfig, iter_contexts, iter_documents, pack_contexts
 from interp.errors import InterpError
-from interp.models import load_model
+from interp.model.corpus import CorpusConfig, iter_contexts, iter_documents, pack_contexts
+from interp.model.model import load_model
 
 
 class CharTokenizer:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from interp.activations.synthetic import TensorStore
 from interp.dictionaries import (
     REGISTRY,
     check_compatible,
@@ -17,7 +18,6 @@ from interp.dictionaries import (
 from interp.dictionaries.linear import auxk_loss, geometric_median, normalized_mse
 from interp.dictionaries.sparse import sparse_code, sparse_decode, topk_indices
 from interp.errors import InterpError
-from interp.synthetic import TensorStore
 
 torch.set_num_threads(1)
 D_IN, D_SAE = 12, 48

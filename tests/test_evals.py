@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from interp.cache import CacheConfig, cache_activations
-from interp.data import CorpusConfig
+from interp.activations.cache import CacheConfig, cache_activations
 from interp.dictionaries import create
 from interp.errors import InterpError
-from interp.evals import density_histogram_figure, evaluate, frontier_figure, mmcs
-from interp.train import TrainConfig, train_dictionary
+from interp.model.corpus import CorpusConfig
+from interp.training.evals import density_histogram_figure, evaluate, frontier_figure, mmcs
+from interp.training.loop import TrainConfig, train_dictionary
 
 torch.set_num_threads(1)
 RESID, LN2, MLP = "blocks.0.hook_resid_post", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from interp.cache import CacheConfig, cache_activations
-from interp.data import CorpusConfig
+from interp.activations.cache import CacheConfig, cache_activations
+from interp.activations.store import ActivationStore
 from interp.errors import InterpError
-from interp.features import AnalyzeConfig, analyze_features, hash_keys, load_feature_store
-from interp.store import ActivationStore
+from interp.features.analyze import AnalyzeConfig, analyze_features, hash_keys, load_feature_store
+from interp.model.corpus import CorpusConfig
 
 RESID = "blocks.0.hook_resid_post"
 HOOK_Z = "blocks.1.attn.hook_z"

@@ -21,9 +21,9 @@ import itertools
 import pytest
 import torch
 
+from interp.activations.synthetic import TensorStore, hierarchical_tree
 from interp.dictionaries import Dictionary, load_dictionary
-from interp.synthetic import TensorStore, hierarchical_tree
-from interp.train import TrainConfig, train_dictionary
+from interp.training.loop import TrainConfig, train_dictionary
 
 torch.set_num_threads(1)
 FAMILIES = ((0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11))

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from interp.dictionaries import REGISTRY, TrainBatch, TrainState, create
 from interp.errors import InterpError
-from interp.interop import TO_SAELENS, TO_SPARSIFY, convert, export_dictionary, import_dictionary
+from interp.formats.interop import TO_SAELENS, TO_SPARSIFY, convert, export_dictionary, import_dictionary
 
 torch.set_num_threads(1)
 D_IN, D_SAE, D_OUT = 12, 48, 10
@@ -98,8 +98,8 @@ def test_unnormalised_round_trip_is_bit_exact(tmp_path):
 
 def test_trained_topk_converts_through_every_format(tmp_path):
     """interp -> sparsify -> SAELens -> interp (via convert, as the CLI runs it) after real training."""
-    from interp.synthetic import TensorStore, toy_superposition
-    from interp.train import TrainConfig, train_dictionary
+    from interp.activations.synthetic import TensorStore, toy_superposition
+    from interp.training.loop import TrainConfig, train_dictionary
 
     toy = toy_superposition(4096, d=D_IN, n_features=24, seed=0)
     cfg = TrainConfig(architecture="topk", d_sae=D_SAE, k=4, n_tokens=4096 * 4, batch_size=256, lr=3e-3)

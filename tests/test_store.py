@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from interp.activations.store import FORMAT, MANIFEST, ActivationStore, shard_name
 from interp.io import atomic_write_json, save_tensors
-from interp.store import FORMAT, MANIFEST, ActivationStore, shard_name
 
 
 def write_store(path: Path, n_shards: int, rows: int, d: int, ctx_len: int = 16, seed: int = 0) -> ActivationStore:
@@ -67,7 +67,7 @@ def test_unshuffled_order_and_chunks(tmp_path):
 
 _PEAK = """
 import resource, sys
-from interp.store import ActivationStore
+from interp.activations.store import ActivationStore
 s = ActivationStore(sys.argv[1])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 n = sum(b.acts["h"].shape[0] for b in s.batches("h", 512, buffer_rows=8192))

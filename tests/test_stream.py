@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from interp.cache import CacheConfig, cache_activations
-from interp.data import CorpusConfig
+from interp.activations.cache import CacheConfig, cache_activations
+from interp.activations.live import ModelSource
+from interp.activations.store import act_key, grad_key
+from interp.activations.synthetic import TensorStore, toy_superposition
 from interp.dictionaries import load_dictionary
 from interp.errors import InterpError
-from interp.store import act_key, grad_key
-from interp.stream import ModelSource
-from interp.synthetic import TensorStore, toy_superposition
-from interp.train import TrainConfig, train_dictionary
+from interp.model.corpus import CorpusConfig
+from interp.training.loop import TrainConfig, train_dictionary
 
 HOOK = "blocks.0.hook_resid_post"
 

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+from interp.activations.synthetic import TensorStore, hierarchical_tree, toy_superposition
 from interp.dictionaries import REGISTRY, load_dictionary
 from interp.errors import InterpError
-from interp.evals import mmcs
-from interp.synthetic import TensorStore, hierarchical_tree, toy_superposition
-from interp.train import TrainConfig, lr_at, train_dictionary
+from interp.training.evals import mmcs
+from interp.training.loop import TrainConfig, lr_at, train_dictionary
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ Constraints this module was designed under:
 - callers pass raw activations and get raw-scale reconstructions: input normalisation lives inside
   ``encode``/``forward`` and is stored in ``cfg.normalization`` plus the ``in_scale``/``out_scale`` buffers;
 - an architecture owns only its maths (``encode_normalized``, ``decode_normalized``, ``training_step``,
-  constraints, revival); the trainer in ``interp.train`` owns the loop and never asks which
+  constraints, revival); the trainer in ``interp.training.loop`` owns the loop and never asks which
   architecture it is running;
 - on disk a dictionary is ``cfg.json`` + ``weights.safetensors``, written atomically, never pickled.
 """

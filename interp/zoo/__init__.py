@@ -7,13 +7,9 @@ config and the measured quality (held-out loss, unigram baseline, induction scor
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from interp.zoo.corpus import iter_stdlib_documents, stdlib_files
+from interp.model.model import DEMO_DIR
+from interp.model.stdlib import iter_stdlib_documents, stdlib_files
 from interp.zoo.induction import induction_score
 from interp.zoo.recipe import ZooConfig, train_demo
-
-DEMO_DIR: Path = Path(__file__).resolve().parent / "demo"
-"""The shipped demo checkpoint (config.json, model.safetensors, tokenizer files, zoo_card.json)."""
 
 __all__ = ["DEMO_DIR", "ZooConfig", "induction_score", "iter_stdlib_documents", "stdlib_files", "train_demo"]

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from interp.errors import InterpError
-from interp.zoo.corpus import Split, corpus_fingerprint, stdlib_files
+from interp.model.stdlib import Split, corpus_fingerprint, stdlib_files
 from interp.zoo.induction import induction_score
 
 logger = logging.getLogger(__name__)

@@ -21,14 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_tiny_model  # noqa: E402
-
 from interp.cache import CacheConfig, cache_activations  # noqa: E402
 from interp.data import CorpusConfig  # noqa: E402
-from interp.dictionaries import load_dictionary  # noqa: E402
-from interp.features import AnalyzeConfig, analyze_features, load_feature_store  # noqa: E402
 from interp.models import load_model  # noqa: E402
 from interp.store import ActivationStore  # noqa: E402
 from interp.train import TrainConfig, train_dictionary  # noqa: E402
+
+from interp.dictionaries import load_dictionary  # noqa: E402
+from interp.features import AnalyzeConfig, analyze_features, load_feature_store  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "compat"
 HOOK = "blocks.0.hook_resid_post"

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from interp.errors import InterpError
-from interp.models import Model, load_model
+from interp.model.model import DEMO_DIR, Model, load_model
 
 _IN_BLOCK = re.compile(r"\.\d+\.")
 
@@ -75,8 +75,6 @@ def save_hf_model(model: Model, path: str | Path, check_tokens: torch.Tensor, or
 
 def _source(name: str) -> str:
     if name == "demo":
-        from interp.zoo import DEMO_DIR
-
         return str(DEMO_DIR)
     return name
 

@@ -1,4 +1,4 @@
-"""The cache stage: run a model over a corpus and write an activation store (format in ``interp.store``).
+"""The cache stage: run a model over a corpus and write an activation store (format in ``interp.activations.store``).
 
 Guarantees:
 - Everything that can be wrong with the input (hook names, corpus, budget, an output directory that
@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interp.data import Context, CorpusConfig, iter_contexts
+from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, act_key, grad_key, shard_name
 from interp.errors import InterpError
 from interp.io import atomic_write_json, read_json, remove_temporaries, save_tensors
-from interp.models import Model, load_model
-from interp.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, act_key, grad_key, shard_name
+from interp.model.corpus import Context, CorpusConfig, iter_contexts
+from interp.model.model import Model, load_model
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class CacheConfig:
     hooks: tuple[str, ...] = ("blocks.*.hook_resid_post",)
     """Hook names or fnmatch patterns, e.g. ``blocks.*.hook_resid_post`` or ``blocks.0.attn.hook_z``."""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    """Which documents, in which order (see ``interp.data``)."""
+    """Which documents, in which order (see ``interp.model.corpus``)."""
     n_tokens: int = 1_000_000
     """Token budget: contexts are cached until at least this many tokens are stored."""
     ctx_len: int = 128

@@ -2,7 +2,7 @@
 
 At each chosen hook site the activation is replaced by the mean of its k best-matching codes, and the
 model plus codebooks are finetuned on next-token prediction so the network learns to work through the
-discrete bottleneck. ``interp.codebook_steering`` then reads and forces codes.
+discrete bottleneck. ``interp.codebooks.steer`` then reads and forces codes.
 
 Per site, with G groups (one per attention head at ``blocks.L.attn.hook_z``, one at a (batch, pos, d)
 hook such as ``blocks.L.hook_mlp_out``), N codes and D dims per group:
@@ -38,11 +38,11 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from interp.data import CorpusConfig, iter_contexts
 from interp.dictionaries.codebook import kmeans
 from interp.errors import InterpError
 from interp.io import atomic_write_json, load_tensors, read_json, save_tensors
-from interp.models import HookFn, Model, load_model, next_token_loss
+from interp.model.corpus import CorpusConfig, iter_contexts
+from interp.model.model import HookFn, Model, load_model, next_token_loss
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +316,8 @@ class FinetuneResult(NamedTuple):
 
 def finetune_codebooks(cfg: CodebookFinetuneConfig, out_dir: str | Path, progress: bool = True) -> FinetuneResult:
     """Insert codebooks at ``cfg.sites``, finetune model and codebooks on the LM loss, save and evaluate."""
-    from interp.bridge_export import save_hf_model
-    from interp.codebook_steering import code_usage, usage_summary
+    from interp.codebooks.steer import code_usage, usage_summary
+    from interp.model.hf_export import save_hf_model
 
     out = Path(out_dir)
     torch.manual_seed(cfg.seed)
@@ -412,7 +412,7 @@ def train_codebooks(
     final norm and unembedding stay frozen unless ``interp.bridge_export.head_exportable(model)``.
     Returns a log line per ``max(1, steps // 20)`` steps.
     """
-    from interp.bridge_export import head_exportable
+    from interp.model.hf_export import head_exportable
 
     # Without an exportable head the final norm and unembedding stay frozen so the HF export is exact.
     head = [] if head_exportable(model) else [model.bridge.unembed, model.bridge.ln_final]

@@ -182,7 +182,7 @@ def _reconstruction(d: Dictionary, store: Any, n_tokens: int, batch_size: int) -
 
 
 def _downstream(d: Dictionary, store: Any, model: Any, ce_tokens: int, batch_contexts: int) -> dict[str, Any]:
-    from interp.models import next_token_loss
+    from interp.model.model import next_token_loss
 
     if not hasattr(store, "column"):
         raise InterpError(

@@ -34,8 +34,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from interp.dashboards import load_explanations
-from interp.featurestore import FeatureStore, load_feature_store
+from interp.autointerp.explanations import load_explanations
+from interp.features.store import FeatureStore, load_feature_store
 from interp.io import atomic_write_json
 
 

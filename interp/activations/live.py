@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from interp.cache import probe_shapes
-from interp.data import Context, CorpusConfig, iter_contexts
+from interp.activations.cache import probe_shapes
+from interp.activations.store import Batch, act_key, grad_key, shuffled_batches
 from interp.errors import InterpError
-from interp.models import Model, load_model
-from interp.store import Batch, act_key, grad_key, shuffled_batches
+from interp.model.corpus import Context, CorpusConfig, iter_contexts
+from interp.model.model import Model, load_model
 
 
 class ModelSource:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 
 from interp.errors import InterpError
+from interp.model.stdlib import iter_stdlib_documents, stdlib_files
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ def iter_documents(cfg: CorpusConfig) -> Iterator[str]:
 
 
 def _stdlib(source: str, seed: int | None) -> Iterator[str]:
-    from interp.zoo import iter_stdlib_documents, stdlib_files
-
     split = source.split(":", 1)[1] if ":" in source else "train"
     if split not in ("train", "heldout", "all"):
         raise InterpError(f"Unknown stdlib split {split!r}. Use stdlib:train, stdlib:heldout or stdlib:all.")

@@ -28,18 +28,18 @@ from typing import Any, NamedTuple
 
 import torch
 
+from interp.activations.store import ActivationStore
 from interp.dictionaries import Dictionary, TrainBatch, TrainState, create, save_dictionary
 from interp.dictionaries.base import NORMALIZATIONS, lookup
-from interp.dictionaries.checkpoint import (
+from interp.dictionaries.linear import release_workspaces
+from interp.errors import InterpError
+from interp.training.checkpoint import (
     load_optimizer_tensors,
     optimizer_tensors,
     read_checkpoint,
     reset_moments,
     write_checkpoint,
 )
-from interp.dictionaries.linear import release_workspaces
-from interp.errors import InterpError
-from interp.store import ActivationStore
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("constant", "linear", "cosine")

@@ -1,4 +1,4 @@
-"""Reading and forcing the codes of a finetuned codebook model (see ``interp.codebook_finetune``).
+"""Reading and forcing the codes of a finetuned codebook model (see ``interp.codebooks.finetune``).
 
 - :func:`code_usage` records which codes fire where on a set of contexts; :func:`fire_mask`,
   :func:`token_counts` and :func:`usage_summary` turn that into per-code statistics (the tokens a code
@@ -18,9 +18,9 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from interp.codebook_finetune import CodebookBottleneck, CodeForce, SnapOutput, codebook_hooks
+from interp.codebooks.finetune import CodebookBottleneck, CodeForce, SnapOutput, codebook_hooks
 from interp.errors import InterpError
-from interp.models import Model
+from interp.model.model import Model
 
 
 class CodeUsage(NamedTuple):

@@ -2,7 +2,7 @@
 
 Constraints this module was designed under:
 - one streaming pass over the store (``store.chunks``), encoding chunk by chunk; after each encode, one
-  dense scan finds the non-zeros and all other work is on those (see :mod:`interp.featurestats`);
+  dense scan finds the non-zeros and all other work is on those (see :mod:`interp.features.stats`);
 - memory is bounded by per-feature tensors of size ``n_features x k`` plus one encoded chunk, never by
   the store's size (``bench/analyze.py --memory`` measures it; a test checks it);
 - every statistic is exact and reproducible, so tests compare it with a brute-force computation;
@@ -36,7 +36,7 @@ a feature *fires* on a row when its activation is > 0):
   when the dictionary writes to a residual-stream-like hook of width d_model and a model is given.
 - ``nbr_dec``: nearest features by decoder cosine; ``nbr_cooc``: by Jaccard co-occurrence of firing,
   measured on a strided sample of about ``cooc_rows`` rows (both fixed costs, in
-  :mod:`interp.featureweights`).
+  :mod:`interp.features.weights`).
 - ``head_attr`` (attention-output SAEs on ``attn.hook_z``): each head's share of the decoder norm.
 """
 
@@ -51,12 +51,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from interp.activations.store import ActivationStore, act_key
 from interp.errors import InterpError
-from interp.featurestats import Running, SparseChunk, encode, finish, hash_keys, reencode_windows
-from interp.featurestore import FORMAT, KINDS, VERSION, FeatureStore, load_feature_store
-from interp.featureweights import cooccurrence, weight_stats
+from interp.features.stats import Running, SparseChunk, encode, finish, hash_keys, reencode_windows
+from interp.features.store import FORMAT, KINDS, VERSION, FeatureStore, load_feature_store
+from interp.features.weights import cooccurrence, weight_stats
 from interp.io import atomic_write_json, read_json, remove_temporaries, save_tensors
-from interp.store import ActivationStore, act_key
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def analyze_features(
             log.info("feature store %s is already complete", out)
             return out
     if model is None:
-        from interp.models import load_model
+        from interp.model.model import load_model
 
         model = load_model(store.model["name"])
     if model.info.fingerprint != store.model.get("fingerprint"):

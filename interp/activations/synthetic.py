@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from interp.activations.store import Batch
 from interp.errors import InterpError
-from interp.store import Batch
 
 EPS_CHILDREN = (0, 0.0895, 0.163, 0.226, 0.282, 0.3335, 0.3825, 0.431, 0.482)
 EPS_PARENTS = (0, 0.3, 0.44, 0.529, 0.594, 0.6467, 0.692, 0.733, 0.7739)

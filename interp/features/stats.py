@@ -8,7 +8,7 @@ Constraints this module was designed under:
   set merges by a stable sort with running entries first, and the hash-keyed samples order entries by
   (key, context).
 
-See :mod:`interp.features` for what each statistic means.
+See :mod:`interp.features.analyze` for what each statistic means.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from interp.activations.store import ActivationStore, act_key
 from interp.errors import InterpError
-from interp.store import ActivationStore, act_key
 
 if TYPE_CHECKING:
-    from interp.features import AnalyzeConfig
+    from interp.features.analyze import AnalyzeConfig
 
 _MASK32 = 0xFFFFFFFF
 NO_KEY = -(2**62)  # padding of the bottom-k key sets (stored negated), below every real key

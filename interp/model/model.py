@@ -34,6 +34,8 @@ from interp.errors import InterpError, close_matches
 log = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
+DEMO_DIR: Path = Path(__file__).resolve().parents[1] / "zoo" / "demo"
+"""The shipped demo checkpoint (made by ``interp.zoo``'s recipe; a data directory, so no import of zoo)."""
 # Weight processing applied at load time; it fixes the coordinate system every activation is cached in.
 # "default" is SAELens's convention (LayerNorm folded into the next weights, writing weights left
 # uncentred), so interp's dictionaries export to SAELens unchanged; "transformer_lens" is
@@ -264,8 +266,6 @@ def load_model(
 
 def _resolve_local(name: str) -> Path | None:
     if name == DEMO_NAME:
-        from interp.zoo import DEMO_DIR
-
         if not (DEMO_DIR / "config.json").exists():
             raise InterpError(f"The demo checkpoint is missing from {DEMO_DIR}. Rebuild it: interp zoo train")
         return DEMO_DIR
