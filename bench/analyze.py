@@ -113,7 +113,7 @@ def _dictionary(d: int, features: int):
 
 def throughput(args: argparse.Namespace, tmp: Path) -> Path:
     from interp.activations.store import ActivationStore
-    from interp.features.analyze import AnalyzeConfig, analyze_features
+    from interp.features import AnalyzeConfig, analyze_features
     from interp.io import read_json
 
     (tmp / "store").mkdir()
@@ -186,7 +186,7 @@ def memory(args: argparse.Namespace, tmp: Path) -> None:
 
 def child(args: argparse.Namespace) -> None:
     """Analyze the store at ``args.child`` and print this process's peak RSS in bytes (Linux: KiB x 1024)."""
-    from interp.features.analyze import AnalyzeConfig, analyze_features
+    from interp.features import AnalyzeConfig, analyze_features
 
     out = Path(args.child).with_name(Path(args.child).name + "-fs")
     analyze_features(

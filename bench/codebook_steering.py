@@ -34,15 +34,18 @@ from pathlib import Path
 
 import torch
 
-from interp.codebooks.finetune import CodebookFinetuneConfig, config_dict, finetune_codebooks, load_run
-from interp.codebooks.steer import (
+from interp.codebooks import (
+    CodebookFinetuneConfig,
     CodeUsage,
     code_usage,
+    finetune_codebooks,
     fire_mask,
     generate_with_codes,
+    load_run,
     target_mass,
     token_counts,
 )
+from interp.codebooks.finetune import config_dict
 from interp.model.corpus import iter_contexts
 
 SITES = ("blocks.0.attn.hook_z", "blocks.1.hook_mlp_out")

@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from interp.dictionaries import load_dictionary
-    from interp.features.analyze import AnalyzeConfig, analyze_features, load_feature_store
+    from interp.features import AnalyzeConfig, analyze_features, load_feature_store
 
     cfg = AnalyzeConfig(**config_kwargs(args, *CONFIG))
     dictionary = load_dictionary(args.dictionary).to(cfg.device).eval()

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     from interp.autointerp import load_explanations
     from interp.dictionaries import load_dictionary
-    from interp.features.analyze import load_feature_store
+    from interp.features import load_feature_store
     from interp.model.model import load_model
     from interp.site import build_dashboard
     from interp.site.serve import make_server

@@ -57,7 +57,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, progress: bool =
     """Run the pipeline into ``out`` and return the dashboard path and the SAE's metrics."""
     from interp.activations.cache import CacheConfig, cache_activations
     from interp.dictionaries import load_dictionary
-    from interp.features.analyze import AnalyzeConfig, analyze_features
+    from interp.features import AnalyzeConfig, analyze_features
     from interp.model.corpus import CorpusConfig
     from interp.model.model import load_model
     from interp.site.build import build_dashboard

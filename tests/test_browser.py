@@ -38,7 +38,7 @@ CLEAN = ["undefined", 0]
 def world(tmp_path_factory):
     """A model whose tokenizer has hostile tokens, a corpus full of them, its features and their site."""
     from interp.activations.cache import CacheConfig, cache_activations
-    from interp.features.analyze import AnalyzeConfig, analyze_features, load_feature_store
+    from interp.features import AnalyzeConfig, analyze_features, load_feature_store
     from interp.model.corpus import CorpusConfig
     from interp.model.model import load_model
 

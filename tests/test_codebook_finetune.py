@@ -7,25 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.codebooks.finetune import (
+from interp.codebooks import (
     CodebookBottleneck,
     CodebookFinetuneConfig,
     CodeForce,
     apply_force,
+    code_usage,
     codebook_hooks,
     evaluate_lm,
-    load_codebooks,
-    load_run,
-    load_token_data,
-    save_codebooks,
-)
-from interp.codebooks.steer import (
-    code_usage,
     fire_mask,
     generate_with_codes,
+    load_codebooks,
+    load_run,
     next_token_shift,
+    save_codebooks,
     token_counts,
 )
+from interp.codebooks.finetune import load_token_data
 from interp.errors import InterpError
 from interp.model.corpus import CorpusConfig
 from interp.model.model import next_token_loss

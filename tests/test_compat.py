@@ -14,7 +14,7 @@ import torch
 
 from interp.activations.store import ActivationStore
 from interp.dictionaries import load_dictionary
-from interp.features.analyze import load_feature_store
+from interp.features import load_feature_store
 
 DATA = Path(__file__).parent / "data" / "compat"
 EXPECTED = json.loads((DATA / "expected.json").read_text())

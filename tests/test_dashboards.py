@@ -10,7 +10,7 @@ from test_features import RESID, StandInSAE
 from cli.main import main
 from interp.autointerp import load_explanations
 from interp.errors import InterpError
-from interp.features.analyze import AnalyzeConfig, analyze_features, load_feature_store
+from interp.features import AnalyzeConfig, analyze_features, load_feature_store
 from interp.site.build import (
     build_dashboard,
     feature_payloads,

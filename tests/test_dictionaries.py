@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interp.activations.synthetic import TensorStore
 from interp.dictionaries import (
     REGISTRY,
     check_compatible,
@@ -214,4 +213,4 @@ def test_check_compatible_refuses_other_models_and_widths():
     with pytest.raises(InterpError, match="trained on model 'a'"):
         check_compatible(d, {"name": "b", "fingerprint": "f2"})
     with pytest.raises(InterpError, match="width 7"):
-        check_compatible(d, TensorStore({"h": torch.zeros(4, 7)}, model={"fingerprint": "f1"}))
+        check_compatible(d, {"fingerprint": "f1"}, {"h": 7})

@@ -13,7 +13,8 @@ from torch import nn
 from interp.activations.cache import CacheConfig, cache_activations
 from interp.activations.store import ActivationStore
 from interp.errors import InterpError
-from interp.features.analyze import AnalyzeConfig, analyze_features, hash_keys, load_feature_store
+from interp.features import AnalyzeConfig, analyze_features, load_feature_store
+from interp.features.stats import hash_keys
 from interp.model.corpus import CorpusConfig
 
 RESID = "blocks.0.hook_resid_post"

@@ -21,7 +21,8 @@ import itertools
 import pytest
 import torch
 
-from interp.activations.synthetic import TensorStore, hierarchical_tree
+from interp.activations.synthetic import hierarchical_tree
+from interp.activations.tensors import TensorSource
 from interp.dictionaries import Dictionary, load_dictionary
 from interp.training.loop import TrainConfig, train_dictionary
 
@@ -116,7 +117,7 @@ def _train(arch: str, seed: int, data, tmp_path) -> Dictionary:
         init_tokens=2000,
         seed=seed,
     )
-    store = TensorStore({"x": data.x[: STEPS * BATCH]})
+    store = TensorSource({"x": data.x[: STEPS * BATCH]})
     return load_dictionary(train_dictionary(cfg, store, tmp_path / arch, progress=False).dictionaries[0])
 
 

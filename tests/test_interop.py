@@ -98,12 +98,13 @@ def test_unnormalised_round_trip_is_bit_exact(tmp_path):
 
 def test_trained_topk_converts_through_every_format(tmp_path):
     """interp -> sparsify -> SAELens -> interp (via convert, as the CLI runs it) after real training."""
-    from interp.activations.synthetic import TensorStore, toy_superposition
+    from interp.activations.synthetic import toy_superposition
+    from interp.activations.tensors import TensorSource
     from interp.training.loop import TrainConfig, train_dictionary
 
     toy = toy_superposition(4096, d=D_IN, n_features=24, seed=0)
     cfg = TrainConfig(architecture="topk", d_sae=D_SAE, k=4, n_tokens=4096 * 4, batch_size=256, lr=3e-3)
-    src = train_dictionary(cfg, TensorStore({"x": toy.x}), tmp_path / "t", progress=False).dictionaries[0]
+    src = train_dictionary(cfg, TensorSource({"x": toy.x}), tmp_path / "t", progress=False).dictionaries[0]
     convert(src, "interp", tmp_path / "x", "sparsify")  # sparsify names the directory after the hook
     convert(tmp_path / "x", "sparsify", tmp_path / "sl", "saelens")
     convert(tmp_path / "sl", "saelens", tmp_path / "back", "interp")

@@ -9,8 +9,9 @@ import torch
 
 from interp.activations.cache import CacheConfig, cache_activations
 from interp.activations.live import ModelSource
-from interp.activations.store import act_key, grad_key
-from interp.activations.synthetic import TensorStore, toy_superposition
+from interp.activations.source import act_key, grad_key
+from interp.activations.synthetic import toy_superposition
+from interp.activations.tensors import TensorSource
 from interp.dictionaries import load_dictionary
 from interp.errors import InterpError
 from interp.model.corpus import CorpusConfig
@@ -31,7 +32,7 @@ def test_rows_equal_the_cached_store_with_gradients(tiny_model_dir, tiny_model, 
     src = _source(tiny_model, corpus_dir, n_tokens=32 * 12)
     assert src.d(HOOK) == store.d(HOOK) and src.has_grads
     assert src.model["fingerprint"] == store.model["fingerprint"]
-    rows = {k: torch.cat([r[k] for r in src._rows([HOOK], grads=True, exclude_bos=False)])
+    rows = {k: torch.cat([r[k] for r in src._epoch([HOOK], True, 0, None, exclude_bos=False)])
             for k in (act_key(HOOK), grad_key(HOOK))}
     for key, got in rows.items():
         want = torch.cat([store.read(key, i) for i in range(len(store.shards))])
@@ -46,7 +47,7 @@ def test_batches_are_seeded_shuffled_and_drop_bos(tiny_model, corpus_dir):
     c = [b.acts[HOOK] for b in src.batches(HOOK, 64, seed=4)]
     assert len(a) == len(b) > 2 and all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    unshuffled = torch.cat([r[act_key(HOOK)] for r in src._rows([HOOK], grads=False, exclude_bos=True)])
+    unshuffled = torch.cat([r[act_key(HOOK)] for r in src._epoch([HOOK], False, 0, None, exclude_bos=True)])
     every = torch.cat(a)
     assert len(every) == len(unshuffled) - len(unshuffled) % 64
     dist = torch.cdist(every, unshuffled, compute_mode="donot_use_mm_for_euclid_dist")
@@ -123,8 +124,8 @@ def test_cli_trains_from_a_model_without_a_store(tiny_model_dir, corpus_dir, tmp
 def test_bf16_autocast_trains_and_keeps_fp32_weights(arch, tmp_path):
     toy = toy_superposition(4096, d=32, n_features=64, p_active=0.04, seed=0)
     kw = dict(architecture=arch, d_sae=64, k=4, n_tokens=4096 * 4, batch_size=256, normalization="none")
-    fp32 = train_dictionary(TrainConfig(**kw), TensorStore({"x": toy.x}), tmp_path / "a", progress=False)
-    bf16 = train_dictionary(TrainConfig(**kw, autocast="bfloat16"), TensorStore({"x": toy.x}), tmp_path / "b",
+    fp32 = train_dictionary(TrainConfig(**kw), TensorSource({"x": toy.x}), tmp_path / "a", progress=False)
+    bf16 = train_dictionary(TrainConfig(**kw, autocast="bfloat16"), TensorSource({"x": toy.x}), tmp_path / "b",
                             progress=False)
     d = load_dictionary(bf16.dictionaries[0])
     assert all(p.dtype == torch.float32 for p in d.parameters())
@@ -144,8 +145,8 @@ def test_cuda_training_with_bf16_autocast_matches_cpu_quality(arch, tmp_path):
     kw = dict(architecture=arch, d_sae=64, n_tokens=4096 * 4, batch_size=256, normalization="none")
     if arch != "jumprelu":
         kw["k"] = 4
-    cpu = train_dictionary(TrainConfig(**kw), TensorStore({"x": toy.x}), tmp_path / "cpu", progress=False)
-    gpu = train_dictionary(TrainConfig(**kw, device="cuda", autocast="bfloat16"), TensorStore({"x": toy.x}),
+    cpu = train_dictionary(TrainConfig(**kw), TensorSource({"x": toy.x}), tmp_path / "cpu", progress=False)
+    gpu = train_dictionary(TrainConfig(**kw, device="cuda", autocast="bfloat16"), TensorSource({"x": toy.x}),
                            tmp_path / "gpu", progress=False)
     (m_cpu,), (m_gpu,) = cpu.metrics.values(), gpu.metrics.values()
     assert abs(m_gpu["fvu"] - m_cpu["fvu"]) < 0.1 and m_gpu["l0"] <= 1.5 * max(m_cpu["l0"], 1)

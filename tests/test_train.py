@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from interp.activations.synthetic import TensorStore, hierarchical_tree, toy_superposition
+from interp.activations.synthetic import hierarchical_tree, toy_superposition
+from interp.activations.tensors import TensorSource
 from interp.dictionaries import REGISTRY, load_dictionary
 from interp.errors import InterpError
 from interp.training.evals import mmcs
@@ -51,17 +52,17 @@ def toy():
     return toy_superposition(16384, d=32, n_features=64, p_active=0.04, seed=0)
 
 
-def _source(arch: str, toy) -> tuple[TensorStore, torch.Tensor, dict]:
+def _source(arch: str, toy) -> tuple[TensorSource, torch.Tensor, dict]:
     """Autoencoders read x; transcoders map x to y = the same codes in other directions; g-SAE gets grads."""
     if arch in ("transcoder", "skip_transcoder"):
         out_dirs = toy_superposition(1, d=32, n_features=64, seed=1).directions
-        return TensorStore({"x": toy.x, "y": toy.coeffs @ out_dirs}), out_dirs, {"hook": "x", "hook_out": "y"}
+        return TensorSource({"x": toy.x, "y": toy.coeffs @ out_dirs}), out_dirs, {"hook": "x", "hook_out": "y"}
     grads = (
         {"x": torch.randn(toy.x.shape, generator=torch.Generator().manual_seed(2))}
         if arch == "gsae"
         else None
     )
-    return TensorStore({"x": toy.x}, grads=grads), toy.directions, {}
+    return TensorSource({"x": toy.x}, grads=grads), toy.directions, {}
 
 
 def _cfg(arch: str, **kw) -> TrainConfig:
@@ -91,15 +92,15 @@ def test_resume_after_a_stop_is_bit_identical(arch, toy, tmp_path):
         kw["params"] = {"group_sizes": [32, 32]}
     source, _, hooks = _source(arch, toy)
     rows = slice(0, 4096)
-    clean = TensorStore({h: v[rows] for h, v in source.acts.items()}, {h: v[rows] for h, v in source.grads.items()})
+    clean = TensorSource({h: v[rows] for h, v in source.acts.items()}, {h: v[rows] for h, v in source.grads.items()})
     full = load_dictionary(
         train_dictionary(_cfg(arch, **hooks, **kw), clean, tmp_path / "a", progress=False).dictionaries[0]
     )
-    first_epoch = torch.randperm(4096, generator=torch.Generator().manual_seed(0))  # TensorStore's order, seed 0
+    first_epoch = torch.randperm(4096, generator=torch.Generator().manual_seed(0))  # TensorSource's order, seed 0
     poisoned = {h: v.clone() for h, v in clean.acts.items()}
     poisoned[hooks.get("hook", "x")][first_epoch[12 * 256 + 7], 0] = float("nan")  # batch 12, after the init sample
     with pytest.raises(InterpError, match="non-finite"):
-        train_dictionary(_cfg(arch, **hooks, **kw), TensorStore(poisoned, clean.grads), tmp_path / "b",
+        train_dictionary(_cfg(arch, **hooks, **kw), TensorSource(poisoned, clean.grads), tmp_path / "b",
                          progress=False)
     state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 10
@@ -114,13 +115,13 @@ def test_nan_batches_are_skipped_when_asked(toy, tmp_path):
     x = toy.x[:2048].clone()
     x[5, 3] = float("inf")
     result = train_dictionary(
-        _cfg("topk", n_tokens=2048, nan_policy="skip"), TensorStore({"x": x}), tmp_path, progress=False
+        _cfg("topk", n_tokens=2048, nan_policy="skip"), TensorSource({"x": x}), tmp_path, progress=False
     )
     assert torch.isfinite(load_dictionary(result.dictionaries[0]).W_dec).all()
 
 
 def test_bad_input_fails_before_any_file_is_written(toy, tmp_path):
-    source = TensorStore({"x": toy.x[:1024]})
+    source = TensorSource({"x": toy.x[:1024]})
     with pytest.raises(InterpError, match="width 32 .* d_in=16"):
         train_dictionary(_cfg("topk", d_in=16), source, tmp_path / "o", progress=False)
     with pytest.raises(InterpError, match="no hook 'y'"):
@@ -135,7 +136,7 @@ def test_bad_input_fails_before_any_file_is_written(toy, tmp_path):
 
 
 def test_one_pass_trains_a_sweep_over_hooks_and_hyperparameters(toy, tmp_path):
-    source = TensorStore({"a": toy.x[:2048], "b": -toy.x[:2048]})
+    source = TensorSource({"a": toy.x[:2048], "b": -toy.x[:2048]})
     cfgs = [
         _cfg("topk", hook="a", k=2, name="a2", n_tokens=2048),
         _cfg("topk", hook="a", k=8, name="a8", n_tokens=2048),
@@ -190,7 +191,7 @@ def test_wandb_gets_the_same_rows_as_the_jsonl_log(toy, tmp_path, monkeypatch):
     for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
         monkeypatch.setenv(name, value)
     cfg = _cfg("topk", k=4, d_sae=64, n_tokens=256 * 16, log_every=4, wandb_project="interp-test")
-    train_dictionary(cfg, TensorStore({"x": toy.x[:4096]}), tmp_path / "out", progress=False)
+    train_dictionary(cfg, TensorSource({"x": toy.x[:4096]}), tmp_path / "out", progress=False)
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     history = _wandb_history(run_file)
     jsonl = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]

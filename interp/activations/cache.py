@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, act_key, grad_key, shard_name
+from interp.activations.source import act_key, grad_key, probe_shapes
+from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, shard_name
 from interp.errors import InterpError
 from interp.io import atomic_write_json, read_json, remove_temporaries, save_tensors
 from interp.model.corpus import Context, CorpusConfig, iter_contexts
@@ -119,21 +120,6 @@ def _check_out_dir(out: Path) -> None:
                 f"Output directory {out} is not empty and holds no activation store "
                 f"(found {leftovers[0].name}). Choose a new directory."
             )
-
-
-def probe_shapes(model: Model, hooks: list[str], first: Context) -> dict[str, list[int]]:
-    """Per-token shape of every hook, from one context; refuses hooks that are not per-token."""
-    acts = model.capture(first.tokens[None], hooks).acts
-    shapes = {}
-    for h in hooks:
-        a = acts[h]
-        if a.dim() < 3 or a.shape[:2] != (1, first.tokens.shape[0]):
-            raise InterpError(
-                f"Hook {h} gives activations of shape {tuple(a.shape)}, not (batch, pos, ...): it is not a "
-                "per-token activation (e.g. attention patterns), so it cannot be cached as rows."
-            )
-        shapes[h] = list(a.shape[2:])
-    return shapes
 
 
 def _new_manifest(cfg: CacheConfig, model: Model, hooks: list[str], shapes: dict[str, list[int]]) -> dict[str, Any]:

@@ -21,14 +21,13 @@ from typing import Any
 
 import torch
 
-from interp.activations.cache import probe_shapes
-from interp.activations.store import Batch, act_key, grad_key, shuffled_batches
+from interp.activations.source import RowSource, act_key, grad_key, probe_shapes
 from interp.errors import InterpError
 from interp.model.corpus import Context, CorpusConfig, iter_contexts
 from interp.model.model import Model, load_model
 
 
-class ModelSource:
+class ModelSource(RowSource):
     """Rows of ``hooks`` from ``model`` run over ``corpus`` in contexts of ``ctx_len`` tokens."""
 
     def __init__(
@@ -72,42 +71,16 @@ class ModelSource:
             raise InterpError(f"This source computes {', '.join(self.shapes)}, not {hook!r}.")
         return int(torch.Size(self.shapes[hook]).numel())
 
-    def batches(
-        self,
-        hooks: str | Sequence[str],
-        batch_size: int,
-        *,
-        epochs: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        buffer_rows: int | None = None,
-        exclude_bos: bool = True,
-        grads: bool = False,
-        drop_last: bool = True,
-    ) -> Iterator[Batch]:
-        """Seeded shuffled float32 batches, as :meth:`interp.store.ActivationStore.batches` gives them.
+    def _default_buffer_rows(self, batch_size: int) -> int:
+        # Every buffered row costs a forward pass before the first batch comes out, so a store-sized buffer
+        # would delay (and, for a short run, dominate) training: 8 batches of rows.
+        return 8 * batch_size
 
-        The shuffle buffer defaults to 8 batches of rows: every buffered row costs a forward pass before
-        the first batch comes out, so a store-sized buffer would delay (and, for a short run, dominate)
-        training."""
-        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
-        for h in hooks:
-            self.d(h)
-        buffer_rows = buffer_rows or 8 * batch_size
-        gen = torch.Generator().manual_seed(seed) if shuffle else None
-        yield from shuffled_batches(
-            lambda: self._rows(hooks, grads, exclude_bos), hooks, [self.d(h) for h in hooks], batch_size,
-            epochs=epochs, gen=gen, buffer_rows=buffer_rows, grads=grads, drop_last=drop_last,
-        )
-
-    def _contexts(self) -> Iterator[Context]:
-        contexts = iter_contexts(self.corpus, self.lm.tokenizer, self.ctx_len, self.lm.info.bos_token_id)
-        if self.n_tokens is None:
-            return contexts
-        return (c for _, c in zip(range(-(-self.n_tokens // self.ctx_len)), contexts))
-
-    def _rows(self, hooks: list[str], grads: bool, exclude_bos: bool) -> Iterator[dict[str, torch.Tensor]]:
-        """One pass over the corpus: a row group per forward batch, on the CPU in float32."""
+    def _epoch(
+        self, hooks: list[str], grads: bool, block_rows: int, gen: torch.Generator | None, exclude_bos: bool
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over the corpus, in corpus order (the shuffle buffer mixes it): a row group per forward
+        batch, on the CPU in float32."""
         group: list[Context] = []
         for ctx in self._contexts():
             group.append(ctx)
@@ -116,6 +89,12 @@ class ModelSource:
                 group = []
         if group:
             yield self._forward(group, hooks, grads, exclude_bos)
+
+    def _contexts(self) -> Iterator[Context]:
+        contexts = iter_contexts(self.corpus, self.lm.tokenizer, self.ctx_len, self.lm.info.bos_token_id)
+        if self.n_tokens is None:
+            return contexts
+        return (c for _, c in zip(range(-(-self.n_tokens // self.ctx_len)), contexts))
 
     def _forward(
         self, group: list[Context], hooks: list[str], grads: bool, exclude_bos: bool

@@ -26,13 +26,14 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from interp.activations.source import RowSource, act_key, grad_key
 from interp.errors import InterpError, close_matches
 from interp.io import read_json
 
@@ -50,14 +51,6 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def act_key(hook: str) -> str:
-    return f"act/{hook}"
-
-
-def grad_key(hook: str) -> str:
-    return f"grad/{hook}"
-
-
 @dataclass(frozen=True)
 class ShardInfo:
     """One entry of ``manifest["shards"]``."""
@@ -67,15 +60,6 @@ class ShardInfo:
     contexts: int
     bytes: int
     sha256: str
-
-
-class Batch(NamedTuple):
-    """Rows drawn together from the store: every tensor has the same first dimension."""
-
-    acts: dict[str, torch.Tensor]
-    """hook -> activations (batch, d)."""
-    grads: dict[str, torch.Tensor]
-    """hook -> LM-loss gradients (batch, d); empty unless asked for."""
 
 
 class Chunk(NamedTuple):
@@ -144,8 +128,10 @@ class _Shard:
         os.close(self.fd)
 
 
-class ActivationStore:
-    """Read access to a store directory written by :func:`interp.cache.cache_activations`."""
+class ActivationStore(RowSource):
+    """Read access to a store directory written by :func:`interp.activations.cache_activations`."""
+
+    path: Path
 
     def __init__(self, path: str | Path, verify: bool = True):
         """Open ``path``. With ``verify`` every shard's sha256 is checked the first time it is read."""
@@ -253,17 +239,14 @@ class ActivationStore:
         return torch.cat([self.read(key, i) for i in range(len(self.shards))]) if self.shards else torch.empty(0)
 
     # ---- streaming --------------------------------------------------------------------------
-    def _keys(self, hooks: Sequence[str], grads: bool) -> list[str]:
+    def chunks(self, hooks: str | Sequence[str], chunk_rows: int = 8192, grads: bool = False) -> Iterator[Chunk]:
+        """Every row in store order, ``chunk_rows`` at a time (the last chunk of a shard may be shorter)."""
+        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         for h in hooks:
             self.check_hook(h)
         if grads and not self.has_grads:
             raise InterpError(f"Store {self.path} has no gradients. Re-cache with --with-grads.")
-        return [act_key(h) for h in hooks] + ([grad_key(h) for h in hooks] if grads else [])
-
-    def chunks(self, hooks: str | Sequence[str], chunk_rows: int = 8192, grads: bool = False) -> Iterator[Chunk]:
-        """Every row in store order, ``chunk_rows`` at a time (the last chunk of a shard may be shorter)."""
-        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
-        keys = self._keys(hooks, grads)
+        keys = [act_key(h) for h in hooks] + ([grad_key(h) for h in hooks] if grads else [])
         start = 0
         for i, info in enumerate(self.shards):
             shard = self.open_shard(i)
@@ -277,39 +260,13 @@ class ActivationStore:
                 shard.close()
             start += info.rows
 
-    def batches(
-        self,
-        hooks: str | Sequence[str],
-        batch_size: int,
-        *,
-        epochs: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        buffer_rows: int | None = None,
-        exclude_bos: bool = True,
-        grads: bool = False,
-        drop_last: bool = True,
-    ) -> Iterator[Batch]:
-        """Shuffled float32 batches of rows, ``epochs`` times over the store.
-
-        Order: each epoch visits shards in a seeded random order and each shard in random blocks; rows
-        pass through a shuffle buffer of ``buffer_rows`` (default: about 256 MiB of rows). The same seed gives
-        the same batches.
-        ``exclude_bos`` drops inserted BOS rows (``pos == -1``), whose activations are outliers.
-        """
-        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
-        keys = self._keys(hooks, grads)
-        gen = torch.Generator().manual_seed(seed)
-        yield from shuffled_batches(
-            lambda: self._blocks(keys, batch_size, gen if shuffle else None, exclude_bos),
-            hooks, [self.d(h) for h in hooks], batch_size, epochs=epochs, gen=gen if shuffle else None,
-            buffer_rows=buffer_rows, grads=grads, drop_last=drop_last,
-        )
-
-    def _blocks(
-        self, keys: list[str], block: int, gen: torch.Generator | None, exclude_bos: bool
+    def _epoch(
+        self, hooks: list[str], grads: bool, block: int, gen: torch.Generator | None, exclude_bos: bool
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """One epoch of contiguous row blocks as float32 copies: shards, and blocks in them, in seeded order."""
+        """One epoch of contiguous row blocks as float32 copies: shards, and blocks in them, in seeded order
+        (rows then pass through a shuffle buffer of about 256 MiB unless the caller sizes it); BOS rows
+        (``pos == -1``), whose activations are outliers, are dropped with ``exclude_bos``."""
+        keys = [act_key(h) for h in hooks] + ([grad_key(h) for h in hooks] if grads else [])
         n = len(self.shards)
         for i in (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).tolist():
             info = self.shards[i]
@@ -330,119 +287,3 @@ class ActivationStore:
                 shard.close()
 
 
-def shuffled_batches(
-    epoch_blocks: Callable[[], Iterator[dict[str, torch.Tensor]]],
-    hooks: list[str],
-    widths: list[int],
-    batch_size: int,
-    *,
-    epochs: int,
-    gen: torch.Generator | None,
-    buffer_rows: int | None,
-    grads: bool,
-    drop_last: bool,
-) -> Iterator[Batch]:
-    """Batches of exactly ``batch_size`` rows from ``epochs`` calls of ``epoch_blocks`` (row groups keyed
-    by :func:`act_key` / :func:`grad_key`), mixed through a shuffle buffer unless ``gen`` is None.
-
-    The buffer holds ``buffer_rows`` rows (default: about 256 MiB of them, at least 4 batches)."""
-    if batch_size < 1 or epochs < 1:
-        raise InterpError(f"batch_size and epochs must be >= 1 (got {batch_size}, {epochs}).")
-    if buffer_rows is None:
-        row_bytes = 4 * sum(widths) * (2 if grads else 1)
-        buffer_rows = max(4 * batch_size, (256 << 20) // row_bytes)
-    buf = _ShuffleBuffer(max(buffer_rows, batch_size), gen) if gen is not None else None
-    batcher = _Batcher(batch_size, hooks, grads)
-    for _ in range(epochs):
-        for rows in epoch_blocks():
-            for out in buf.push(rows) if buf is not None else [rows]:
-                yield from batcher.add(out)
-    if buf is not None:
-        yield from batcher.add(buf.flush())
-    yield from batcher.finish(keep_tail=not drop_last)
-
-
-class _ShuffleBuffer:
-    """A full buffer of rows; each incoming block takes the slots of the rows it evicts, which go out.
-
-    Slots are visited in the order of a fresh random permutation per buffer-full, so each row is copied
-    once in and once out, and mixing spans many shards and blocks.
-    """
-
-    def __init__(self, capacity: int, gen: torch.Generator):
-        self.capacity, self.gen = capacity, gen
-        self.data: dict[str, torch.Tensor] = {}
-        self.n = 0
-        self.perm = torch.empty(0, dtype=torch.int64)
-        self.cursor = capacity  # a permutation is drawn when the buffer first fills
-
-    def push(self, rows: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
-        m = next(iter(rows.values())).shape[0]
-        if not self.data:
-            self.data = {k: torch.empty(self.capacity, *v.shape[1:], dtype=v.dtype) for k, v in rows.items()}
-        i = 0
-        while i < m:
-            if self.n < self.capacity:  # still filling
-                take = min(self.capacity - self.n, m - i)
-                for k, v in rows.items():
-                    self.data[k][self.n : self.n + take] = v[i : i + take]
-                self.n += take
-            else:
-                if self.cursor >= self.capacity:
-                    self.perm = torch.randperm(self.capacity, generator=self.gen)
-                    self.cursor = 0
-                take = min(self.capacity - self.cursor, m - i)
-                slots = self.perm[self.cursor : self.cursor + take]
-                self.cursor += take
-                out = {k: v.index_select(0, slots) for k, v in self.data.items()}
-                for k, v in rows.items():
-                    self.data[k].index_copy_(0, slots, v[i : i + take])
-                yield out
-            i += take
-
-    def flush(self) -> dict[str, torch.Tensor]:
-        """Everything still buffered, in random order; the buffer is empty afterwards."""
-        perm = torch.randperm(self.n, generator=self.gen)
-        out = {k: v[: self.n].index_select(0, perm) for k, v in self.data.items()}
-        self.n, self.cursor = 0, self.capacity
-        return out
-
-
-class _Batcher:
-    """Cuts a stream of row groups of any size into batches of exactly ``batch_size`` rows."""
-
-    def __init__(self, batch_size: int, hooks: list[str], grads: bool):
-        self.batch_size, self.hooks, self.grads = batch_size, hooks, grads
-        self.pending: list[dict[str, torch.Tensor]] = []
-        self.count = 0
-
-    def add(self, rows: dict[str, torch.Tensor]) -> Iterator[Batch]:
-        if not rows:
-            return
-        m = next(iter(rows.values())).shape[0]
-        if not self.pending:  # the common case: slice without copying
-            full = m - m % self.batch_size
-            for a in range(0, full, self.batch_size):
-                yield self._batch({k: v[a : a + self.batch_size] for k, v in rows.items()})
-            if full == m:
-                return
-            rows, m = {k: v[full:] for k, v in rows.items()}, m - full
-        self.pending.append(rows)
-        self.count += m
-        if self.count >= self.batch_size:
-            merged = {k: torch.cat([p[k] for p in self.pending]) for k in rows}
-            n_full = self.count - self.count % self.batch_size
-            for a in range(0, n_full, self.batch_size):
-                yield self._batch({k: v[a : a + self.batch_size] for k, v in merged.items()})
-            rest = {k: v[n_full:] for k, v in merged.items()}
-            self.count = self.count - n_full
-            self.pending = [rest] if self.count else []
-
-    def finish(self, keep_tail: bool) -> Iterator[Batch]:
-        if keep_tail and self.count:
-            yield self._batch({k: torch.cat([p[k] for p in self.pending]) for k in self.pending[0]})
-        self.pending, self.count = [], 0
-
-    def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
-        return Batch({h: rows[act_key(h)] for h in self.hooks},
-                     {h: rows[grad_key(h)] for h in self.hooks} if self.grads else {})

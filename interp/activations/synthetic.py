@@ -1,21 +1,19 @@
-"""Synthetic data with known ground truth, and an in-memory store to train on it.
+"""Synthetic activations with known ground truth, for checking that dictionaries recover features.
 
 - :func:`toy_superposition`: sparse, optionally correlated, non-negative features embedded in fewer
   dimensions than there are features (Sharkey et al. 2022 style); the ground-truth directions are known.
 - :func:`hierarchical_tree`: the MP-SAE hierarchical benchmark (specs/methods.md section 3): 20 read-out
   features in a tree of mutually exclusive parents, children and singletons, with mixed directions.
-- :class:`TensorStore`: tensors that stream like an :class:`interp.store.ActivationStore`
-  (``batches``, ``d``, ``hooks``, ``model``), so the trainer and the evals take either.
+Wrap the samples in :class:`interp.activations.tensors.TensorSource` to train on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
-from interp.activations.store import Batch
 from interp.errors import InterpError
 
 EPS_CHILDREN = (0, 0.0895, 0.163, 0.226, 0.282, 0.3335, 0.3825, 0.431, 0.482)
@@ -103,65 +101,3 @@ def hierarchical_tree(n: int, level: int = 1, *, seed: int = 0) -> ToyData:
     return ToyData(coeffs @ q, coeffs, q)
 
 
-class TensorStore:
-    """In-memory rows per hook that stream like an ActivationStore (every row is used; no BOS rows)."""
-
-    def __init__(
-        self,
-        acts: dict[str, torch.Tensor],
-        grads: dict[str, torch.Tensor] | None = None,
-        model: dict[str, Any] | None = None,
-    ):
-        lengths = {v.shape[0] for v in [*acts.values(), *(grads or {}).values()]}
-        if len(lengths) != 1:
-            raise InterpError("Every tensor of a TensorStore needs the same number of rows.")
-        self.acts = {k: v.float() for k, v in acts.items()}
-        self.grads = {k: v.float() for k, v in (grads or {}).items()}
-        self.model = dict(model or {})
-        self.path = None
-
-    @property
-    def hooks(self) -> list[str]:
-        return list(self.acts)
-
-    @property
-    def n_rows(self) -> int:
-        return next(iter(self.acts.values())).shape[0]
-
-    @property
-    def has_grads(self) -> bool:
-        return bool(self.grads)
-
-    def d(self, hook: str) -> int:
-        if hook not in self.acts:
-            raise InterpError(f"TensorStore has no hook {hook!r}; it holds {', '.join(self.acts)}.")
-        return self.acts[hook].shape[1]
-
-    def batches(
-        self,
-        hooks: str | Sequence[str],
-        batch_size: int,
-        *,
-        epochs: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        grads: bool = False,
-        drop_last: bool = True,
-        **_: Any,
-    ) -> Iterator[Batch]:
-        """Seeded shuffled batches, like :meth:`ActivationStore.batches`."""
-        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
-        for h in hooks:
-            self.d(h)
-        if grads and not self.grads:
-            raise InterpError("This TensorStore has no gradients.")
-        gen = torch.Generator().manual_seed(seed)
-        for _epoch in range(epochs):
-            order = torch.randperm(self.n_rows, generator=gen) if shuffle else torch.arange(self.n_rows)
-            stop = self.n_rows - self.n_rows % batch_size if drop_last else self.n_rows
-            for a in range(0, stop, batch_size):
-                idx = order[a : a + batch_size]
-                yield Batch(
-                    {h: self.acts[h][idx] for h in hooks},
-                    {h: self.grads[h][idx] for h in hooks} if grads else {},
-                )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ from torch import nn
 
 from interp.errors import InterpError, close_matches
 from interp.io import atomic_write_json, load_tensors, read_json, save_tensors
+from interp.model import ModelInfo
 
 FORMAT = "interp-dictionary"
 VERSION = 1
@@ -148,6 +150,16 @@ class Dictionary(nn.Module, ABC):
     @property
     def p(self) -> dict[str, Any]:
         return self.cfg.params
+
+    @property
+    def input_hook(self) -> str:
+        """The hook the dictionary reads (``cfg.hook_in``); InterpError for one made without a hook."""
+        if self.cfg.hook_in is None:
+            raise InterpError(
+                f"This {self.cfg.architecture} dictionary names no input hook (cfg.hook_in); it was not made "
+                "from activations of a model. Create it with hook_in=..."
+            )
+        return self.cfg.hook_in
 
     # ---- normalisation ----------------------------------------------------------------------
     def normalize_input(
@@ -355,15 +367,13 @@ def load_dictionary(path: str | Path, device: str = "cpu") -> Dictionary:
     return d.to(device)
 
 
-def check_compatible(d: Dictionary, source: Any, hook: str | None = None) -> None:
-    """Raise InterpError unless ``d`` was made for ``source`` (a ModelInfo, its dict, a store, or a Model).
-
-    Checks the model fingerprint (when both sides know it) and, for stores, that the dictionary's hook(s)
-    are present with the right width.
-    """
-    info: Any = getattr(source, "info", None) or getattr(source, "model", None) or source
-    if not isinstance(info, dict):
-        info = info.to_dict() if hasattr(info, "to_dict") else vars(info)
+def check_compatible(
+    d: Dictionary, model: ModelInfo | Mapping[str, Any], widths: Mapping[str, int] | None = None
+) -> None:
+    """Raise InterpError unless ``d`` was made for ``model`` (a ModelInfo or its dict) and, when ``widths``
+    (hook -> row width of what a source holds) is given, unless the source holds the dictionary's hooks
+    with the dictionary's widths. Fingerprints are compared when both sides know one."""
+    info = model.to_dict() if isinstance(model, ModelInfo) else dict(model)
     fp, name = info.get("fingerprint"), info.get("name")
     if d.cfg.model_fingerprint and fp and fp != d.cfg.model_fingerprint:
         raise InterpError(
@@ -371,16 +381,12 @@ def check_compatible(d: Dictionary, source: Any, hook: str | None = None) -> Non
             f"(fingerprint {d.cfg.model_fingerprint}) "
             f"but is being used with {name!r} (fingerprint {fp}). Use a dictionary trained on this model."
         )
-    hook_in = hook or d.cfg.hook_in
-    if hasattr(source, "d") and hasattr(source, "hooks"):
-        for h, width in ((hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
-            if h is None:
-                continue
-            if h not in source.hooks:
-                raise InterpError(
-                    f"The dictionary reads {h!r}, which the store does not hold ({', '.join(source.hooks)})."
-                )
-            if source.d(h) != width:
-                raise InterpError(
-                    f"Hook {h!r} has width {source.d(h)} in the store but the dictionary expects {width}."
-                )
+    if widths is None:
+        return
+    for h, width in ((d.cfg.hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
+        if h is None:
+            continue
+        if h not in widths:
+            raise InterpError(f"The dictionary reads {h!r}, which the store does not hold ({', '.join(widths)}).")
+        if widths[h] != width:
+            raise InterpError(f"Hook {h!r} has width {widths[h]} in the store but the dictionary expects {width}.")

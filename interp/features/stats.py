@@ -13,15 +13,14 @@ See :mod:`interp.features.analyze` for what each statistic means.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-from interp.activations.store import ActivationStore, act_key
+from interp.activations.source import act_key
+from interp.activations.store import ActivationStore
 from interp.errors import InterpError
-
-if TYPE_CHECKING:
-    from interp.features.analyze import AnalyzeConfig
+from interp.features.config import AnalyzeConfig
 
 _MASK32 = 0xFFFFFFFF
 NO_KEY = -(2**62)  # padding of the bottom-k key sets (stored negated), below every real key

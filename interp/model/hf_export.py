@@ -9,7 +9,7 @@ with (i) the in-block weights as the bridge holds them (folded LayerNorms are th
 fused QKV rebuilt from the trained q/k/v, and (iii) the final norm and output embedding taken from the
 original checkpoint, untied from the input embedding -- unless the bridge's unembedding bias ``b_U``
 (the folded final-norm bias, a buffer) is constant over the vocabulary, in which case the trained
-final norm and unembedding are written as they are (see :func:`head_exportable`). The first case needs
+final norm and unembedding are written as they are (see ``Model.head_exportable``). The first case needs
 the final norm and unembedding frozen during finetuning: a non-constant b_U cannot be expressed in
 GPT-2's bias-free lm_head. Loading the written
 checkpoint with ``load_model`` processes it again, which leaves it unchanged up to a per-token constant
@@ -29,12 +29,6 @@ from interp.errors import InterpError
 from interp.model.model import DEMO_DIR, Model, load_model
 
 _IN_BLOCK = re.compile(r"\.\d+\.")
-
-
-def head_exportable(model: Model) -> bool:
-    """True when a trained final norm and unembedding can be written exactly (b_U constant over vocab)."""
-    b_u = getattr(model.bridge, "b_U", None)
-    return b_u is None or float(b_u.max() - b_u.min()) < 1e-6
 
 
 def save_hf_model(model: Model, path: str | Path, check_tokens: torch.Tensor, original: str | None = None) -> Path:
@@ -90,7 +84,7 @@ def _export_state(model: Model, reference: Any) -> dict[str, torch.Tensor]:
     state.update(_fused_qkv(model))
     out_names = {n for n, _ in reference.get_output_embeddings().named_parameters(prefix=_module_name(
         reference, reference.get_output_embeddings()))}
-    if head_exportable(model):
+    if model.head_exportable:
         return {n: state[n] for n in wanted}
     for mod_name, module in reference.named_modules():
         if isinstance(module, torch.nn.LayerNorm) and not _IN_BLOCK.search(f".{mod_name}."):

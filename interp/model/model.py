@@ -227,6 +227,21 @@ class Model:
         """Token embedding, (d_vocab, d_model)."""
         return self.bridge.W_E
 
+    @property
+    def head_exportable(self) -> bool:
+        """True when a trained final norm and unembedding can be written to Hugging Face format exactly
+        (the folded unembedding bias b_U is constant over the vocabulary)."""
+        b_u = getattr(self.bridge, "b_U", None)
+        return b_u is None or float(b_u.max() - b_u.min()) < 1e-6
+
+    def finetunable_parameters(self) -> list[torch.nn.Parameter]:
+        """The floating-point weights a finetune may change, in module order. The final norm and the
+        unembedding are left out unless :attr:`head_exportable`, so that the finetuned model still exports
+        exactly (``interp.model.hf_export.save_hf_model``)."""
+        head = [] if self.head_exportable else [self.bridge.unembed, self.bridge.ln_final]
+        frozen = {id(p) for module in head for p in module.parameters()}
+        return [p for p in self.bridge.parameters() if p.is_floating_point() and id(p) not in frozen]
+
     def to_tokens(self, text: str | list[str], prepend_bos: bool = True) -> torch.Tensor:
         """Token ids (batch, pos) for a string or list of strings."""
         return self.bridge.to_tokens(text, prepend_bos=prepend_bos)

@@ -23,8 +23,11 @@ from typing import Any
 
 import torch
 
+from interp.activations.source import ActivationSource
+from interp.activations.store import ActivationStore
 from interp.dictionaries import Dictionary, check_compatible
 from interp.errors import InterpError
+from interp.model import Model, next_token_loss
 
 
 @dataclass(frozen=True)
@@ -99,17 +102,18 @@ def log10_histogram(density: Sequence[float], bins: int = 20, low: float = -7.0)
 @torch.no_grad()
 def evaluate(
     dictionary: Dictionary,
-    store: Any,
+    store: ActivationSource,
     *,
-    model: Any = None,
+    model: Model | None = None,
     n_tokens: int = 100_000,
     batch_size: int = 4096,
     dense_threshold: float = 0.1,
     ce_tokens: int = 8192,
     ce_batch_contexts: int = 8,
 ) -> EvalResult:
-    """Evaluate ``dictionary`` on up to ``n_tokens`` rows of ``store`` (and ``ce_tokens`` with a model)."""
-    check_compatible(dictionary, store)
+    """Evaluate ``dictionary`` on up to ``n_tokens`` rows of ``store``, in source order; with ``model``, also
+    the downstream metrics on ``ce_tokens`` tokens (these need the token ids of an :class:`ActivationStore`)."""
+    check_compatible(dictionary, store.model, {h: store.d(h) for h in store.hooks})
     if n_tokens < 1 or not 0 < dense_threshold < 1:
         raise InterpError("evaluate needs n_tokens >= 1 and 0 < dense_threshold < 1.")
     dictionary.eval()
@@ -125,20 +129,17 @@ def evaluate(
         density=tuple(density.tolist()),
     )
     if model is not None:
-        check_compatible(dictionary, model)
+        check_compatible(dictionary, model.info)
         result.update(_downstream(dictionary, store, model, ce_tokens, ce_batch_contexts))
     return EvalResult(**result)
 
 
 def _hooks(d: Dictionary) -> tuple[str, str]:
-    """(hook the dictionary reads, hook it reconstructs); raises when it was not trained on a store."""
-    hook_in = d.cfg.hook_in
-    if hook_in is None:
-        raise InterpError("The dictionary has no hook_in; it was not trained on a store.")
-    return hook_in, d.cfg.hook_out or hook_in
+    """(hook the dictionary reads, hook it reconstructs); raises when it was not trained on activations."""
+    return d.input_hook, d.cfg.hook_out or d.input_hook
 
 
-def _reconstruction(d: Dictionary, store: Any, n_tokens: int, batch_size: int) -> dict[str, Any]:
+def _reconstruction(d: Dictionary, store: ActivationSource, n_tokens: int, batch_size: int) -> dict[str, Any]:
     hook_in, hook_out = _hooks(d)
     hooks = sorted({hook_in, hook_out})
     acc = {k: 0.0 for k in ("err", "sq", "xx", "cos", "ratio", "hh", "xh", "l0", "l1")}
@@ -181,10 +182,10 @@ def _reconstruction(d: Dictionary, store: Any, n_tokens: int, batch_size: int) -
     )
 
 
-def _downstream(d: Dictionary, store: Any, model: Any, ce_tokens: int, batch_contexts: int) -> dict[str, Any]:
-    from interp.model.model import next_token_loss
-
-    if not hasattr(store, "column"):
+def _downstream(
+    d: Dictionary, store: ActivationSource, model: Model, ce_tokens: int, batch_contexts: int
+) -> dict[str, Any]:
+    if not isinstance(store, ActivationStore):
         raise InterpError(
             "CE loss recovered needs the store's token ids; evaluate on a store from interp cache."
         )
@@ -224,7 +225,7 @@ def _downstream(d: Dictionary, store: Any, model: Any, ce_tokens: int, batch_con
 
 def _run_spliced(
     d: Dictionary,
-    model: Any,
+    model: Model,
     toks: torch.Tensor,
     mask: torch.Tensor,
     hook_in: str,

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from interp.activations.source import ActivationSource, Batch
 from interp.activations.store import ActivationStore
 from interp.dictionaries import Dictionary, TrainBatch, TrainState, create, save_dictionary
 from interp.dictionaries.base import NORMALIZATIONS, lookup
@@ -172,10 +173,14 @@ class _Slot:
 
 # ---- public entry point -------------------------------------------------------------------------
 def train_dictionary(
-    cfg: TrainConfig | Sequence[TrainConfig], store: Any, out_dir: str | Path, *, progress: bool = True
+    cfg: TrainConfig | Sequence[TrainConfig],
+    store: ActivationSource | str | Path,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
 ) -> TrainResult:
-    """Train one dictionary per config on ``store``: a store directory, an ActivationStore, a TensorStore,
-    or an :class:`interp.stream.ModelSource` (activations computed on the fly).
+    """Train one dictionary per config on ``store``: a store directory or any :class:`ActivationSource`
+    (an ActivationStore, a ModelSource computing activations on the fly, a TensorSource).
 
     Writes ``out_dir/<name>/`` (cfg.json + weights.safetensors) per config, ``out_dir/train_log.jsonl``,
     and ``out_dir/checkpoint/`` while running. Run the same call again to resume after an interruption.
@@ -185,7 +190,7 @@ def train_dictionary(
         raise InterpError("No TrainConfig given.")
     if len({c.data_key() for c in cfgs}) != 1:
         raise InterpError("Configs trained in one pass must share n_tokens, batch_size, seed and device.")
-    source = ActivationStore(store) if isinstance(store, (str, Path)) else store
+    source: ActivationSource = ActivationStore(store) if isinstance(store, (str, Path)) else store
     out = Path(out_dir)
     slots = [_make_slot(c, source, i) for i, c in enumerate(cfgs)]
     names = [s.name for s in slots]
@@ -194,12 +199,10 @@ def train_dictionary(
     return run_loop(slots, cfgs[0], source, out, progress)
 
 
-def _make_slot(cfg: TrainConfig, source: Any, index: int) -> _Slot:
+def _make_slot(cfg: TrainConfig, source: ActivationSource, index: int) -> _Slot:
     hook = cfg.hook or _only_hook(source)
     hook_out = cfg.hook_out
-    d_in = source.d(hook) if hasattr(source, "d") else cfg.d_in
-    if d_in is None:
-        raise InterpError("The data source does not report its width (no `d(hook)`); set TrainConfig.d_in.")
+    d_in = source.d(hook)
     if cfg.d_in is not None and d_in != cfg.d_in:
         raise InterpError(
             f"Hook {hook!r} has width {d_in} in the store, but the config expects d_in={cfg.d_in}. "
@@ -207,7 +210,7 @@ def _make_slot(cfg: TrainConfig, source: Any, index: int) -> _Slot:
         )
     d_out = source.d(hook_out) if hook_out else d_in
     d_sae = cfg.d_sae or cfg.expansion * d_in
-    model = dict(getattr(source, "model", None) or {})
+    model = dict(source.model)
     params = cfg.arch_params()
     accepted = lookup(cfg.architecture).param_defaults
     if hook_out and "transcoder" in accepted:
@@ -226,7 +229,7 @@ def _make_slot(cfg: TrainConfig, source: Any, index: int) -> _Slot:
         model_fingerprint=model.get("fingerprint"),
         **params,
     ).to(cfg.device)
-    if d.needs_grads and not getattr(source, "has_grads", False):
+    if d.needs_grads and not source.has_grads:
         raise InterpError(
             f"Architecture {cfg.architecture!r} trains on LM-loss gradients, and this store has none. "
             "Re-cache with `interp cache --with-grads`."
@@ -250,7 +253,7 @@ def make_optimizer(
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
-def _only_hook(source: Any) -> str:
+def _only_hook(source: ActivationSource) -> str:
     hooks = list(source.hooks)
     if len(hooks) != 1:
         raise InterpError(f"The store holds several hooks ({', '.join(hooks)}); set TrainConfig.hook.")
@@ -272,7 +275,7 @@ def lr_at(cfg: TrainConfig, base: float, step: int) -> float:
     return base
 
 
-def data_order(source: Any, hooks: list[str], cfg: TrainConfig, grads: bool) -> Iterator[Any]:
+def data_order(source: ActivationSource, hooks: list[str], cfg: TrainConfig, grads: bool) -> Iterator[Batch]:
     """Batches forever, epoch e shuffled with seed ``cfg.seed + e``: a pure function of (seed, step)."""
     epoch = 0
     while True:
@@ -290,7 +293,9 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # ---- the loop -----------------------------------------------------------------------------------
-def run_loop(slots: list[_Slot], cfg: TrainConfig, source: Any, out: Path, progress: bool) -> TrainResult:
+def run_loop(
+    slots: list[_Slot], cfg: TrainConfig, source: ActivationSource, out: Path, progress: bool
+) -> TrainResult:
     hooks = sorted({h for s in slots for h in (s.dictionary.cfg.hook_in, s.dictionary.cfg.hook_out) if h})
     grads = any(s.dictionary.needs_grads for s in slots)
     n_steps = cfg.n_steps
@@ -335,7 +340,7 @@ def run_loop(slots: list[_Slot], cfg: TrainConfig, source: Any, out: Path, progr
     return _finish(slots, source, out, rate, ckpt_dir)
 
 
-def _train_step(slot: _Slot, batch: Any, step: int, n_steps: int, gen: torch.Generator) -> None:
+def _train_step(slot: _Slot, batch: Batch, step: int, n_steps: int, gen: torch.Generator) -> None:
     d, c = slot.dictionary, slot.cfg
     tb = _normalised(d, batch, c.device)
     for group in slot.opt.param_groups:
@@ -378,15 +383,15 @@ def _train_step(slot: _Slot, batch: Any, step: int, n_steps: int, gen: torch.Gen
     del slot.recent[:-100]
 
 
-def _normalised(d: Dictionary, batch: Any, device: str) -> TrainBatch:
-    x = batch.acts[d.cfg.hook_in].to(device)
+def _normalised(d: Dictionary, batch: Batch, device: str) -> TrainBatch:
+    x = batch.acts[d.input_hook].to(device)
     xn, stats = d.normalize_input(x)
     yn = d.normalize_target(batch.acts[d.cfg.hook_out].to(device), stats) if d.cfg.hook_out else xn
-    g = batch.grads.get(d.cfg.hook_in) if batch.grads else None
+    g = batch.grads.get(d.input_hook) if batch.grads else None
     return TrainBatch(xn, yn, d.normalize_grad(g.to(device), stats) if g is not None else None)
 
 
-def _finite_batch(batch: Any, cfg: TrainConfig, step: int) -> bool:
+def _finite_batch(batch: Batch, cfg: TrainConfig, step: int) -> bool:
     for hook, x in batch.acts.items():
         if not torch.isfinite(x).all():
             if cfg.nan_policy == "stop":
@@ -399,7 +404,7 @@ def _finite_batch(batch: Any, cfg: TrainConfig, step: int) -> bool:
     return True
 
 
-def _init_from_data(slots: list[_Slot], data: Iterator[Any], cfg: TrainConfig, gen: torch.Generator) -> None:
+def _init_from_data(slots: list[_Slot], data: Iterator[Batch], cfg: TrainConfig, gen: torch.Generator) -> None:
     """Normalisation constants and data-dependent init from the first ``init_tokens`` rows of the order."""
     batches, rows = [], 0
     while rows < cfg.init_tokens:
@@ -407,7 +412,7 @@ def _init_from_data(slots: list[_Slot], data: Iterator[Any], cfg: TrainConfig, g
         rows += cfg.batch_size
     for slot in slots:
         d = slot.dictionary
-        x = torch.cat([b.acts[d.cfg.hook_in] for b in batches])[: cfg.init_tokens].to(slot.cfg.device)
+        x = torch.cat([b.acts[d.input_hook] for b in batches])[: cfg.init_tokens].to(slot.cfg.device)
         y = torch.cat([b.acts[d.cfg.hook_out] for b in batches])[: cfg.init_tokens] if d.cfg.hook_out else x
         ok = torch.isfinite(x).all(1) & torch.isfinite(y.to(x.device)).all(1)
         if not ok.all():
@@ -456,7 +461,7 @@ def _resume(slots: list[_Slot], directory: Path, meta: dict[str, Any], gen: torc
     return int(saved["step"])
 
 
-def _finish(slots: list[_Slot], source: Any, out: Path, rate: float, ckpt_dir: Path) -> TrainResult:
+def _finish(slots: list[_Slot], source: ActivationSource, out: Path, rate: float, ckpt_dir: Path) -> TrainResult:
     paths, metrics = [], {}
     for s in slots:
         d = s.dictionary
@@ -466,7 +471,7 @@ def _finish(slots: list[_Slot], source: Any, out: Path, rate: float, ckpt_dir: P
         d.cfg.metrics = m
         d.cfg.training = {
             **config_dict(s.cfg),
-            "store": str(source.path) if getattr(source, "path", None) else None,
+            "store": str(source.path) if source.path is not None else None,
             "source": type(source).__name__,
             "n_steps": s.cfg.n_steps,
             "lr_resolved": s.lr,

@@ -1,0 +1,276 @@
+"""The one interface every activation source implements, and its one batching loop.
+
+An :class:`ActivationSource` gives rows of activations (one row per token, flattened per hook) in
+seeded, shuffled batches. Three implement it: the on-disk store (:class:`~interp.activations.store.
+ActivationStore`), the model run over a corpus on the fly (:class:`~interp.activations.live.ModelSource`)
+and in-memory tensors (:class:`~interp.activations.tensors.TensorSource`). Each subclasses :class:`RowSource`
+and supplies one epoch of row groups; :func:`shuffled_batches` turns those into batches for all of them,
+so a run switches between a store and the live model with one argument.
+
+Row groups are dicts keyed by :func:`act_key` / :func:`grad_key`, float32, all with the same first
+dimension. Rows keep their identity through the loop: the same (source, seed) gives the same batches.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+
+from interp.errors import InterpError
+from interp.model import Model
+from interp.model.corpus import Context
+
+
+def act_key(hook: str) -> str:
+    """Key of a hook's activations in a row group (and in a store shard)."""
+    return f"act/{hook}"
+
+
+def grad_key(hook: str) -> str:
+    """Key of a hook's LM-loss gradients in a row group (and in a store shard)."""
+    return f"grad/{hook}"
+
+
+class Batch(NamedTuple):
+    """Rows drawn together from a source: every tensor has the same first dimension."""
+
+    acts: dict[str, torch.Tensor]
+    """hook -> activations (batch, d)."""
+    grads: dict[str, torch.Tensor]
+    """hook -> LM-loss gradients (batch, d); empty unless asked for."""
+
+@runtime_checkable
+class ActivationSource(Protocol):
+    """Rows of activations for one or more hooks, streamed in seeded shuffled batches.
+
+    What the trainer and the evals read. ``model`` is the :class:`interp.model.ModelInfo` (as a dict) of the
+    model the rows come from, ``{}`` when unknown; ``path`` the directory behind the source, if any.
+    """
+
+    @property
+    def hooks(self) -> list[str]: ...
+
+    @property
+    def model(self) -> dict[str, Any]: ...
+
+    @property
+    def has_grads(self) -> bool: ...
+
+    @property
+    def path(self) -> Path | None: ...
+
+    def d(self, hook: str) -> int:
+        """Row width of ``hook`` (its per-token activation flattened)."""
+        ...
+
+    def batches(
+        self,
+        hooks: str | Sequence[str],
+        batch_size: int,
+        *,
+        epochs: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        buffer_rows: int | None = None,
+        exclude_bos: bool = True,
+        grads: bool = False,
+        drop_last: bool = True,
+    ) -> Iterator[Batch]:
+        """``epochs`` passes over the rows in batches of ``batch_size`` (float32, shape (batch, d) per hook).
+
+        ``shuffle=False`` keeps source order; ``buffer_rows`` sizes the shuffle buffer (each source has a
+        default); ``exclude_bos`` drops inserted BOS rows; ``grads`` adds LM-loss gradients (sources with
+        ``has_grads``); ``drop_last`` drops a final partial batch."""
+        ...
+
+
+class RowSource(ABC):
+    """Implements :meth:`ActivationSource.batches` once, for every source, from one epoch of row groups."""
+
+    path: Path | None = None
+
+    @property
+    @abstractmethod
+    def hooks(self) -> list[str]: ...
+
+    @abstractmethod
+    def d(self, hook: str) -> int: ...
+
+    @property
+    def has_grads(self) -> bool:
+        return False
+
+    @abstractmethod
+    def _epoch(
+        self, hooks: list[str], grads: bool, block_rows: int, gen: torch.Generator | None, exclude_bos: bool
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over the rows of ``hooks`` (with gradients when ``grads``) as float32 row groups keyed
+        by :func:`act_key` / :func:`grad_key`, in an order drawn from ``gen`` (None: source order);
+        ``block_rows`` is a hint for the group size."""
+
+    def _default_buffer_rows(self, batch_size: int) -> int | None:
+        """Shuffle-buffer rows when the caller gives none: None sizes it by bytes (about 256 MiB), 0 disables
+        it (for sources whose ``_epoch`` is already fully shuffled)."""
+        return None
+
+    def batches(
+        self,
+        hooks: str | Sequence[str],
+        batch_size: int,
+        *,
+        epochs: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        buffer_rows: int | None = None,
+        exclude_bos: bool = True,
+        grads: bool = False,
+        drop_last: bool = True,
+    ) -> Iterator[Batch]:
+        """See :meth:`ActivationSource.batches`."""
+        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+        widths = [self.d(h) for h in hooks]  # raises for a hook the source does not have
+        if grads and not self.has_grads:
+            raise InterpError(f"{type(self).__name__} {self.path or ''} has no gradients. Re-cache with --with-grads.")
+        gen = torch.Generator().manual_seed(seed) if shuffle else None
+        yield from shuffled_batches(
+            lambda: self._epoch(hooks, grads, batch_size, gen, exclude_bos), hooks, widths, batch_size, epochs=epochs,
+            gen=gen, buffer_rows=buffer_rows if buffer_rows is not None else self._default_buffer_rows(batch_size),
+            grads=grads, drop_last=drop_last,
+        )
+
+
+def shuffled_batches(
+    epoch_blocks: Callable[[], Iterator[dict[str, torch.Tensor]]],
+    hooks: list[str],
+    widths: list[int],
+    batch_size: int,
+    *,
+    epochs: int,
+    gen: torch.Generator | None,
+    buffer_rows: int | None,
+    grads: bool,
+    drop_last: bool,
+) -> Iterator[Batch]:
+    """Batches of exactly ``batch_size`` rows from ``epochs`` calls of ``epoch_blocks`` (row groups keyed
+    by :func:`act_key` / :func:`grad_key`), mixed through a shuffle buffer unless ``gen`` is None.
+
+    The buffer holds ``buffer_rows`` rows (None: about 256 MiB of them, at least 4 batches; 0: no buffer)."""
+    if batch_size < 1 or epochs < 1:
+        raise InterpError(f"batch_size and epochs must be >= 1 (got {batch_size}, {epochs}).")
+    if buffer_rows is None:
+        row_bytes = 4 * sum(widths) * (2 if grads else 1)
+        buffer_rows = max(4 * batch_size, (256 << 20) // row_bytes)
+    buf = _ShuffleBuffer(max(buffer_rows, batch_size), gen) if gen is not None and buffer_rows > 0 else None
+    batcher = _Batcher(batch_size, hooks, grads)
+    for _ in range(epochs):
+        for rows in epoch_blocks():
+            for out in buf.push(rows) if buf is not None else [rows]:
+                yield from batcher.add(out)
+    if buf is not None:
+        yield from batcher.add(buf.flush())
+    yield from batcher.finish(keep_tail=not drop_last)
+
+
+class _ShuffleBuffer:
+    """A full buffer of rows; each incoming block takes the slots of the rows it evicts, which go out.
+
+    Slots are visited in the order of a fresh random permutation per buffer-full, so each row is copied
+    once in and once out, and mixing spans many shards and blocks.
+    """
+
+    def __init__(self, capacity: int, gen: torch.Generator):
+        self.capacity, self.gen = capacity, gen
+        self.data: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.perm = torch.empty(0, dtype=torch.int64)
+        self.cursor = capacity  # a permutation is drawn when the buffer first fills
+
+    def push(self, rows: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+        m = next(iter(rows.values())).shape[0]
+        if not self.data:
+            self.data = {k: torch.empty(self.capacity, *v.shape[1:], dtype=v.dtype) for k, v in rows.items()}
+        i = 0
+        while i < m:
+            if self.n < self.capacity:  # still filling
+                take = min(self.capacity - self.n, m - i)
+                for k, v in rows.items():
+                    self.data[k][self.n : self.n + take] = v[i : i + take]
+                self.n += take
+            else:
+                if self.cursor >= self.capacity:
+                    self.perm = torch.randperm(self.capacity, generator=self.gen)
+                    self.cursor = 0
+                take = min(self.capacity - self.cursor, m - i)
+                slots = self.perm[self.cursor : self.cursor + take]
+                self.cursor += take
+                out = {k: v.index_select(0, slots) for k, v in self.data.items()}
+                for k, v in rows.items():
+                    self.data[k].index_copy_(0, slots, v[i : i + take])
+                yield out
+            i += take
+
+    def flush(self) -> dict[str, torch.Tensor]:
+        """Everything still buffered, in random order; the buffer is empty afterwards."""
+        perm = torch.randperm(self.n, generator=self.gen)
+        out = {k: v[: self.n].index_select(0, perm) for k, v in self.data.items()}
+        self.n, self.cursor = 0, self.capacity
+        return out
+
+
+class _Batcher:
+    """Cuts a stream of row groups of any size into batches of exactly ``batch_size`` rows."""
+
+    def __init__(self, batch_size: int, hooks: list[str], grads: bool):
+        self.batch_size, self.hooks, self.grads = batch_size, hooks, grads
+        self.pending: list[dict[str, torch.Tensor]] = []
+        self.count = 0
+
+    def add(self, rows: dict[str, torch.Tensor]) -> Iterator[Batch]:
+        if not rows:
+            return
+        m = next(iter(rows.values())).shape[0]
+        if not self.pending:  # the common case: slice without copying
+            full = m - m % self.batch_size
+            for a in range(0, full, self.batch_size):
+                yield self._batch({k: v[a : a + self.batch_size] for k, v in rows.items()})
+            if full == m:
+                return
+            rows, m = {k: v[full:] for k, v in rows.items()}, m - full
+        self.pending.append(rows)
+        self.count += m
+        if self.count >= self.batch_size:
+            merged = {k: torch.cat([p[k] for p in self.pending]) for k in rows}
+            n_full = self.count - self.count % self.batch_size
+            for a in range(0, n_full, self.batch_size):
+                yield self._batch({k: v[a : a + self.batch_size] for k, v in merged.items()})
+            rest = {k: v[n_full:] for k, v in merged.items()}
+            self.count = self.count - n_full
+            self.pending = [rest] if self.count else []
+
+    def finish(self, keep_tail: bool) -> Iterator[Batch]:
+        if keep_tail and self.count:
+            yield self._batch({k: torch.cat([p[k] for p in self.pending]) for k in self.pending[0]})
+        self.pending, self.count = [], 0
+
+    def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
+        return Batch({h: rows[act_key(h)] for h in self.hooks},
+                     {h: rows[grad_key(h)] for h in self.hooks} if self.grads else {})
+
+
+def probe_shapes(model: Model, hooks: list[str], first: Context) -> dict[str, list[int]]:
+    """Per-token shape of every hook, from one context; refuses hooks that are not per-token."""
+    acts = model.capture(first.tokens[None], hooks).acts
+    shapes = {}
+    for h in hooks:
+        a = acts[h]
+        if a.dim() < 3 or a.shape[:2] != (1, first.tokens.shape[0]):
+            raise InterpError(
+                f"Hook {h} gives activations of shape {tuple(a.shape)}, not (batch, pos, ...): it is not a "
+                "per-token activation (e.g. attention patterns), so it cannot be cached as rows."
+            )
+        shapes[h] = list(a.shape[2:])
+    return shapes
