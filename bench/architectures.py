@@ -22,8 +22,8 @@ from interp.activations.cache import CacheConfig, cache_activations
 from interp.dictionaries import REGISTRY, load_dictionary
 from interp.model.corpus import CorpusConfig
 from interp.model.model import load_model
+from interp.training import TrainConfig, train_dictionary
 from interp.training.evals import evaluate
-from interp.training.loop import TrainConfig, train_dictionary
 
 
 def configs(layer: int, k: int, common: dict) -> list[TrainConfig]:

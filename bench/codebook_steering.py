@@ -45,7 +45,7 @@ from interp.codebooks import (
     target_mass,
     token_counts,
 )
-from interp.codebooks.finetune import config_dict
+from interp.configs import config_to_dict
 from interp.model.corpus import iter_contexts
 
 SITES = ("blocks.0.attn.hook_z", "blocks.1.hook_mlp_out")
@@ -65,7 +65,7 @@ def ensure_run(run_dir: Path, cfg: CodebookFinetuneConfig) -> None:
     cfg_file = run_dir / "codebooks" / "codebooks.json"
     if (run_dir / "metrics.json").is_file() and cfg_file.is_file():
         saved = json.loads(cfg_file.read_text()).get("config") or {}
-        wanted = config_dict(cfg)
+        wanted = config_to_dict(cfg)
         diff = {f: (saved.get(f), wanted[f]) for f in CHECKED_FIELDS if saved.get(f) != wanted[f]}
         if diff:
             raise SystemExit(f"{run_dir} was finetuned with other settings (saved, requested): {diff}; "

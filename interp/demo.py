@@ -61,8 +61,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, progress: bool =
     from interp.model.corpus import CorpusConfig
     from interp.model.model import load_model
     from interp.site.build import build_dashboard
+    from interp.training import TrainConfig, train_dictionary
     from interp.training.evals import evaluate
-    from interp.training.loop import TrainConfig, train_dictionary
 
     cfg = cfg or DemoConfig()
     out = Path(out)

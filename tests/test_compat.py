@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from interp.activations.store import ActivationStore
-from interp.dictionaries import load_dictionary
+from interp.dictionaries import load_dictionary, read_metrics
 from interp.features import load_feature_store
 
 DATA = Path(__file__).parent / "data" / "compat"
@@ -45,6 +45,11 @@ def test_old_dictionary_encodes_the_same(data: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(sae.encode(x), torch.tensor(want["encode"]), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(sae(x), torch.tensor(want["forward"]), rtol=1e-6, atol=1e-6)
+
+
+def test_old_dictionary_metrics_are_read_from_its_cfg(data: Path) -> None:
+    metrics = read_metrics(data / EXPECTED["dictionary"]["path"])
+    assert {"fvu", "l0", "dead_fraction"} <= set(metrics) and 0 <= metrics["fvu"] < 1
 
 
 def test_old_feature_store_reads_the_same(data: Path) -> None:

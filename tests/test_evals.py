@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,8 +12,8 @@ from interp.activations.cache import CacheConfig, cache_activations
 from interp.dictionaries import create
 from interp.errors import InterpError
 from interp.model.corpus import CorpusConfig
+from interp.training import TrainConfig, train_dictionary
 from interp.training.evals import density_histogram_figure, evaluate, frontier_figure, mmcs
-from interp.training.loop import TrainConfig, train_dictionary
 
 torch.set_num_threads(1)
 RESID, LN2, MLP = "blocks.0.hook_resid_post", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
@@ -97,7 +98,7 @@ def test_dictionary_for_another_model_is_refused(store, trained):
     from interp.dictionaries import load_dictionary
 
     d = load_dictionary(trained)
-    d.cfg.model_fingerprint = "0" * 16
+    d.cfg = dataclasses.replace(d.cfg, model_fingerprint="0" * 16)
     with pytest.raises(InterpError, match="trained on model"):
         evaluate(d, store)
 

@@ -24,7 +24,7 @@ import torch
 from interp.activations.synthetic import hierarchical_tree
 from interp.activations.tensors import TensorSource
 from interp.dictionaries import Dictionary, load_dictionary
-from interp.training.loop import TrainConfig, train_dictionary
+from interp.training import TrainConfig, train_dictionary
 
 torch.set_num_threads(1)
 FAMILIES = ((0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11))

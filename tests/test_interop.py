@@ -100,7 +100,7 @@ def test_trained_topk_converts_through_every_format(tmp_path):
     """interp -> sparsify -> SAELens -> interp (via convert, as the CLI runs it) after real training."""
     from interp.activations.synthetic import toy_superposition
     from interp.activations.tensors import TensorSource
-    from interp.training.loop import TrainConfig, train_dictionary
+    from interp.training import TrainConfig, train_dictionary
 
     toy = toy_superposition(4096, d=D_IN, n_features=24, seed=0)
     cfg = TrainConfig(architecture="topk", d_sae=D_SAE, k=4, n_tokens=4096 * 4, batch_size=256, lr=3e-3)

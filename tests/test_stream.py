@@ -15,7 +15,7 @@ from interp.activations.tensors import TensorSource
 from interp.dictionaries import load_dictionary
 from interp.errors import InterpError
 from interp.model.corpus import CorpusConfig
-from interp.training.loop import TrainConfig, train_dictionary
+from interp.training import TrainConfig, train_dictionary
 
 HOOK = "blocks.0.hook_resid_post"
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -53,13 +53,13 @@ class CacheConfig:
     """Contexts per forward pass."""
     shard_mb: float = 128
     """Approximate shard size in MB; a shard holds a whole number of batches."""
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Stored dtype: float32, bfloat16 or float16."""
     with_grads: bool = False
     """Also store the gradient of the summed next-token loss with respect to each hooked activation."""
     device: str = "cpu"
     """Where the model runs (cpu, cuda, cuda:1 ...)."""
-    processing: str = "default"
+    processing: Literal["default", "transformer_lens", "none"] = "default"
     """Weight processing at load (``interp.models.PROCESSING``): default (SAELens's coordinates, equal to
     the checkpoint's own hidden states), transformer_lens (also centred), or none."""
 

@@ -24,12 +24,11 @@ with hooks; artifacts are safetensors + JSON; the finetuned model is written in 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,6 +45,7 @@ from interp.codebooks.bottleneck import (
     save_codebooks,
     site_shape,
 )
+from interp.configs import config_to_dict
 from interp.dictionaries.codebook import kmeans
 from interp.errors import InterpError
 from interp.io import atomic_write_json
@@ -170,16 +170,11 @@ def finetune_codebooks(cfg: CodebookFinetuneConfig, out_dir: str | Path, progres
     paths = {"model": out / "model", "codebooks": out / "codebooks", "metrics": out / "metrics.json",
              "usage": out / "code_usage.json"}
     save_hf_model(model, paths["model"], check_tokens=heldout[:2])
-    save_codebooks(codebooks, paths["codebooks"], model_name=cfg.model, config=config_dict(cfg))
+    save_codebooks(codebooks, paths["codebooks"], model_name=cfg.model, config=config_to_dict(cfg))
     usage = code_usage(model, codebooks, heldout)
     atomic_write_json(paths["usage"], usage_summary(model, usage))
     atomic_write_json(paths["metrics"], metrics)
     return FinetuneResult(paths, metrics)
-
-
-def config_dict(cfg: CodebookFinetuneConfig) -> dict[str, Any]:
-    """The config as JSON-ready values."""
-    return json.loads(json.dumps(asdict(cfg), default=str))
 
 
 def load_token_data(cfg: CodebookFinetuneConfig, model: Model) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ from interp.dictionaries.base import (
     check_compatible,
     create,
     load_dictionary,
+    read_metrics,
     register,
     save_dictionary,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "create",
     "head_attribution",
     "load_dictionary",
+    "read_metrics",
     "register",
     "save_dictionary",
 ]

@@ -33,13 +33,15 @@ FORMAT = "interp-dictionary"
 VERSION = 1
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "weights.safetensors"
+METRICS_FILE = "metrics.json"
 NORMALIZATIONS = ("none", "scalar", "standardize")
 _EPS = 1e-5
 
 
-@dataclass
+@dataclass(frozen=True)
 class DictionaryConfig:
-    """Everything needed to rebuild a dictionary and to check what it may be used with."""
+    """Everything needed to rebuild a dictionary and to check what it may be used with. It describes a
+    saved artefact, so it is frozen; results (training metrics) live in ``metrics.json`` beside it."""
 
     architecture: str
     """Registry name, e.g. ``topk``; loading looks the class up by this name."""
@@ -64,12 +66,10 @@ class DictionaryConfig:
     """Architecture-specific hyperparameters (k, l1_coeff, ...), defaults filled in."""
     training: dict[str, Any] = field(default_factory=dict)
     """The TrainConfig it was trained with, and where its data came from."""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    """Final training metrics (and evaluation results when written back)."""
 
     def __post_init__(self) -> None:
         if self.d_out == 0:
-            self.d_out = self.d_in
+            object.__setattr__(self, "d_out", self.d_in)
         if min(self.d_in, self.d_sae, self.d_out) < 1:
             raise InterpError(f"Dictionary sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae}).")
         if self.normalization not in NORMALIZATIONS:
@@ -331,16 +331,28 @@ def create(architecture: str, d_in: int, d_sae: int, **params: Any) -> Dictionar
 
 
 # ---- save / load ---------------------------------------------------------------------------------
-def save_dictionary(d: Dictionary, path: str | Path) -> Path:
-    """Write ``cfg.json`` and ``weights.safetensors`` into directory ``path`` (atomically, weights first)."""
+def save_dictionary(d: Dictionary, path: str | Path, metrics: Mapping[str, Any] | None = None) -> Path:
+    """Write ``cfg.json`` and ``weights.safetensors`` (and ``metrics.json`` when ``metrics`` are given) into
+    directory ``path``, each atomically, weights first."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu() for k, v in d.state_dict().items()}
     save_tensors(
         path / WEIGHTS_FILE, tensors, metadata={"format": FORMAT, "architecture": d.cfg.architecture}
     )
+    if metrics is not None:
+        atomic_write_json(path / METRICS_FILE, dict(metrics))
     atomic_write_json(path / CFG_FILE, {"format": FORMAT, "version": VERSION, **asdict(d.cfg)})
     return path
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """The training metrics saved with the dictionary in directory ``path`` (``metrics.json``; dictionaries
+    written before that file existed kept them in ``cfg.json``); ``{}`` when there are none."""
+    path = Path(path)
+    if (path / METRICS_FILE).is_file():
+        return dict(read_json(path / METRICS_FILE, "dictionary metrics"))
+    return dict(read_json(path / CFG_FILE, "dictionary config").get("metrics") or {})
 
 
 def load_dictionary(path: str | Path, device: str = "cpu") -> Dictionary:

@@ -22,7 +22,7 @@ import math
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,8 +30,9 @@ import torch
 
 from interp.activations.source import ActivationSource, Batch
 from interp.activations.store import ActivationStore
+from interp.configs import config_to_dict
 from interp.dictionaries import Dictionary, TrainBatch, TrainState, create, save_dictionary
-from interp.dictionaries.base import NORMALIZATIONS, lookup
+from interp.dictionaries.base import lookup
 from interp.dictionaries.linear import release_workspaces
 from interp.errors import InterpError
 from interp.training.checkpoint import (
@@ -41,110 +42,9 @@ from interp.training.checkpoint import (
     reset_moments,
     write_checkpoint,
 )
+from interp.training.config import AUTOCAST, TrainConfig
 
 log = logging.getLogger(__name__)
-SCHEDULES = ("constant", "linear", "cosine")
-AUTOCAST: dict[str | None, torch.dtype | None] = {None: None, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What to train and how. One config describes one dictionary."""
-
-    architecture: str = "topk"
-    """Registry name (see ``interp.dictionaries.REGISTRY``)."""
-    hook: str | None = None
-    """Input hook in the store; None uses the store's only hook."""
-    hook_out: str | None = None
-    """Target hook for transcoders (e.g. ``blocks.0.hook_mlp_out``); None for autoencoders."""
-    expansion: int = 8
-    """d_sae = expansion * d_in, unless ``d_sae`` is given."""
-    d_sae: int | None = None
-    """Number of latents; overrides ``expansion``."""
-    d_in: int | None = None
-    """Expected input width; when given, a store with another width is refused before training."""
-    k: int | None = None
-    """Shortcut for ``params["k"]`` (active latents / pursuit steps / codes per token)."""
-    params: dict[str, Any] = field(default_factory=dict)
-    """Architecture hyperparameters, e.g. ``{"l1_coeff": 5.0}``; unknown names are refused."""
-    normalization: str = "scalar"
-    """``none``, ``scalar`` (E||x|| = sqrt(d), fixed from the init sample) or ``standardize`` (per token)."""
-    n_tokens: int = 1_000_000
-    """Training tokens; the store is reused in reshuffled epochs when it is smaller."""
-    batch_size: int = 4096
-    """Tokens per optimiser step."""
-    lr: float | None = None
-    """Adam learning rate; None gives 2e-4 / sqrt(d_sae / 16384) (sparsify's scaling rule)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
-    adam_eps: float = 1e-8
-    """Adam epsilon."""
-    warmup_steps: int = 0
-    """Linear learning-rate warmup from 0 over this many steps."""
-    schedule: str = "linear"
-    """LR after warmup: ``constant``, ``linear`` (to 0 over the last ``decay_fraction``) or ``cosine``."""
-    decay_fraction: float = 0.2
-    """Fraction of the run at the end over which ``linear`` decays the LR to 0."""
-    grad_clip: float | None = 1.0
-    """Clip the global gradient norm to this (None: no clipping)."""
-    dead_tokens: int | None = None
-    """A latent is dead after this many tokens without firing; None gives min(10M, n_tokens // 10)."""
-    resample_every: int | None = None
-    """Steps between revival calls (resampling, dead-code replacement); None: n_steps // 5; 0: never."""
-    resample_until: float = 0.7
-    """No revival after this fraction of the run, so revived latents have time to train."""
-    init_tokens: int = 16384
-    """Rows used for data-dependent init (normalisation constant, geometric median, k-means)."""
-    nan_policy: str = "stop"
-    """On a non-finite batch or loss: ``stop`` (raise InterpError, checkpoint kept) or ``skip`` the batch."""
-    seed: int = 0
-    """Seeds data order, init and revival."""
-    checkpoint_every: int | None = None
-    """Write a resumable checkpoint every this many steps (None: every tenth of the run)."""
-    log_every: int = 25
-    """Steps between JSONL log lines (``train_log.jsonl``)."""
-    device: str = "cpu"
-    """Where training runs."""
-    autocast: str | None = None
-    """``bfloat16``: run the training step under torch autocast (weights, Adam state and checkpoints stay
-    float32). None trains in float32. (float16 would need loss scaling, so it is not offered.)"""
-    name: str | None = None
-    """Sub-directory of ``out_dir`` for this dictionary; None gives ``<architecture>-<hook>``."""
-    wandb_project: str | None = None
-    """Also log to this Weights & Biases project, when wandb is importable."""
-
-    def __post_init__(self) -> None:
-        lookup(self.architecture)
-        object.__setattr__(self, "params", dict(self.params))
-        object.__setattr__(self, "betas", tuple(self.betas))
-        checks = [
-            (self.expansion >= 1, "expansion must be >= 1"),
-            (self.d_sae is None or self.d_sae >= 1, "d_sae must be >= 1"),
-            (self.k is None or self.k >= 1, "k must be >= 1"),
-            (self.n_tokens >= 1 and self.batch_size >= 1, "n_tokens and batch_size must be >= 1"),
-            (self.n_tokens >= self.batch_size, "n_tokens must be at least one batch (batch_size)"),
-            (self.lr is None or self.lr > 0, "lr must be positive"),
-            (self.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-            (0 <= self.decay_fraction <= 1 and 0 <= self.resample_until <= 1, "fractions must be in [0, 1]"),
-            (self.nan_policy in ("stop", "skip"), "nan_policy must be 'stop' or 'skip'"),
-            (self.warmup_steps >= 0 and self.log_every >= 1, "warmup_steps >= 0 and log_every >= 1"),
-            (self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
-            (self.autocast in AUTOCAST, f"autocast must be one of {list(AUTOCAST)}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise InterpError(f"Bad TrainConfig: {msg}.")
-
-    @property
-    def n_steps(self) -> int:
-        return self.n_tokens // self.batch_size
-
-    def arch_params(self) -> dict[str, Any]:
-        return {**self.params, **({"k": self.k} if self.k is not None else {})}
-
-    def data_key(self) -> tuple[Any, ...]:
-        return (self.n_tokens, self.batch_size, self.seed, self.device)
 
 
 class TrainResult(NamedTuple):
@@ -288,10 +188,6 @@ def data_order(source: ActivationSource, hooks: list[str], cfg: TrainConfig, gra
         epoch += 1
 
 
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg), default=str))
-
-
 # ---- the loop -----------------------------------------------------------------------------------
 def run_loop(
     slots: list[_Slot], cfg: TrainConfig, source: ActivationSource, out: Path, progress: bool
@@ -301,7 +197,7 @@ def run_loop(
     n_steps = cfg.n_steps
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt_dir = out / "checkpoint"
-    meta = {"configs": [config_dict(s.cfg) for s in slots], "n_steps": n_steps}
+    meta = {"configs": [config_to_dict(s.cfg) for s in slots], "n_steps": n_steps}
     start = _resume(slots, ckpt_dir, meta, gen)
     data = data_order(source, hooks, cfg, grads)
     if start == 0:
@@ -468,16 +364,15 @@ def _finish(slots: list[_Slot], source: ActivationSource, out: Path, rate: float
         recent = s.recent[-20:] or [{}]
         m = {k: sum(r[k] for r in recent) / len(recent) for k in recent[-1]}
         m.update(dead_fraction=float((s.since_fired >= s.dead_tokens).float().mean()), tokens_per_s=rate)
-        d.cfg.metrics = m
-        d.cfg.training = {
-            **config_dict(s.cfg),
+        d.cfg = replace(d.cfg, training={
+            **config_to_dict(s.cfg),
             "store": str(source.path) if source.path is not None else None,
             "source": type(source).__name__,
             "n_steps": s.cfg.n_steps,
             "lr_resolved": s.lr,
             "dead_tokens": s.dead_tokens,
-        }
-        paths.append(save_dictionary(d.cpu(), out / s.name))
+        })
+        paths.append(save_dictionary(d.cpu(), out / s.name, metrics=m))
         metrics[s.name] = m
     for f in ckpt_dir.glob("*"):
         f.unlink()
@@ -503,7 +398,7 @@ class _Logger:
             try:
                 import wandb
 
-                self.wandb = wandb.init(project=project, config={s.name: config_dict(s.cfg) for s in slots})
+                self.wandb = wandb.init(project=project, config={s.name: config_to_dict(s.cfg) for s in slots})
             except ImportError:
                 log.warning("wandb_project is set but wandb is not installed; logging to %s only", self.path)
 
