@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.formats.interop import export_dictionary, import_dictionary
+    from interp.formats import export_dictionary, import_dictionary
 
     d = import_dictionary(args.path, args.src_fmt, scaling_factor=args.scaling_factor)
     out = export_dictionary(d, args.out, args.out_fmt)

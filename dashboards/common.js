@@ -107,6 +107,20 @@ const Interp = (() => {
     document.body.dataset.ready = "1";
   }
 
+  // Every page starts here: load the site's metadata and draw the header. Returns { root, meta }, or null
+  // (with a message shown) when the page was opened without its data.
+  async function boot(page) {
+    const root = document.getElementById("app");
+    try {
+      await loadScript("data/meta.js");
+    } catch (e) {
+      fail(root, "No dashboard data found next to this page (data/meta.js).");
+      return null;
+    }
+    header(window.INTERP_META, page);
+    return { root, meta: window.INTERP_META };
+  }
+
   return { el, loadScript, fmt, fmtDensity, showToken, chip, actColour, tokenSpan, attachTip, featureHref, header,
-    fail };
+    fail, boot };
 })();

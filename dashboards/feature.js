@@ -3,15 +3,10 @@
 
 (async function () {
   const { el, fmt, fmtDensity, tokenSpan, featureHref, chip } = Interp;
-  const root = document.getElementById("app");
   const raw = new URLSearchParams(location.search).get("i") || "";
-  try {
-    await Interp.loadScript("data/meta.js");
-  } catch (e) {
-    return Interp.fail(root, "No dashboard data found next to this page (data/meta.js).");
-  }
-  const meta = window.INTERP_META;
-  Interp.header(meta, "");
+  const page = await Interp.boot("");
+  if (!page) return;
+  const { root, meta } = page;
   if (!/^\d+$/.test(raw) || parseInt(raw, 10) >= meta.n_features) {
     return Interp.fail(root, `No feature ${JSON.stringify(raw)}: pick one from 0 to ${meta.n_features - 1}.`);
   }

@@ -3,14 +3,9 @@
 
 (async function () {
   const { el, fmt, fmtDensity, chip, featureHref } = Interp;
-  const root = document.getElementById("app");
-  try {
-    await Interp.loadScript("data/meta.js");
-  } catch (e) {
-    return Interp.fail(root, "No dashboard data found next to this page (data/meta.js).");
-  }
-  const meta = window.INTERP_META;
-  Interp.header(meta, "");
+  const page = await Interp.boot("");
+  if (!page) return;
+  const { root, meta } = page;
   window.INTERP_INDEX = [];
   for (let c = 0; c < meta.n_index_chunks; c++) await Interp.loadScript(`data/index-${c}.js`);
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CORPUS_LINES, make_tiny_model
-from test_features import RESID, StandInSAE
 
 from interp.site.build import build_dashboard
 
@@ -29,18 +28,17 @@ PAYLOADS = [
     '<img src=x onerror="window.__pwned=1">',
     "\"'><svg onload=window.__pwned=1>",
 ]
+RESID = "blocks.0.hook_resid_post"  # the hook conftest's feature store reads
 EXPLANATION = '</script><script>window.__pwned=1</script><img src=x onerror=window.__pwned=1> & "q"'
 SPY = "[typeof window.__pwned, document.querySelectorAll('main img, main svg[onload], main script').length]"
 CLEAN = ["undefined", 0]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, make_feature_store):
     """A model whose tokenizer has hostile tokens, a corpus full of them, its features and their site."""
-    from interp.activations.cache import CacheConfig, cache_activations
-    from interp.features import AnalyzeConfig, analyze_features, load_feature_store
-    from interp.model.corpus import CorpusConfig
-    from interp.model.model import load_model
+    from interp.features import AnalyzeConfig
+    from interp.model import load_model
 
     base = tmp_path_factory.mktemp("browser")
     model_dir = make_tiny_model(base / "model", extra_tokens=PAYLOADS)
@@ -50,21 +48,9 @@ def world(tmp_path_factory):
         (corpus / f"d{i}.txt").write_text(
             f"x = '{PAYLOADS[i % 3]}'\n" + CORPUS_LINES[i % 5] + PAYLOADS[(i + 1) % 3]
         )
-    store = cache_activations(
-        CacheConfig(
-            model=str(model_dir),
-            hooks=(RESID,),
-            n_tokens=640,
-            ctx_len=32,
-            corpus=CorpusConfig(source=str(corpus)),
-        ),
-        base / "store",
-        progress=False,
-    )
     model = load_model(str(model_dir))
-    sae = StandInSAE(32, 16, RESID, store.model["fingerprint"])
     cfg = AnalyzeConfig(n_top=6, quantile_pool=20, n_quantiles=3, per_quantile=2, window=16, n_random=2)
-    fs = load_feature_store(analyze_features(sae, store, base / "features", cfg, model, progress=False))
+    sae, fs = make_feature_store(model_dir, corpus, base, model, 16, cfg, n_tokens=640)
     expl = {
         i: {"explanation": EXPLANATION if i % 2 else f"feature {i} plain", "scores": {"fuzz": i / 16}}
         for i in range(16)

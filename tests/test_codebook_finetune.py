@@ -38,12 +38,13 @@ def _cfg(model_dir: Path, corpus_dir: Path, **kw) -> CodebookFinetuneConfig:
     base.update(kw)
     return CodebookFinetuneConfig(**base)
 
+TORCH_THREADS = 1  # see conftest.py
+
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir: Path, corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from interp.codebooks.finetune import finetune_codebooks
 
-    torch.set_num_threads(1)
     cfg = _cfg(tiny_model_dir, corpus_dir)
     return cfg, finetune_codebooks(cfg, tmp_path_factory.mktemp("cbft"), progress=False)
 

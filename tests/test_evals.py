@@ -15,7 +15,7 @@ from interp.model.corpus import CorpusConfig
 from interp.training import TrainConfig, train_dictionary
 from interp.training.evals import density_histogram_figure, evaluate, frontier_figure, mmcs
 
-torch.set_num_threads(1)
+TORCH_THREADS = 1  # see conftest.py
 RESID, LN2, MLP = "blocks.0.hook_resid_post", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 
 

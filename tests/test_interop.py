@@ -13,9 +13,11 @@ from safetensors.torch import save_file
 
 from interp.dictionaries import REGISTRY, TrainBatch, TrainState, create
 from interp.errors import InterpError
-from interp.formats.interop import TO_SAELENS, TO_SPARSIFY, convert, export_dictionary, import_dictionary
+from interp.formats import convert, export_dictionary, import_dictionary
+from interp.formats.saelens import TO_SAELENS
+from interp.formats.sparsify import TO_SPARSIFY
 
-torch.set_num_threads(1)
+TORCH_THREADS = 1  # see conftest.py
 D_IN, D_SAE, D_OUT = 12, 48, 10
 # (registry name, extra create() kwargs): every mappable architecture, autoencoders and transcoders
 SAELENS_CASES = [

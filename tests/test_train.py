@@ -16,7 +16,7 @@ from interp.training import TrainConfig, train_dictionary
 from interp.training.evals import mmcs
 from interp.training.loop import lr_at
 
-torch.set_num_threads(1)
+TORCH_THREADS = 1  # see conftest.py
 
 # Honest per-architecture MMCS floors on the toy problem below (64 features in 32 dims, 128 latents,
 # 512 steps). Measured values are in docs/dictionaries.md; floors sit a little under them. The skip

@@ -266,6 +266,15 @@ class Dictionary(nn.Module, ABC):
         return {}
 
 
+def revival_rows(dead: torch.Tensor, n_rows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices of the ``dead`` latents, and for each a batch row index in [0, n_rows) drawn uniformly:
+    the row a dead atom is re-pointed at (both empty when none is dead)."""
+    idx = dead.nonzero().flatten()
+    if idx.numel() == 0:
+        return idx, idx
+    return idx, torch.randint(n_rows, (idx.numel(),), generator=generator)
+
+
 # ---- registry ------------------------------------------------------------------------------------
 REGISTRY: dict[str, type[Dictionary]] = {}
 """Architecture name -> class. The single source of truth for the CLI, loading, docs and tests."""

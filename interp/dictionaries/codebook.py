@@ -26,6 +26,7 @@ from interp.dictionaries.base import (
     TrainBatch,
     TrainState,
     register,
+    revival_rows,
 )
 from interp.dictionaries.sparse import sparse_decode
 from interp.errors import InterpError
@@ -111,12 +112,10 @@ class Codebook(Dictionary):
     def revive(
         self, dead: torch.Tensor, batch: TrainBatch, generator: torch.Generator
     ) -> dict[str, tuple[int, torch.Tensor]]:
-        idx = dead.nonzero().flatten()
+        idx, rows = revival_rows(dead, len(batch.x), generator)
         if idx.numel() == 0:
             return {}
-        xt = _layernorm(batch.x)[0]
-        rows = torch.randint(len(xt), (idx.numel(),), generator=generator)
+        xt = _layernorm(batch.x[rows])[0]
         noise = torch.randn(idx.numel(), self.cfg.d_in, generator=generator)
-        scale = float(self.p["replace_rho"]) * xt[rows].norm(dim=1, keepdim=True) / self.cfg.d_in**0.5
-        self.C[idx] = xt[rows] + scale * noise
+        self.C[idx] = xt + float(self.p["replace_rho"]) * xt.norm(dim=1, keepdim=True) / self.cfg.d_in**0.5 * noise
         return {"C": (0, idx)}

@@ -24,6 +24,7 @@ from interp.dictionaries.base import (
     TrainBatch,
     TrainState,
     register,
+    revival_rows,
 )
 from interp.dictionaries.linear import geometric_median, remove_parallel_grad
 from interp.errors import InterpError
@@ -119,10 +120,9 @@ class MatchingPursuit(Dictionary):
         self, dead: torch.Tensor, batch: TrainBatch, generator: torch.Generator
     ) -> dict[str, tuple[int, torch.Tensor]]:
         """Point dead atoms at the residuals of randomly drawn rows of the batch."""
-        idx = dead.nonzero().flatten()
+        idx, rows = revival_rows(dead, len(batch.x), generator)
         if idx.numel() == 0:
             return {}
-        r = self.pursue(batch.x, int(self.p["k"]))[1]
-        rows = torch.randint(len(r), (idx.numel(),), generator=generator)
-        self.D[idx] = r[rows] / r[rows].norm(dim=1, keepdim=True).clamp_min(1e-12)
+        r = self.pursue(batch.x[rows], int(self.p["k"]))[1]
+        self.D[idx] = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return {"D": (0, idx)}

@@ -12,16 +12,23 @@ dropped, so memory is O(block x F); co-occurrence counts come from the sample's 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
+
+from interp.dictionaries import Dictionary, head_attribution
+from interp.model import Model
 
 _RESID_LIKE = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
 _BLOCK_ELEMS = 1 << 22  # (block, F) temporaries hold about this many elements
 
 
 def weight_stats(
-    dictionary: Any, model: Any, hook_shape: list[int] | None, n_logits: int, n_neighbours: int, hook: str
+    dictionary: Dictionary,
+    model: Model | None,
+    hook_shape: list[int] | None,
+    n_logits: int,
+    n_neighbours: int,
+    hook: str,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Logit effects, decoder neighbours and head attribution; returns the tensors and seconds per part.
 
@@ -47,8 +54,7 @@ def weight_stats(
     seconds["decoder_neighbours"] = time.perf_counter() - t0
     if hook.endswith("attn.hook_z") and hook_shape and len(hook_shape) == 2:
         if hook_shape[0] * hook_shape[1] == W_dec.shape[1]:
-            norms = W_dec.view(F, hook_shape[0], hook_shape[1]).norm(dim=-1)  # (F, n_heads)
-            t["head_attr"] = norms / norms.sum(1, keepdim=True).clamp(min=1e-12)
+            t["head_attr"] = head_attribution(dictionary, hook_shape[0]).float().cpu()  # (F, n_heads)
     return t, seconds
 
 

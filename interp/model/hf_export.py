@@ -19,13 +19,13 @@ on the logits. :func:`save_hf_model` checks that on real tokens and raises if it
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from interp.errors import InterpError
+from interp.io import atomic_directory
 from interp.model.model import DEMO_DIR, Model, load_model
 
 _IN_BLOCK = re.compile(r"\.\d+\.")
@@ -49,21 +49,18 @@ def save_hf_model(model: Model, path: str | Path, check_tokens: torch.Tensor, or
     config.tie_word_embeddings = False
     fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(state)  # strict: a weight we could not map raises
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fresh.save_pretrained(tmp, safe_serialization=True)
-    model.tokenizer.save_pretrained(tmp)
-    with torch.no_grad():
-        tokens = check_tokens.to(model.device)
-        new = load_model(str(tmp), device=str(model.device)).forward(tokens).float().log_softmax(-1)
-        gap = (new - model.forward(tokens).float().log_softmax(-1)).abs().max().item()
-    if gap > 1e-3:
-        raise InterpError(
-            f"The exported {model.info.architecture} differs from the finetuned model (max log-prob gap "
-            f"{gap:.2e}); exporting this architecture's processed weights is not supported."
-        )
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    with atomic_directory(path) as tmp:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        model.tokenizer.save_pretrained(tmp)
+        with torch.no_grad():
+            tokens = check_tokens.to(model.device)
+            new = load_model(str(tmp), device=str(model.device)).forward(tokens).float().log_softmax(-1)
+            gap = (new - model.forward(tokens).float().log_softmax(-1)).abs().max().item()
+        if gap > 1e-3:
+            raise InterpError(
+                f"The exported {model.info.architecture} differs from the finetuned model (max log-prob gap "
+                f"{gap:.2e}); exporting this architecture's processed weights is not supported."
+            )
     return path
 
 

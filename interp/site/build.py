@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from interp.autointerp.explanations import load_explanations
 from interp.errors import InterpError
 from interp.features.store import KINDS, FeatureStore, load_feature_store
+from interp.io import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,14 @@ def build_dashboard(
     out = Path(out_dir)
     if out.exists() and not (out / "index.html").exists() and any(out.iterdir()):
         raise InterpError(f"{out} is not empty and holds no dashboard; choose a new directory.")
-    tmp = out.with_name(out.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(out) as tmp:
+        _write_site(fs, expl, tmp, progress)
+    log.info("dashboard for %d features at %s", fs.n_features, out)
+    return out / "index.html"
+
+
+def _write_site(fs: FeatureStore, expl: dict[int, dict[str, Any]], tmp: Path, progress: bool) -> None:
+    """Every file of the site, into the empty directory ``tmp``."""
     (tmp / "data" / "features").mkdir(parents=True)
     _copy_assets(tmp)
     tops = top_tokens(fs)
@@ -91,9 +97,6 @@ def build_dashboard(
             _write(tmp / "data" / "features" / f"{rec['i']}.js", js_assign("INTERP_FEATURE", rec))
         bar.update(min(_BLOCK, fs.n_features - a))
     bar.close()
-    _swap_into_place(tmp, out)
-    log.info("dashboard for %d features at %s", fs.n_features, out)
-    return out / "index.html"
 
 
 def _write(path: Path, text: str) -> None:
@@ -101,34 +104,18 @@ def _write(path: Path, text: str) -> None:
 
 
 def _copy_assets(dest: Path) -> None:
+    """The pages (rendered from the one template), scripts, styles and plotly's bundle, into ``dest``."""
     import plotly.offline
 
-    for name in _asset_files():
-        shutil.copyfile(name, dest / name.name)
+    from dashboards import ASSET_FILES, ASSETS_DIR, PAGE_TEMPLATE, PAGES
+
+    for name in ASSET_FILES:
+        shutil.copyfile(ASSETS_DIR / name, dest / name)
+    template = (ASSETS_DIR / PAGE_TEMPLATE).read_text(encoding="utf-8")
+    for page, scripts in PAGES.items():
+        tags = "\n".join(f'<script src="{s}"></script>' for s in scripts)
+        _write(dest / page, template.replace("<!-- scripts -->", tags))
     _write(dest / "plotly.min.js", plotly.offline.get_plotlyjs())
-
-
-def _asset_files() -> list[Path]:
-    """The page assets: from the installed ``dashboards`` package, else the source checkout's copy."""
-    names: tuple[str, ...]
-    try:
-        from dashboards import ASSET_FILES, ASSETS_DIR
-
-        folder, names = ASSETS_DIR, ASSET_FILES
-    except ImportError:  # running from a checkout whose root is not on sys.path
-        folder = Path(__file__).resolve().parents[1] / "dashboards"
-        names = tuple(p.name for p in folder.iterdir() if p.suffix in (".html", ".js", ".css"))
-    return [folder / name for name in names]
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by the finished ``tmp`` with renames, so a reader never sees half a site."""
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _score_name(expl: dict[int, dict[str, Any]]) -> str | None:
