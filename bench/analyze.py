@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def synthetic_store(path: Path, n_rows: int, d: int, ctx_len: int, vocab: int) -> None:
@@ -104,10 +103,17 @@ def _encode_seconds(sae, store, chunk_rows: int = 4096) -> float:
 
 
 def _dictionary(d: int, features: int):
-    from test_features import StandInSAE
+    """A ReLU SAE with seeded random weights on rows of norm about sqrt(d): pre-activations are about
+    N(0, 1), and biases from -2 to -4.1 make it sparse (a few dozen active latents per token, common to
+    rare features)."""
+    from interp.dictionaries import create
 
-    sae = StandInSAE(d, features, "h", "synthetic")
-    sae.b_enc.data -= 1.5  # sparse: a few dozen active latents per token
+    torch.manual_seed(0)
+    sae = create("relu", d, features, hook_in="h", model_fingerprint="synthetic")
+    with torch.no_grad():
+        sae.W_enc_.copy_(torch.randn(d, features) / d**0.5)
+        sae.b_dec.zero_()
+        sae.b_enc.copy_(-torch.linspace(2.0, 4.1, features))
     return sae
 
 

@@ -10,7 +10,7 @@ import argparse
 
 from cli.config_flags import add_config_flags, config_kwargs
 
-CONFIG = ("interp.features.analyze", "AnalyzeConfig")
+CONFIG = ("interp.features.config", "AnalyzeConfig")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

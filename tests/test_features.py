@@ -165,7 +165,7 @@ def test_attention_sae_head_attribution_and_resume(store, tiny_model, tmp_path, 
 def test_bad_inputs_fail_before_work(store, tiny_model, tmp_path, stand_in_sae):
     with pytest.raises(InterpError, match="d_in=16"):
         analyze_features(stand_in_sae(16, 4, RESID, None), store, tmp_path / "a", CFG, tiny_model)
-    with pytest.raises(InterpError, match="fingerprints differ"):
+    with pytest.raises(InterpError, match="trained on model"):
         analyze_features(stand_in_sae(32, 4, RESID, "0" * 16), store, tmp_path / "b", CFG, tiny_model)
     with pytest.raises(InterpError, match="Did you mean"):
         analyze_features(stand_in_sae(32, 4, "blocks.0.hook_resid_pst", None), store, tmp_path / "c", CFG)

@@ -6,22 +6,9 @@ Adding an architecture is one new module here that defines a :class:`Dictionary`
 
 from interp.dictionaries import codebook, gated, jumprelu, matryoshka, mp, relu, topk  # noqa: F401  (registers)
 from interp.dictionaries.attention import head_attribution
-from interp.dictionaries.base import (
-    DESCRIPTIONS,
-    PRESETS,
-    REGISTRY,
-    Dictionary,
-    DictionaryConfig,
-    StepOutput,
-    TrainBatch,
-    TrainState,
-    check_compatible,
-    create,
-    load_dictionary,
-    read_metrics,
-    register,
-    save_dictionary,
-)
+from interp.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, TrainBatch, TrainState
+from interp.dictionaries.registry import DESCRIPTIONS, PRESETS, REGISTRY, create, register
+from interp.dictionaries.saving import check_compatible, load_dictionary, read_metrics, save_dictionary
 
 __all__ = [
     "DESCRIPTIONS",

@@ -9,31 +9,22 @@ Constraints this module was designed under:
 - an architecture owns only its maths (``encode_normalized``, ``decode_normalized``, ``training_step``,
   constraints, revival); the trainer in ``interp.training.loop`` owns the loop and never asks which
   architecture it is running;
-- on disk a dictionary is ``cfg.json`` + ``weights.safetensors``, written atomically, never pickled.
+- on disk a dictionary is ``cfg.json`` + ``weights.safetensors``, written atomically, never pickled
+  (``interp.dictionaries.saving``); architectures are looked up by name (``interp.dictionaries.registry``).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from interp.errors import InterpError, close_matches
-from interp.io import atomic_write_json, load_tensors, read_json, save_tensors
-from interp.model import ModelInfo
+from interp.errors import InterpError
 
-FORMAT = "interp-dictionary"
-VERSION = 1
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "weights.safetensors"
-METRICS_FILE = "metrics.json"
 NORMALIZATIONS = ("none", "scalar", "standardize")
 _EPS = 1e-5
 
@@ -275,139 +266,3 @@ def revival_rows(dead: torch.Tensor, n_rows: int, generator: torch.Generator) ->
     return idx, torch.randint(n_rows, (idx.numel(),), generator=generator)
 
 
-# ---- registry ------------------------------------------------------------------------------------
-REGISTRY: dict[str, type[Dictionary]] = {}
-"""Architecture name -> class. The single source of truth for the CLI, loading, docs and tests."""
-PRESETS: dict[str, dict[str, Any]] = {}
-"""Architecture name -> params that name fixes (several names can share one class)."""
-DESCRIPTIONS: dict[str, str] = {}
-"""Architecture name -> one-line description (docs tables, ``--help``)."""
-
-
-def register(
-    name: str,
-    cls: type[Dictionary] | None = None,
-    *,
-    preset: dict[str, Any] | None = None,
-    description: str = "",
-) -> Any:
-    """Register ``cls`` under ``name``: ``@register("topk")`` or ``register("x", Cls, preset=...)``."""
-
-    def add(c: type[Dictionary]) -> type[Dictionary]:
-        if name in REGISTRY and REGISTRY[name] is not c:
-            raise InterpError(f"Architecture {name!r} is already registered to {REGISTRY[name].__name__}.")
-        REGISTRY[name] = c
-        PRESETS[name] = dict(preset or {})
-        DESCRIPTIONS[name] = description or (c.__doc__ or "").strip().splitlines()[0]
-        return c
-
-    return add(cls) if cls is not None else add
-
-
-def resolve_params(architecture: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Registered defaults, then the preset, then ``params``; unknown names raise InterpError."""
-    cls = lookup(architecture)
-    unknown = sorted(set(params) - set(cls.param_defaults))
-    if unknown:
-        raise InterpError(
-            f"Unknown parameter(s) {', '.join(unknown)} for architecture {architecture!r}; "
-            f"it takes: {', '.join(sorted(cls.param_defaults)) or 'none'}."
-        )
-    return {**copy.deepcopy(cls.param_defaults), **PRESETS[architecture], **params}
-
-
-def lookup(architecture: str) -> type[Dictionary]:
-    if architecture not in REGISTRY:
-        near = close_matches(architecture, REGISTRY)
-        raise InterpError(
-            f"Unknown architecture {architecture!r}. Registered: {', '.join(sorted(REGISTRY))}."
-            + (f" Did you mean {near[0]!r}?" if near else "")
-        )
-    return REGISTRY[architecture]
-
-
-_CFG_KEYS = {f.name for f in fields(DictionaryConfig)} - {"architecture", "d_in", "d_sae", "params"}
-
-
-def create(architecture: str, d_in: int, d_sae: int, **params: Any) -> Dictionary:
-    """A freshly initialised dictionary. Keyword arguments that are ``DictionaryConfig`` fields
-    (``d_out``, ``hook_in``, ``normalization`` ...) go to the config; the rest are architecture params."""
-    cfg_kw = {k: params.pop(k) for k in list(params) if k in _CFG_KEYS}
-    cfg = DictionaryConfig(
-        architecture, int(d_in), int(d_sae), params=resolve_params(architecture, params), **cfg_kw
-    )
-    return lookup(architecture)(cfg)
-
-
-# ---- save / load ---------------------------------------------------------------------------------
-def save_dictionary(d: Dictionary, path: str | Path, metrics: Mapping[str, Any] | None = None) -> Path:
-    """Write ``cfg.json`` and ``weights.safetensors`` (and ``metrics.json`` when ``metrics`` are given) into
-    directory ``path``, each atomically, weights first."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu() for k, v in d.state_dict().items()}
-    save_tensors(
-        path / WEIGHTS_FILE, tensors, metadata={"format": FORMAT, "architecture": d.cfg.architecture}
-    )
-    if metrics is not None:
-        atomic_write_json(path / METRICS_FILE, dict(metrics))
-    atomic_write_json(path / CFG_FILE, {"format": FORMAT, "version": VERSION, **asdict(d.cfg)})
-    return path
-
-
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    """The training metrics saved with the dictionary in directory ``path`` (``metrics.json``; dictionaries
-    written before that file existed kept them in ``cfg.json``); ``{}`` when there are none."""
-    path = Path(path)
-    if (path / METRICS_FILE).is_file():
-        return dict(read_json(path / METRICS_FILE, "dictionary metrics"))
-    return dict(read_json(path / CFG_FILE, "dictionary config").get("metrics") or {})
-
-
-def load_dictionary(path: str | Path, device: str = "cpu") -> Dictionary:
-    """Rebuild a dictionary saved by :func:`save_dictionary` (the class comes from ``cfg.json``)."""
-    path = Path(path)
-    raw = read_json(path / CFG_FILE, "dictionary config")
-    if raw.get("format") != FORMAT:
-        raise InterpError(
-            f"{path / CFG_FILE} is not an interp dictionary config (format {raw.get('format')!r})."
-        )
-    if raw.get("version", 0) > VERSION:
-        raise InterpError(f"Dictionary {path} has format version {raw['version']}; upgrade interp.")
-    known = {f.name for f in fields(DictionaryConfig)}
-    cfg = DictionaryConfig(**{k: v for k, v in raw.items() if k in known})
-    lookup(cfg.architecture)
-    d = REGISTRY[cfg.architecture](cfg)
-    state = load_tensors(path / WEIGHTS_FILE, device=device)
-    missing, unexpected = d.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InterpError(
-            f"Weights in {path} do not match a {cfg.architecture} dictionary "
-            f"(missing {missing}, unexpected {unexpected})."
-        )
-    return d.to(device)
-
-
-def check_compatible(
-    d: Dictionary, model: ModelInfo | Mapping[str, Any], widths: Mapping[str, int] | None = None
-) -> None:
-    """Raise InterpError unless ``d`` was made for ``model`` (a ModelInfo or its dict) and, when ``widths``
-    (hook -> row width of what a source holds) is given, unless the source holds the dictionary's hooks
-    with the dictionary's widths. Fingerprints are compared when both sides know one."""
-    info = model.to_dict() if isinstance(model, ModelInfo) else dict(model)
-    fp, name = info.get("fingerprint"), info.get("name")
-    if d.cfg.model_fingerprint and fp and fp != d.cfg.model_fingerprint:
-        raise InterpError(
-            f"This dictionary was trained on model {d.cfg.model_name!r} "
-            f"(fingerprint {d.cfg.model_fingerprint}) "
-            f"but is being used with {name!r} (fingerprint {fp}). Use a dictionary trained on this model."
-        )
-    if widths is None:
-        return
-    for h, width in ((d.cfg.hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
-        if h is None:
-            continue
-        if h not in widths:
-            raise InterpError(f"The dictionary reads {h!r}, which the store does not hold ({', '.join(widths)}).")
-        if widths[h] != width:
-            raise InterpError(f"Hook {h!r} has width {widths[h]} in the store but the dictionary expects {width}.")

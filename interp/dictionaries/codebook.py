@@ -19,15 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.dictionaries.base import (
-    Dictionary,
-    DictionaryConfig,
-    StepOutput,
-    TrainBatch,
-    TrainState,
-    register,
-    revival_rows,
-)
+from interp.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, TrainBatch, TrainState, revival_rows
+from interp.dictionaries.registry import register
 from interp.dictionaries.sparse import sparse_decode
 from interp.errors import InterpError
 

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState
 from interp.dictionaries.linear import LINEAR_DEFAULTS, LinearSAE
+from interp.dictionaries.registry import register
 from interp.dictionaries.relu import sum_sq_error, warmup
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState
 from interp.dictionaries.linear import LINEAR_DEFAULTS, LinearSAE
+from interp.dictionaries.registry import register
 from interp.dictionaries.relu import sum_sq_error, warmup
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState
 from interp.dictionaries.linear import LinearSAE, normalized_mse
+from interp.dictionaries.registry import register
 from interp.dictionaries.topk import BATCHTOPK_DEFAULTS, batch_topk, batch_topk_step, threshold_encode
 from interp.errors import InterpError
 

@@ -17,16 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.dictionaries.base import (
-    Dictionary,
-    DictionaryConfig,
-    StepOutput,
-    TrainBatch,
-    TrainState,
-    register,
-    revival_rows,
-)
+from interp.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, TrainBatch, TrainState, revival_rows
 from interp.dictionaries.linear import geometric_median, remove_parallel_grad
+from interp.dictionaries.registry import register
 from interp.errors import InterpError
 
 

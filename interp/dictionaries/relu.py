@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState
 from interp.dictionaries.linear import LINEAR_DEFAULTS, LinearSAE
+from interp.dictionaries.registry import register
 
 
 def warmup(state: TrainState, fraction: float) -> float:

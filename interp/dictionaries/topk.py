@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState
 from interp.dictionaries.linear import (
     LINEAR_DEFAULTS,
     LinearSAE,
@@ -29,6 +29,7 @@ from interp.dictionaries.linear import (
     normalized_mse,
     scatter_dense,
 )
+from interp.dictionaries.registry import register
 from interp.dictionaries.sparse import LinearCode, sparse_code, topk_indices
 
 

@@ -53,12 +53,15 @@ from tqdm.auto import tqdm
 
 from interp.activations.source import act_key
 from interp.activations.store import ActivationStore
+from interp.dictionaries import Dictionary, check_compatible
 from interp.errors import InterpError
 from interp.features.config import AnalyzeConfig
-from interp.features.stats import Running, SparseChunk, encode, finish, reencode_windows
+from interp.features.stats import Running, SparseChunk, finish
 from interp.features.store import FORMAT, VERSION
 from interp.features.weights import cooccurrence, weight_stats
+from interp.features.windows import encode, reencode_windows
 from interp.io import atomic_write_json, read_json, remove_temporaries, save_tensors
+from interp.model import Model, load_model
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +69,11 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def analyze_features(
-    dictionary: Any,
+    dictionary: Dictionary,
     store: ActivationStore | str | Path,
     out_dir: str | Path,
     cfg: AnalyzeConfig | None = None,
-    model: Any = None,
+    model: Model | None = None,
     *,
     dictionary_path: str | None = None,
     hook: str | None = None,
@@ -78,9 +81,11 @@ def analyze_features(
 ) -> Path:
     """Analyze every feature of ``dictionary`` over ``store`` and write a feature store to ``out_dir``.
 
-    ``model`` (an :class:`interp.models.Model`) supplies token strings and ``W_U``; without it the
+    ``model`` (an :class:`interp.model.Model`) supplies token strings and ``W_U``; without it the
     model named in the store's manifest is loaded. Returns ``out_dir``. If ``out_dir`` already holds
-    a complete feature store made with the same inputs and config, it is returned as is.
+    a complete feature store made with the same inputs and config, it is returned as is. Analysis
+    needs an :class:`ActivationStore` (not any activation source): examples are read back by row, with
+    their token ids.
     """
     cfg = cfg or AnalyzeConfig()
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
@@ -90,17 +95,10 @@ def analyze_features(
         raise InterpError("The dictionary's cfg names no input hook (hook_in); pass the store hook it reads.")
     _check_inputs(dictionary, store, hook, out)
     fresh = _manifest(dictionary, store, cfg, hook, dictionary_path)
-    if (out / "manifest.json").is_file():
-        old = read_json(out / "manifest.json", "feature store manifest")
-        if old.get("complete") and {k: old.get(k) for k in ("inputs", "config")} == {
-            k: fresh[k] for k in ("inputs", "config")
-        }:
-            log.info("feature store %s is already complete", out)
-            return out
-    if model is None:
-        from interp.model.model import load_model
-
-        model = load_model(store.model["name"])
+    if _already_complete(out, fresh):
+        log.info("feature store %s is already complete", out)
+        return out
+    model = model or load_model(store.model["name"])
     if model.info.fingerprint != store.model.get("fingerprint"):
         raise InterpError(f"Model {model.info.name} did not make store {store.path}; pass the one that did.")
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +108,44 @@ def analyze_features(
     n_rows = store.n_rows if cfg.max_rows is None else min(store.n_rows, cfg.max_rows // L * L)
     if n_rows < L:
         raise InterpError(f"Store {store.path} has fewer rows than one context ({L}); nothing to analyze.")
-    chunk_rows = max(L, cfg.chunk_rows // L * L)
+    tensors, seconds, n_counted = _compute(dictionary, store, hook, cfg, model, n_rows, progress)
+    t0 = time.perf_counter()
+    save_tensors(out / "features.safetensors", tensors)
+    atomic_write_json(out / "vocab.json", model.token_strings(range(int(model.info.d_vocab))))
+    seconds["write"] = time.perf_counter() - t0
+    total = time.perf_counter() - started
+    fresh.update(complete=True, n_rows=n_rows, n_rows_counted=n_counted, seconds=total, timings=seconds)
+    atomic_write_json(out / "manifest.json", fresh)
+    log.info(
+        "analyzed %d features over %d rows in %.1fs (%s)",
+        tensors["count"].numel(),
+        n_rows,
+        total,
+        ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()),
+    )
+    return out
+
+
+def _already_complete(out: Path, fresh: dict[str, Any]) -> bool:
+    """True when ``out`` holds a complete feature store of the same inputs and config."""
+    if not (out / "manifest.json").is_file():
+        return False
+    old = read_json(out / "manifest.json", "feature store manifest")
+    return bool(old.get("complete")) and all(old.get(k) == fresh[k] for k in ("inputs", "config"))
+
+
+def _compute(
+    dictionary: Dictionary,
+    store: ActivationStore,
+    hook: str,
+    cfg: AnalyzeConfig,
+    model: Model,
+    n_rows: int,
+    progress: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, float], int]:
+    """Every feature-store tensor: the streaming pass, the re-encoded windows, the fixed costs; returns
+    (tensors, seconds per part, rows counted)."""
+    chunk_rows = max(store.ctx_len, cfg.chunk_rows // store.ctx_len * store.ctx_len)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     running, sample, n_counted = _pass(dictionary, store, hook, cfg, n_rows, chunk_rows, progress)
@@ -135,51 +170,22 @@ def analyze_features(
     weights, more = weight_stats(dictionary, model, shape, cfg.n_logits, cfg.n_neighbours, out_hook)
     tensors.update(weights)
     seconds.update(more)
-    t0 = time.perf_counter()
-    save_tensors(out / "features.safetensors", tensors)
-    vocab = model.token_strings(range(int(model.info.d_vocab)))
-    atomic_write_json(out / "vocab.json", vocab)
-    seconds["write"] = time.perf_counter() - t0
-    total = time.perf_counter() - started
-    fresh.update(complete=True, n_rows=n_rows, n_rows_counted=n_counted, seconds=total, timings=seconds)
-    atomic_write_json(out / "manifest.json", fresh)
-    log.info(
-        "analyzed %d features over %d rows in %.1fs (%s)",
-        tensors["count"].numel(),
-        n_rows,
-        total,
-        ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()),
-    )
-    return out
+    return tensors, seconds, n_counted
 
 
-def _check_inputs(dictionary: Any, store: ActivationStore, hook: str, out: Path) -> None:
-    dcfg = dictionary.cfg
+def _check_inputs(dictionary: Dictionary, store: ActivationStore, hook: str, out: Path) -> None:
     d = store.d(hook)  # raises with close matches if the store lacks the hook
-    if d != dcfg.d_in:
-        raise InterpError(f"The dictionary reads d_in={dcfg.d_in} but store hook {hook} has width {d}.")
-    fp = getattr(dcfg, "model_fingerprint", None)
-    if fp and store.model.get("fingerprint") and fp != store.model["fingerprint"]:
-        raise InterpError(
-            f"The dictionary was trained on model {getattr(dcfg, 'model_name', '?')} but store {store.path} "
-            f"was made with {store.model.get('name')}: their fingerprints differ. Use a store of its model."
-        )
+    if d != dictionary.cfg.d_in:
+        raise InterpError(f"The dictionary reads d_in={dictionary.cfg.d_in} but store hook {hook} has width {d}.")
+    check_compatible(dictionary, store.model)
     if out.exists() and not out.is_dir():
         raise InterpError(f"Output {out} exists and is not a directory.")
 
 
-def _dict_cfg(dcfg: Any) -> dict[str, Any]:
-    if hasattr(dcfg, "to_dict"):
-        return dict(dcfg.to_dict())
-    if hasattr(dcfg, "__dataclass_fields__"):
-        return asdict(dcfg)
-    return dict(vars(dcfg))
-
-
 def _manifest(
-    dictionary: Any, store: ActivationStore, cfg: AnalyzeConfig, hook: str, dictionary_path: str | None
+    dictionary: Dictionary, store: ActivationStore, cfg: AnalyzeConfig, hook: str, dictionary_path: str | None
 ) -> dict[str, Any]:
-    dcfg = _dict_cfg(dictionary.cfg)
+    dcfg = asdict(dictionary.cfg)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -202,7 +208,7 @@ def _manifest(
 
 
 def _pass(
-    dictionary: Any,
+    dictionary: Dictionary,
     store: ActivationStore,
     hook: str,
     cfg: AnalyzeConfig,

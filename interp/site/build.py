@@ -199,74 +199,79 @@ def feature_payloads(
             "act": _rounded(cols[f"{kind}_acts"], cols["max_act"]).tolist(),
             "start": cols[f"{kind}_start"].tolist(),
             "ctx": cols[f"{kind}_ctx"].tolist(),
+            "peak": (cols[f"{kind}_pos"] - cols[f"{kind}_start"]).tolist() if kind in ("top", "quant") else None,
+            "band": cols["quant_band"].tolist() if kind == "quant" else None,
         }
         for kind in KINDS
     }
-    peaks = {kind: (cols[f"{kind}_pos"] - cols[f"{kind}_start"]).tolist() for kind in ("top", "quant")}
-    bands = cols["quant_band"].tolist()
-    edges = t["hist_edges"].tolist()
-    hist = cols["hist"].tolist()
+    edges, hist = t["hist_edges"].tolist(), cols["hist"].tolist()
     lists = {
         name: cols[name].tolist()
         for name in cols
-        if name.startswith(("logit_", "nbr_", "head_attr"))
-        or name in ("count", "density", "max_act", "mean_act")
+        if name.startswith(("logit_", "nbr_", "head_attr")) or name in ("count", "density", "max_act", "mean_act")
     }
     out = []
     for r, i in enumerate(features):
-        strs: dict[int, int] = {}
+        strs: dict[int, int] = {}  # token id -> index in the record's string table
         rec: dict[str, Any] = {
             "i": i,
             "count": lists["count"][r],
             "density": _num(lists["density"][r], 6),
             "max": _num(lists["max_act"][r]),
             "mean": _num(lists["mean_act"][r]),
-            "ex": {},
+            "ex": {kind: _examples(ex[kind], r, strs) for kind in KINDS},
         }
-        for kind in KINDS:
-            rows = []
-            for k, start in enumerate(ex[kind]["start"][r]):
-                if start < 0:
-                    continue
-                acts = ex[kind]["act"][r][k]
-                e = {
-                    "t": [strs.setdefault(tok, len(strs)) for tok in ex[kind]["tok"][r][k]],
-                    "a": [x if x else 0 for x in acts],
-                    "v": max(acts),
-                    "c": ex[kind]["ctx"][r][k],
-                    "p": peaks[kind][r][k] if kind in peaks else -1,
-                }
-                if kind == "quant":
-                    e["b"] = bands[r][k]
-                rows.append(e)
-            rec["ex"][kind] = rows
         rec["strs"] = fs.token_strings(list(strs))
         rec["hist"] = _hist_payload(hist[r], edges, lists["max_act"][r])
-        if "logit_pos" in lists:
-            rec["logits"] = {
-                side: [
-                    [s, _num(v)]
-                    for s, v in zip(
-                        fs.token_strings(lists[f"logit_{side}_ids"][r]), lists[f"logit_{side}"][r]
-                    )
-                ]
-                for side in ("pos", "neg")
-            }
-        if "nbr_dec_ids" in lists:
-            rec["nbrs"] = {
-                name: [
-                    [j, _num(v), tops[j], expl.get(j, {}).get("text")]
-                    for j, v in zip(lists[f"nbr_{name}_ids"][r], lists[key][r])
-                    if j >= 0
-                ]
-                for name, key in (("dec", "nbr_dec_cos"), ("cooc", "nbr_cooc"))
-            }
-        if "head_attr" in lists:
-            rec["heads"] = [_num(v) for v in lists["head_attr"][r]]
+        rec.update(_weight_payload(fs, lists, r, tops, expl))
         if i in expl:
             rec["expl"] = expl[i]
         out.append(rec)
     return out
+
+
+def _examples(ex: dict[str, Any], r: int, strs: dict[int, int]) -> list[dict[str, Any]]:
+    """Feature ``r``'s examples of one kind; token ids become indices into ``strs`` (grown here)."""
+    rows = []
+    for k, start in enumerate(ex["start"][r]):
+        if start < 0:
+            continue
+        acts = ex["act"][r][k]
+        e = {
+            "t": [strs.setdefault(tok, len(strs)) for tok in ex["tok"][r][k]],
+            "a": [x if x else 0 for x in acts],
+            "v": max(acts),
+            "c": ex["ctx"][r][k],
+            "p": ex["peak"][r][k] if ex["peak"] is not None else -1,
+        }
+        if ex["band"] is not None:
+            e["b"] = ex["band"][r][k]
+        rows.append(e)
+    return rows
+
+
+def _weight_payload(
+    fs: FeatureStore, lists: dict[str, list[Any]], r: int, tops: list[list[str]], expl: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """Logit effects, neighbours (with their top tokens and explanations) and head shares of feature ``r``."""
+    rec: dict[str, Any] = {}
+    if "logit_pos" in lists:
+        rec["logits"] = {}
+        for side in ("pos", "neg"):
+            tokens = fs.token_strings(lists[f"logit_{side}_ids"][r])
+            rec["logits"][side] = [[s, _num(v)] for s, v in zip(tokens, lists[f"logit_{side}"][r])]
+    if "nbr_dec_ids" in lists:
+        rec["nbrs"] = {
+            name: [
+                [j, _num(v), tops[j], expl.get(j, {}).get("text")]
+                for j, v in zip(lists[f"nbr_{name}_ids"][r], lists[key][r])
+                if j >= 0
+            ]
+            for name, key in (("dec", "nbr_dec_cos"), ("cooc", "nbr_cooc"))
+        }
+    if "head_attr" in lists:
+        rec["heads"] = [_num(v) for v in lists["head_attr"][r]]
+    return rec
 
 
 def _hist_payload(counts: list[int], edges: list[float], max_act: float) -> dict[str, Any]:

@@ -7,12 +7,17 @@ crash at any point leaves a consistent checkpoint.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from interp.errors import InterpError
 from interp.io import atomic_write_json, load_tensors, read_json, save_tensors
+from interp.training.slot import Slot
+
+log = logging.getLogger(__name__)
 
 STATE = "state.json"
 
@@ -74,3 +79,36 @@ def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Te
         return None
     meta = read_json(directory / STATE, "checkpoint state")
     return meta, load_tensors(directory / meta["file"])
+
+
+def save_slots(
+    slots: list[Slot], directory: Path, step: int, meta: dict[str, Any], gen: torch.Generator
+) -> None:
+    tensors: dict[str, torch.Tensor] = {"rng": gen.get_state()}
+    for i, s in enumerate(slots):
+        tensors.update({f"d{i}/{k}": v.detach().cpu() for k, v in s.dictionary.state_dict().items()})
+        tensors.update(optimizer_tensors(s.opt, s.dictionary, f"opt{i}/"))
+        tensors[f"since_fired{i}"] = s.since_fired
+    write_checkpoint(directory, step, tensors, meta)
+    log.info("checkpoint at step %d in %s", step, directory)
+
+
+def resume_slots(slots: list[Slot], directory: Path, meta: dict[str, Any], gen: torch.Generator) -> int:
+    found = read_checkpoint(directory)
+    if found is None:
+        return 0
+    saved, tensors = found
+    if saved.get("configs") != meta["configs"]:
+        raise InterpError(
+            f"{directory} holds a checkpoint of a different training config. Use another out_dir, "
+            "or delete the checkpoint to start over."
+        )
+    gen.set_state(tensors["rng"])
+    for i, s in enumerate(slots):
+        prefix = f"d{i}/"
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        s.dictionary.load_state_dict(state)
+        load_optimizer_tensors(s.opt, s.dictionary, tensors, f"opt{i}/")
+        s.since_fired = tensors[f"since_fired{i}"].clone()
+    log.info("resuming from step %d (%s)", saved["step"], directory)
+    return int(saved["step"])

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import torch
 
 from interp.configs import config_from_dict
-from interp.dictionaries.base import NORMALIZATIONS, lookup
+from interp.dictionaries.base import NORMALIZATIONS
+from interp.dictionaries.registry import lookup
 from interp.errors import InterpError
 from interp.io import read_json
 

@@ -16,33 +16,30 @@ resumed run ends with bit-identical weights to an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from interp.activations.source import ActivationSource, Batch
 from interp.activations.store import ActivationStore
 from interp.configs import config_to_dict
-from interp.dictionaries import Dictionary, TrainBatch, TrainState, create, save_dictionary
-from interp.dictionaries.base import lookup
+from interp.dictionaries import Dictionary, TrainBatch, TrainState, save_dictionary
 from interp.dictionaries.linear import release_workspaces
 from interp.errors import InterpError
 from interp.training.checkpoint import (
-    load_optimizer_tensors,
-    optimizer_tensors,
-    read_checkpoint,
     reset_moments,
-    write_checkpoint,
+    resume_slots,
+    save_slots,
 )
 from interp.training.config import AUTOCAST, TrainConfig
+from interp.training.log import TrainLog, progress_bar
+from interp.training.slot import Slot, make_slot
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +51,6 @@ class TrainResult(NamedTuple):
     """One dictionary directory per config, in config order."""
     metrics: dict[str, dict[str, float]]
     """Directory name -> final training metrics (loss, l0, fvu, dead_fraction, tokens_per_s ...)."""
-
-
-@dataclass
-class _Slot:
-    """One dictionary being trained and everything the loop keeps for it."""
-
-    cfg: TrainConfig
-    name: str
-    dictionary: Dictionary
-    opt: torch.optim.Adam
-    since_fired: torch.Tensor
-    lr: float
-    dead_tokens: int
-    resample_every: int
-    recent: list[dict[str, float]] = field(default_factory=list)
 
 
 # ---- public entry point -------------------------------------------------------------------------
@@ -92,72 +74,11 @@ def train_dictionary(
         raise InterpError("Configs trained in one pass must share n_tokens, batch_size, seed and device.")
     source: ActivationSource = ActivationStore(store) if isinstance(store, (str, Path)) else store
     out = Path(out_dir)
-    slots = [_make_slot(c, source, i) for i, c in enumerate(cfgs)]
+    slots = [make_slot(c, source, i) for i, c in enumerate(cfgs)]
     names = [s.name for s in slots]
     if len(set(names)) != len(names):
         raise InterpError(f"Dictionary names collide ({names}); give each config a distinct name.")
     return run_loop(slots, cfgs[0], source, out, progress)
-
-
-def _make_slot(cfg: TrainConfig, source: ActivationSource, index: int) -> _Slot:
-    hook = cfg.hook or _only_hook(source)
-    hook_out = cfg.hook_out
-    d_in = source.d(hook)
-    if cfg.d_in is not None and d_in != cfg.d_in:
-        raise InterpError(
-            f"Hook {hook!r} has width {d_in} in the store, but the config expects d_in={cfg.d_in}. "
-            "Use a store cached from the right model/hook, or fix d_in."
-        )
-    d_out = source.d(hook_out) if hook_out else d_in
-    d_sae = cfg.d_sae or cfg.expansion * d_in
-    model = dict(source.model)
-    params = cfg.arch_params()
-    accepted = lookup(cfg.architecture).param_defaults
-    if hook_out and "transcoder" in accepted:
-        params.setdefault("transcoder", True)
-    if "init_seed" in accepted:
-        params.setdefault("init_seed", cfg.seed)
-    d = create(
-        cfg.architecture,
-        d_in,
-        d_sae,
-        d_out=d_out,
-        hook_in=hook,
-        hook_out=hook_out,
-        normalization=cfg.normalization,
-        model_name=model.get("name"),
-        model_fingerprint=model.get("fingerprint"),
-        **params,
-    ).to(cfg.device)
-    if d.needs_grads and not source.has_grads:
-        raise InterpError(
-            f"Architecture {cfg.architecture!r} trains on LM-loss gradients, and this store has none. "
-            "Re-cache with `interp cache --with-grads`."
-        )
-    lr = cfg.lr or 2e-4 / math.sqrt(d_sae / 16384)
-    opt = make_optimizer(d, lr, cfg.betas, cfg.adam_eps)
-    n_steps = cfg.n_steps
-    name = cfg.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.architecture}-{hook}")
-    dead_tokens = cfg.dead_tokens or max(cfg.batch_size, min(10_000_000, cfg.n_tokens // 10))
-    resample_every = n_steps // 5 if cfg.resample_every is None else cfg.resample_every
-    return _Slot(cfg, name, d, opt, torch.zeros(d_sae, dtype=torch.long), lr, dead_tokens, resample_every)
-
-
-def make_optimizer(
-    d: torch.nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
-) -> torch.optim.Adam:
-    """Adam over the dictionary's parameters; the fused kernel (one pass per tensor) where torch has
-    it, which on CPU is 5x faster than the per-op loop at d_sae 8192."""
-    params = list(d.parameters())
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused)
-
-
-def _only_hook(source: ActivationSource) -> str:
-    hooks = list(source.hooks)
-    if len(hooks) != 1:
-        raise InterpError(f"The store holds several hooks ({', '.join(hooks)}); set TrainConfig.hook.")
-    return hooks[0]
 
 
 def lr_at(cfg: TrainConfig, base: float, step: int) -> float:
@@ -190,7 +111,7 @@ def data_order(source: ActivationSource, hooks: list[str], cfg: TrainConfig, gra
 
 # ---- the loop -----------------------------------------------------------------------------------
 def run_loop(
-    slots: list[_Slot], cfg: TrainConfig, source: ActivationSource, out: Path, progress: bool
+    slots: list[Slot], cfg: TrainConfig, source: ActivationSource, out: Path, progress: bool
 ) -> TrainResult:
     hooks = sorted({h for s in slots for h in (s.dictionary.cfg.hook_in, s.dictionary.cfg.hook_out) if h})
     grads = any(s.dictionary.needs_grads for s in slots)
@@ -198,15 +119,15 @@ def run_loop(
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt_dir = out / "checkpoint"
     meta = {"configs": [config_to_dict(s.cfg) for s in slots], "n_steps": n_steps}
-    start = _resume(slots, ckpt_dir, meta, gen)
+    start = resume_slots(slots, ckpt_dir, meta, gen)
     data = data_order(source, hooks, cfg, grads)
     if start == 0:
         _init_from_data(slots, data, cfg, gen)
         data = data_order(source, hooks, cfg, grads)
     for _ in range(start):
         next(data)
-    logger = _Logger(out, slots, start)
-    bar = _progress_bar(progress, n_steps * cfg.batch_size, start * cfg.batch_size)
+    logger = TrainLog(out, slots, start)
+    bar = progress_bar(progress, n_steps * cfg.batch_size, start * cfg.batch_size)
     t0 = now()
     every = cfg.checkpoint_every or max(1, n_steps // 10)
     try:
@@ -226,7 +147,7 @@ def run_loop(
             if bar is not None:
                 bar.update(cfg.batch_size)
             if (step + 1) % every == 0 and step + 1 < n_steps:
-                _checkpoint(slots, ckpt_dir, step + 1, meta, gen)
+                save_slots(slots, ckpt_dir, step + 1, meta, gen)
     finally:
         if bar is not None:
             bar.close()
@@ -236,7 +157,7 @@ def run_loop(
     return _finish(slots, source, out, rate, ckpt_dir)
 
 
-def _train_step(slot: _Slot, batch: Batch, step: int, n_steps: int, gen: torch.Generator) -> None:
+def _train_step(slot: Slot, batch: Batch, step: int, n_steps: int, gen: torch.Generator) -> None:
     d, c = slot.dictionary, slot.cfg
     tb = _normalised(d, batch, c.device)
     for group in slot.opt.param_groups:
@@ -300,7 +221,7 @@ def _finite_batch(batch: Batch, cfg: TrainConfig, step: int) -> bool:
     return True
 
 
-def _init_from_data(slots: list[_Slot], data: Iterator[Batch], cfg: TrainConfig, gen: torch.Generator) -> None:
+def _init_from_data(slots: list[Slot], data: Iterator[Batch], cfg: TrainConfig, gen: torch.Generator) -> None:
     """Normalisation constants and data-dependent init from the first ``init_tokens`` rows of the order."""
     batches, rows = [], 0
     while rows < cfg.init_tokens:
@@ -324,40 +245,7 @@ def _init_from_data(slots: list[_Slot], data: Iterator[Batch], cfg: TrainConfig,
         d.constrain_weights()
 
 
-def _checkpoint(
-    slots: list[_Slot], directory: Path, step: int, meta: dict[str, Any], gen: torch.Generator
-) -> None:
-    tensors: dict[str, torch.Tensor] = {"rng": gen.get_state()}
-    for i, s in enumerate(slots):
-        tensors.update({f"d{i}/{k}": v.detach().cpu() for k, v in s.dictionary.state_dict().items()})
-        tensors.update(optimizer_tensors(s.opt, s.dictionary, f"opt{i}/"))
-        tensors[f"since_fired{i}"] = s.since_fired
-    write_checkpoint(directory, step, tensors, meta)
-    log.info("checkpoint at step %d in %s", step, directory)
-
-
-def _resume(slots: list[_Slot], directory: Path, meta: dict[str, Any], gen: torch.Generator) -> int:
-    found = read_checkpoint(directory)
-    if found is None:
-        return 0
-    saved, tensors = found
-    if saved.get("configs") != meta["configs"]:
-        raise InterpError(
-            f"{directory} holds a checkpoint of a different training config. Use another out_dir, "
-            "or delete the checkpoint to start over."
-        )
-    gen.set_state(tensors["rng"])
-    for i, s in enumerate(slots):
-        prefix = f"d{i}/"
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        s.dictionary.load_state_dict(state)
-        load_optimizer_tensors(s.opt, s.dictionary, tensors, f"opt{i}/")
-        s.since_fired = tensors[f"since_fired{i}"].clone()
-    log.info("resuming from step %d (%s)", saved["step"], directory)
-    return int(saved["step"])
-
-
-def _finish(slots: list[_Slot], source: ActivationSource, out: Path, rate: float, ckpt_dir: Path) -> TrainResult:
+def _finish(slots: list[Slot], source: ActivationSource, out: Path, rate: float, ckpt_dir: Path) -> TrainResult:
     paths, metrics = [], {}
     for s in slots:
         d = s.dictionary
@@ -379,58 +267,6 @@ def _finish(slots: list[_Slot], source: ActivationSource, out: Path, rate: float
     if ckpt_dir.is_dir():
         ckpt_dir.rmdir()
     return TrainResult(paths, metrics)
-
-
-class _Logger:
-    """JSONL log (always) plus wandb when asked for and importable."""
-
-    def __init__(self, out: Path, slots: list[_Slot], start: int):
-        out.mkdir(parents=True, exist_ok=True)
-        self.slots = slots
-        self.path = out / "train_log.jsonl"
-        if self.path.exists():  # drop lines past the checkpoint we resume from
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
-        self.file = open(self.path, "a")
-        self.wandb = None
-        project = slots[0].cfg.wandb_project
-        if project:
-            try:
-                import wandb
-
-                self.wandb = wandb.init(project=project, config={s.name: config_to_dict(s.cfg) for s in slots})
-            except ImportError:
-                log.warning("wandb_project is set but wandb is not installed; logging to %s only", self.path)
-
-    def write(self, step: int, rate: float) -> None:
-        for s in self.slots:
-            last = s.recent[-1] if s.recent else {}
-            dead = float((s.since_fired >= s.dead_tokens).float().mean())
-            row = {
-                "step": step,
-                "dictionary": s.name,
-                "lr": s.opt.param_groups[0]["lr"],
-                "tokens_per_s": rate,
-                "dead_fraction": dead,
-                **last,
-            }
-            self.file.write(json.dumps(row) + "\n")
-            if self.wandb is not None:
-                self.wandb.log({f"{s.name}/{k}": v for k, v in row.items() if k != "dictionary"}, step=step)
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc="train", dynamic_ncols=True)
 
 
 def now() -> float:
