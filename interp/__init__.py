@@ -15,13 +15,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "InterpError": "interp.errors",
-    "Model": "interp.model.model",
-    "ModelInfo": "interp.model.model",
-    "load_model": "interp.model.model",
-    "CorpusConfig": "interp.model.corpus",
-    "CacheConfig": "interp.activations.cache",
-    "cache_activations": "interp.activations.cache",
-    "ActivationStore": "interp.activations.store",
+    "Model": "interp.model",
+    "ModelInfo": "interp.model",
+    "load_model": "interp.model",
+    "CorpusConfig": "interp.model",
+    "CacheConfig": "interp.activations",
+    "cache_activations": "interp.activations",
+    "ActivationStore": "interp.activations",
     "Dictionary": "interp.dictionaries",
     "REGISTRY": "interp.dictionaries",
     "create": "interp.dictionaries",
@@ -30,11 +30,11 @@ _EXPORTS = {
     "TrainConfig": "interp.training",
     "load_train_configs": "interp.training",
     "train_dictionary": "interp.training",
-    "evaluate": "interp.training.evals",
-    "AnalyzeConfig": "interp.features.analyze",
-    "analyze_features": "interp.features.analyze",
-    "load_feature_store": "interp.features.store",
-    "build_dashboard": "interp.site.build",
+    "evaluate": "interp.training",
+    "AnalyzeConfig": "interp.features",
+    "analyze_features": "interp.features",
+    "load_feature_store": "interp.features",
+    "build_dashboard": "interp.site",
 }
 
 __all__ = sorted(_EXPORTS)

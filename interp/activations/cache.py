@@ -60,7 +60,7 @@ class CacheConfig:
     device: str = "cpu"
     """Where the model runs (cpu, cuda, cuda:1 ...)."""
     processing: Literal["default", "transformer_lens", "none"] = "default"
-    """Weight processing at load (``interp.models.PROCESSING``): default (SAELens's coordinates, equal to
+    """Weight processing at load (``interp.model.PROCESSING``): default (SAELens's coordinates, equal to
     the checkpoint's own hidden states), transformer_lens (also centred), or none."""
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """Activations computed on the fly: a model run over a corpus, streamed to the trainer without a store.
 
-:class:`ModelSource` has the interface :func:`interp.train.train_dictionary` reads from an
-:class:`~interp.store.ActivationStore` (``hooks``, ``d``, ``model``, ``has_grads``, ``batches``), so
+:class:`ModelSource` is an :class:`~interp.activations.source.ActivationSource`, like the
+:class:`~interp.activations.store.ActivationStore` :func:`interp.training.train_dictionary` reads, so
 every architecture trains from it unchanged, including g-SAE, whose LM-loss gradients it computes in the
 same forward and backward pass. Rows go through the same seeded shuffle buffer as a store's (smaller by
 default), inserted BOS rows are dropped, and an epoch is one pass over the corpus (or over its first

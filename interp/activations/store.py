@@ -170,7 +170,7 @@ class ActivationStore(RowSource):
 
     @property
     def model(self) -> dict[str, Any]:
-        """The :class:`interp.models.ModelInfo` of the model that made the store, as a dict."""
+        """The :class:`interp.model.ModelInfo` of the model that made the store, as a dict."""
         return dict(self.manifest["model"])
 
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -257,12 +258,18 @@ class Dictionary(nn.Module, ABC):
         return {}
 
 
-def revival_rows(dead: torch.Tensor, n_rows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The indices of the ``dead`` latents, and for each a batch row index in [0, n_rows) drawn uniformly:
-    the row a dead atom is re-pointed at (both empty when none is dead)."""
+def revive_at_rows(
+    dead: torch.Tensor,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    repoint: Callable[[torch.Tensor, torch.Tensor], dict[str, tuple[int, torch.Tensor]]],
+) -> dict[str, tuple[int, torch.Tensor]]:
+    """Revival from batch rows: draw one row of ``x`` uniformly for each ``dead`` latent and call
+    ``repoint(latent indices, their rows)``, which rewrites those atoms and returns what it rewrote (see
+    :meth:`Dictionary.revive`); ``{}`` when none is dead."""
     idx = dead.nonzero().flatten()
     if idx.numel() == 0:
-        return idx, idx
-    return idx, torch.randint(n_rows, (idx.numel(),), generator=generator)
+        return {}
+    return repoint(idx, x[torch.randint(len(x), (idx.numel(),), generator=generator)])
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState
 from interp.dictionaries.linear import LinearSAE, normalized_mse
 from interp.dictionaries.registry import register
-from interp.dictionaries.topk import BATCHTOPK_DEFAULTS, batch_topk, batch_topk_step, threshold_encode
+from interp.dictionaries.topk import BATCHTOPK_DEFAULTS, batch_topk_codes, batch_topk_step, threshold_encode
 from interp.errors import InterpError
 
 DEFAULT_FRACTIONS = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
@@ -55,8 +55,7 @@ class MatryoshkaSAE(LinearSAE):
         return threshold_encode(F.relu(self.pre_acts(x)), self.threshold)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
-        z_pre = self.pre_acts(batch.x)
-        f = batch_topk(F.relu(z_pre), int(self.p["k"]))
+        z_pre, f = batch_topk_codes(self, batch.x)
         y_hat = self.b_dec.expand_as(batch.y) + self.skip_path(batch.x)
         losses = [normalized_mse(y_hat, batch.y)]
         start = 0

@@ -130,11 +130,16 @@ class BatchTopKSAE(LinearSAE):
         return threshold_encode(F.relu(self.pre_acts(x)), self.threshold)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
-        z_pre = self.pre_acts(batch.x)
-        f = batch_topk(F.relu(z_pre), int(self.p["k"]))
+        z_pre, f = batch_topk_codes(self, batch.x)
         y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)
         mse = normalized_mse(y_hat, batch.y)
         return batch_topk_step(self, batch, state, z_pre, f, y_hat, mse, {"nmse": mse.item()})
+
+
+def batch_topk_codes(sae: LinearSAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-activations (N, d_sae) of normalised inputs ``x`` and the batch's top ``k * N`` ReLU'd codes."""
+    z_pre = sae.pre_acts(x)
+    return z_pre, batch_topk(F.relu(z_pre), int(sae.p["k"]))
 
 
 def batch_topk_step(

@@ -1,7 +1,7 @@
 """Standard dictionary metrics (specs/methods.md section 10) and their plots.
 
 :func:`evaluate` streams rows of an activation store through a dictionary and reports sparsity,
-liveness and reconstruction; given the :class:`interp.models.Model` the store came from, it also
+liveness and reconstruction; given the :class:`interp.model.Model` the store came from, it also
 splices the reconstruction into the forward pass and reports CE loss recovered and KL.
 
 Definitions (all statistics over the evaluated rows; BOS rows excluded):
