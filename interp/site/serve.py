@@ -25,7 +25,9 @@ from urllib.parse import parse_qs, urlparse
 
 import torch
 
+from interp.dictionaries import Dictionary
 from interp.errors import InterpError
+from interp.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ MAX_PROMPT_CHARS = 8000
 
 @torch.no_grad()
 def prompt_features(
-    model: Any,
-    dictionary: Any,
+    model: Model,
+    dictionary: Dictionary,
     hook: str,
     text: str,
     *,
@@ -145,8 +147,8 @@ class _Handler(SimpleHTTPRequestHandler):
 
 def make_server(
     site_dir: str | Path,
-    model: Any,
-    dictionary: Any,
+    model: Model,
+    dictionary: Dictionary,
     hook: str | None = None,
     *,
     host: str = "127.0.0.1",
