@@ -79,12 +79,16 @@ class ActivationSource(Protocol):
         exclude_bos: bool = True,
         grads: bool = False,
         drop_last: bool = True,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
         """``epochs`` passes over the rows in batches of ``batch_size`` (float32, shape (batch, d) per hook).
 
         ``shuffle=False`` keeps source order; ``buffer_rows`` sizes the shuffle buffer (each source has a
         default); ``exclude_bos`` drops inserted BOS rows; ``grads`` adds LM-loss gradients (sources with
-        ``has_grads``); ``drop_last`` drops a final partial batch."""
+        ``has_grads``); ``drop_last`` drops a final partial batch. ``part=(rank, n)`` gives this rank's
+        ``batch_size // n`` rows of each batch, for data-parallel training: the rows ``rank`` of ``n`` equal
+        slices of the batch one process would get, or, for a source that computes its rows (the live model),
+        the rows of the contexts it assigns to ``rank``."""
         ...
 
 
@@ -112,6 +116,11 @@ class RowSource(ABC):
         by :func:`act_key` / :func:`grad_key`, in an order drawn from ``gen`` (None: source order);
         ``block_rows`` is a hint for the group size."""
 
+    def _for_rank(self, rank: int, n: int) -> RowSource | None:
+        """A source computing only rank ``rank`` of ``n``'s share of the work (None: every rank reads the
+        whole batch and keeps its slice, which keeps the batches one process would see)."""
+        return None
+
     def _default_buffer_rows(self, batch_size: int) -> int | None:
         """Shuffle-buffer rows when the caller gives none: None sizes it by bytes (about 256 MiB), 0 disables
         it (for sources whose ``_epoch`` is already fully shuffled)."""
@@ -129,8 +138,23 @@ class RowSource(ABC):
         exclude_bos: bool = True,
         grads: bool = False,
         drop_last: bool = True,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
         """See :meth:`ActivationSource.batches`."""
+        rank, n = part
+        if n > 1:
+            if batch_size % n or not 0 <= rank < n:
+                raise InterpError(f"A batch of {batch_size} rows does not split into {n} equal parts.")
+            kw = dict(epochs=epochs, seed=seed, shuffle=shuffle, buffer_rows=buffer_rows, exclude_bos=exclude_bos,
+                      grads=grads, drop_last=drop_last)
+            local = self._for_rank(rank, n)
+            if local is not None:
+                yield from local.batches(hooks, batch_size // n, **kw)  # type: ignore[arg-type]
+                return
+            lo, hi = rank * batch_size // n, (rank + 1) * batch_size // n
+            for b in self.batches(hooks, batch_size, **kw):  # type: ignore[arg-type]
+                yield Batch({h: v[lo:hi] for h, v in b.acts.items()}, {h: v[lo:hi] for h, v in b.grads.items()})
+            return
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         widths = [self.d(h) for h in hooks]  # raises for a hook the source does not have
         if grads and not self.has_grads:

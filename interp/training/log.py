@@ -14,18 +14,19 @@ log = logging.getLogger(__name__)
 
 
 class TrainLog:
-    """JSONL log (always) plus wandb when asked for and importable."""
+    """JSONL log (always) plus wandb when asked for and importable. ``name`` is the log file: each rank
+    that trains dictionaries of its own writes one (``train_log.jsonl`` on rank 0)."""
 
-    def __init__(self, out: Path, slots: list[Slot], start: int):
+    def __init__(self, out: Path, slots: list[Slot], start: int, name: str = "train_log.jsonl"):
         out.mkdir(parents=True, exist_ok=True)
         self.slots = slots
-        self.path = out / "train_log.jsonl"
+        self.path = out / name
         if self.path.exists():  # drop lines past the checkpoint we resume from
             keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         self.file = open(self.path, "a")
         self.wandb = None
-        project = slots[0].cfg.wandb_project
+        project = slots[0].cfg.wandb_project if slots else None
         if project:
             try:
                 import wandb

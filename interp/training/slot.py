@@ -27,6 +27,9 @@ class Slot:
     lr: float
     dead_tokens: int
     resample_every: int
+    gen: torch.Generator
+    """This dictionary's own RNG (data-dependent init, revival), seeded by ``cfg.seed``: a dictionary trains
+    the same whatever else shares its pass over the data, and on whichever rank."""
     recent: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -68,10 +71,29 @@ def make_slot(cfg: TrainConfig, source: ActivationSource, index: int) -> Slot:
     lr = cfg.lr or 2e-4 / math.sqrt(d_sae / 16384)
     opt = make_optimizer(d, lr, cfg.betas, cfg.adam_eps)
     n_steps = cfg.n_steps
-    name = cfg.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.architecture}-{hook}")
+    name = slot_name(cfg, source)
     dead_tokens = cfg.dead_tokens or max(cfg.batch_size, min(10_000_000, cfg.n_tokens // 10))
     resample_every = n_steps // 5 if cfg.resample_every is None else cfg.resample_every
-    return Slot(cfg, name, d, opt, torch.zeros(d_sae, dtype=torch.long), lr, dead_tokens, resample_every)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return Slot(cfg, name, d, opt, torch.zeros(d_sae, dtype=torch.long), lr, dead_tokens, resample_every, gen)
+
+
+def slot_name(cfg: TrainConfig, source: ActivationSource) -> str:
+    """The dictionary's directory name: ``cfg.name``, or ``<architecture>-<hook>``."""
+    return cfg.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.architecture}-{cfg.hook or _only_hook(source)}")
+
+
+def slot_hooks(cfg: TrainConfig, source: ActivationSource) -> list[str]:
+    """The hooks a config's dictionary reads (its input, and a transcoder's target)."""
+    return [h for h in (cfg.hook or _only_hook(source), cfg.hook_out) if h]
+
+
+def slot_cost(cfg: TrainConfig, source: ActivationSource) -> float:
+    """Relative cost of a training step: the size of the encoder and decoder matrices."""
+    hook = cfg.hook or _only_hook(source)
+    d_in = source.d(hook)
+    d_out = source.d(cfg.hook_out) if cfg.hook_out else d_in
+    return float((cfg.d_sae or cfg.expansion * d_in) * (d_in + d_out))
 
 
 def make_optimizer(
