@@ -55,6 +55,18 @@ def train_rate(store: Path, out: Path, configs: list[dict], procs: int) -> float
     return min(json.loads((out / "run" / c["name"] / "metrics.json").read_text())["tokens_per_s"] for c in configs)
 
 
+def cache_rate(root: Path, model: str, n_tokens: int, procs: int) -> float:
+    """Caching tokens per second with start-up cancelled out: (N - N/4) tokens over the difference of the
+    wall times of caching N and N/4 tokens."""
+    def run(n: int, name: str) -> float:
+        return interp(["cache", "--model", model, "--hooks", "blocks.*.hook_resid_post", "--n-tokens", str(n),
+                       "--ctx-len", "128", "--batch-size", "8", "--shard-mb", "8", "--no-progress", "--out",
+                       str(root / f"{name}-{procs}")], procs)
+
+    small, big = n_tokens // 4, n_tokens
+    return (big - small) / max(run(big, "big") - run(small, "small"), 1e-9)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--procs", type=int, default=2)
@@ -63,6 +75,8 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--model", default="demo", help="model for the caching figures")
+    p.add_argument("--cache-tokens", type=int, default=1 << 17)
     args = p.parse_args()
     base = {"architecture": "topk", "hook": "h", "k": 32, "d_sae": args.d_sae, "batch_size": args.batch,
             "n_tokens": args.batch * args.steps, "init_tokens": args.batch, "log_every": args.steps}
@@ -82,6 +96,10 @@ def main() -> None:
         sn = train_rate(root / "store", root / f"spread{args.procs}", many, args.procs) * len(many)
         print(f"spread, {len(many)} dictionaries: 1 proc {s1:9.0f} dict-tok/s | {args.procs} procs {sn:9.0f} "
               f"dict-tok/s | efficiency {sn / (args.procs * s1):.2f}")
+        c1 = cache_rate(root, args.model, args.cache_tokens, 1)
+        cn = cache_rate(root, args.model, args.cache_tokens, args.procs)
+        print(f"caching {args.model}, every resid_post: 1 proc {c1:9.0f} tok/s | {args.procs} procs {cn:9.0f} tok/s | "
+              f"efficiency {cn / (args.procs * c1):.2f}")
 
 
 if __name__ == "__main__":

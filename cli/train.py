@@ -44,8 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from interp.distributed import init_from_env, rank_and_world
     from interp.training import load_train_configs, train_dictionary
-    from interp.training.distributed import init_from_env, rank_and_world
 
     overrides = {**config_kwargs(args, *CONFIG), "params": parse_params(args.param)}
     cfgs = load_train_configs(args.config, overrides)

@@ -115,7 +115,7 @@ BAD_INPUTS = '''
 import json, os, sys
 from interp.errors import InterpError
 from interp.training import TrainConfig, train_dictionary
-from interp.training.distributed import init_from_env
+from interp.distributed import init_from_env
 init_from_env()
 rank, store, out = int(os.environ["RANK"]), sys.argv[1], sys.argv[2]
 seen = {}
@@ -185,3 +185,50 @@ def test_sigkill_of_one_rank_then_rerun_resumes_without_loss_or_duplication(stor
         torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=0, msg=key)
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(4, 25, 4))  # every logged step once: nothing lost, nothing repeated
+
+
+def _cache_args(model_dir: Path, corpus_dir: Path, out: Path) -> list[str]:
+    return ["cache", "--model", str(model_dir), "--corpus", str(corpus_dir), "--hooks", *HOOKS, "--n-tokens", "4096",
+            "--ctx-len", "32", "--batch-size", "2", "--shard-mb", "0.05", "--no-progress", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def one_process_store(tiny_model, tiny_model_dir, corpus_dir, tmp_path_factory) -> Path:
+    cfg = CacheConfig(model=str(tiny_model_dir), hooks=HOOKS, corpus=CorpusConfig(str(corpus_dir)), n_tokens=4096,
+                      ctx_len=32, batch_size=2, shard_mb=0.05)
+    return cache_activations(cfg, tmp_path_factory.mktemp("one") / "store", model=tiny_model, progress=False).path
+
+
+def _store_files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.glob("shard-*.safetensors"))}
+
+
+def test_distributed_cache_writes_the_single_process_store(tiny_model_dir, corpus_dir, one_process_store, tmp_path):
+    done = torchrun(_cache_args(tiny_model_dir, corpus_dir, tmp_path / "store"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    want, got = json.loads((one_process_store / "manifest.json").read_text()), json.loads(
+        (tmp_path / "store" / "manifest.json").read_text())
+    assert got["complete"] and got["shards"] == want["shards"] and len(got["shards"]) >= 4
+    assert _store_files(tmp_path / "store") == _store_files(one_process_store)  # disjoint, complete, identical
+    assert not list((tmp_path / "store").glob("manifest.rank*.json"))
+
+
+def test_distributed_cache_resumes_after_one_rank_is_killed(tiny_model_dir, corpus_dir, one_process_store, tmp_path):
+    out = tmp_path / "store"
+    proc = torchrun(_cache_args(tiny_model_dir, corpus_dir, out), wait=False)
+    part = out / "manifest.rank0.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if part.exists() and len(json.loads(part.read_text())["shards"]) >= 2:
+            break
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    assert proc.poll() is None and workers, "the run finished before it could be killed"
+    os.kill(workers[-1], signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    again = torchrun(_cache_args(tiny_model_dir, corpus_dir, out))  # rerun: resumes every rank's finished shards
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _store_files(out) == _store_files(one_process_store)
+    assert json.loads((out / "manifest.json").read_text())["shards"] == json.loads(
+        (one_process_store / "manifest.json").read_text())["shards"]

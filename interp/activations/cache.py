@@ -27,12 +27,15 @@ from tqdm.auto import tqdm
 
 from interp.activations.source import act_key, grad_key, probe_shapes
 from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, shard_name
+from interp.distributed import barrier, check_same_everywhere, rank_and_world
 from interp.errors import InterpError
 from interp.io import atomic_write_json, read_json, remove_temporaries, save_tensors
 from interp.model.corpus import Context, CorpusConfig, iter_contexts
 from interp.model.model import Model, load_model
 
 log = logging.getLogger(__name__)
+PART_GLOB = "manifest.rank*.json"
+"""Per-rank lists of finished shards while ranks split the work (merged into the manifest at the end)."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,13 @@ def cache_activations(
 ) -> ActivationStore:
     """Write (or resume, or find complete) the activation store for ``cfg`` in ``out_dir``.
 
-    ``model`` reuses an already loaded model (it must be the one ``cfg.model`` names).
+    ``model`` reuses an already loaded model (it must be the one ``cfg.model`` names). Under ``torchrun``
+    the ranks split the shards (shard ``s`` is computed by rank ``s % world``), each writes its own, and rank
+    0 merges one manifest at the end: the store is byte-identical to one process's, and a rerun with any
+    number of processes resumes it.
     """
     out = Path(out_dir)
+    rank, world = rank_and_world()
     _check_out_dir(out)
     if model is None:
         model = load_model(cfg.model, device=cfg.device, processing=cfg.processing)
@@ -101,12 +108,16 @@ def cache_activations(
     first = next(contexts)  # raises InterpError for an empty corpus, before anything is written
     shapes = probe_shapes(model, hooks, first)
     manifest = _new_manifest(cfg, model, hooks, shapes)
-    manifest = _reconcile(out, manifest)
+    check_same_everywhere({"spec": manifest["spec"], "out": str(out.resolve())}, "cache config")
+    if rank == 0:
+        manifest = _reconcile(out, manifest)
+    barrier()  # the other ranks read what rank 0 created or validated
+    manifest = manifest if rank == 0 else read_json(out / MANIFEST, "store manifest")
     if manifest["complete"]:
         log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
         return ActivationStore(out)
     contexts = _prefetch(contexts, depth=4 * cfg.batch_size)
-    _write(cfg, model, hooks, shapes, _prepend(first, contexts), out, manifest, progress)
+    _write(cfg, model, hooks, shapes, _prepend(first, contexts), out, manifest, progress and rank == 0)
     return ActivationStore(out)
 
 
@@ -218,32 +229,72 @@ def _write(
     manifest: dict[str, Any],
     progress: bool,
 ) -> None:
+    """Compute and write the shards this rank owns that no earlier run finished; then, with several ranks
+    (or parts left by an earlier run with several), merge every rank's shard list into the manifest."""
+    rank, world = rank_and_world()
     per_shard = _contexts_per_shard(cfg, shapes)
-    done = manifest["n_contexts"]
-    for _ in range(done):  # skip what complete shards hold; the sequence is deterministic
-        next(contexts)
-    writer = _ShardWriter(out, manifest)
-    bar = tqdm(total=cfg.n_contexts * cfg.ctx_len, initial=done * cfg.ctx_len, unit="tok", unit_scale=True,
-               desc="cache", disable=not progress, smoothing=0.1)
+    done = _shards_done(out, manifest)
+    parts = world > 1 or any(i >= len(manifest["shards"]) for i in done)
+    writer = _ShardWriter(out, manifest, part=rank if parts else None)
+    bar = tqdm(total=cfg.n_contexts * cfg.ctx_len, unit="tok", unit_scale=True, desc="cache", disable=not progress,
+               smoothing=0.1)
     try:
-        shard_index = len(manifest["shards"])
-        while done < cfg.n_contexts:
-            want = min(per_shard, cfg.n_contexts - done)
-            group = [c for _, c in zip(range(want), contexts)]
-            if not group:  # the corpus ended exactly at a shard boundary
-                writer.finish_empty()
-                break
-            tensors = _compute_shard(cfg, model, hooks, group, done, bar)
-            last = done + len(group) >= cfg.n_contexts or len(group) < want
-            writer.put(shard_index, tensors, len(group), last)
-            shard_index += 1
-            done += len(group)
-        if done < cfg.n_contexts:
+        n_contexts, last = 0, False
+        for index, group in enumerate(_shard_groups(contexts, per_shard, cfg.n_contexts)):
+            last = n_contexts + len(group) >= cfg.n_contexts or len(group) < per_shard
+            if index in done or index % world != rank:
+                bar.update(len(group) * cfg.ctx_len)
+            else:
+                writer.put(index, _compute_shard(cfg, model, hooks, group, n_contexts, bar), len(group), last)
+            n_contexts += len(group)
+        if not parts and not last:
+            writer.finish_empty()  # the corpus ended exactly at a shard boundary
+        if n_contexts < cfg.n_contexts:
             log.warning("corpus ran out after %d of %d contexts; the store is complete with what there was",
-                        done, cfg.n_contexts)
+                        n_contexts, cfg.n_contexts)
     finally:
         bar.close()
         writer.close()
+    if parts:
+        _merge_parts(out, manifest, n_contexts)
+
+
+def _shard_groups(contexts: Iterator[Context], per_shard: int, n_contexts: int) -> Iterator[list[Context]]:
+    """The contexts of shard 0, 1, ...: ``per_shard`` each (the last may be shorter), ``n_contexts`` in all."""
+    taken = 0
+    while taken < n_contexts:
+        group = [c for _, c in zip(range(min(per_shard, n_contexts - taken)), contexts)]
+        if not group:
+            return
+        yield group
+        taken += len(group)
+
+
+def _shards_done(out: Path, manifest: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Shard index -> manifest entry of every shard an earlier run finished: those listed in the manifest,
+    and those listed by any rank's part file (``manifest.rank<r>.json``) of an interrupted run."""
+    done = {i: entry for i, entry in enumerate(manifest["shards"])}
+    for part in sorted(out.glob(PART_GLOB)):
+        for entry in read_json(part, "store manifest part")["shards"]:
+            done[int(entry["index"])] = {k: v for k, v in entry.items() if k != "index"}
+    return done
+
+
+def _merge_parts(out: Path, manifest: dict[str, Any], n_contexts: int) -> None:
+    """Rank 0, once every rank is done: the manifest lists every shard in order, and is complete."""
+    barrier()
+    if rank_and_world()[0] == 0:
+        done = _shards_done(out, manifest)
+        missing = sorted(set(range(len(done))) ^ set(done))
+        if missing or sum(e["contexts"] for e in done.values()) != n_contexts:
+            raise InterpError(f"Store {out} is missing shards {missing[:5]} after every rank finished; rerun the "
+                              "same command to compute them.")
+        merged = {**manifest, "shards": [done[i] for i in range(len(done))], "n_contexts": n_contexts,
+                  "complete": True}
+        atomic_write_json(out / MANIFEST, merged)
+        for part in out.glob(PART_GLOB):
+            part.unlink()
+    barrier()
 
 
 def _compute_shard(
@@ -279,10 +330,16 @@ def _check_finite(t: torch.Tensor, hook: str, ctx: int, what: str) -> None:
 
 
 class _ShardWriter:
-    """Writes shards on one background thread, in order, and updates the manifest after each."""
+    """Writes shards on one background thread, in order, and lists each one after it is on disk: in the
+    manifest, or (``part`` = this rank, when ranks split the work) in the rank's part file, which rank 0
+    merges into the manifest at the end."""
 
-    def __init__(self, out: Path, manifest: dict[str, Any]):
-        self.out, self.manifest = out, manifest
+    def __init__(self, out: Path, manifest: dict[str, Any], part: int | None = None):
+        self.out, self.manifest, self.part = out, manifest, part
+        self.part_path = out / f"manifest.rank{part}.json"
+        self.listed: list[dict[str, Any]] = []
+        if part is not None and self.part_path.exists():
+            self.listed = list(read_json(self.part_path, "store manifest part")["shards"])
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="interp-shard-writer", daemon=True)
@@ -308,14 +365,19 @@ class _ShardWriter:
                 return
 
     def _write(self, index: int | None, tensors: dict[str, torch.Tensor] | None, contexts: int, last: bool) -> None:
+        entry = None
         if index is not None and tensors is not None:
             name = shard_name(index)
             sha = save_tensors(self.out / name, tensors)
-            size = (self.out / name).stat().st_size
-            self.manifest["shards"].append(
-                {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts, "bytes": size,
-                 "sha256": sha}
-            )
+            entry = {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts,
+                     "bytes": (self.out / name).stat().st_size, "sha256": sha}
+        if self.part is not None:
+            if entry is not None:
+                self.listed.append({**entry, "index": index})
+                atomic_write_json(self.part_path, {"format": f"{FORMAT}-part", "shards": self.listed})
+            return
+        if entry is not None:
+            self.manifest["shards"].append(entry)
             self.manifest["n_contexts"] += contexts
         if last:
             self.manifest["complete"] = True

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from interp.distributed import barrier
 from interp.errors import InterpError
 from interp.io import atomic_write_json, load_tensors, read_json, save_tensors
-from interp.training.distributed import Plan, barrier
+from interp.training.distributed import Plan
 from interp.training.slot import Slot
 
 log = logging.getLogger(__name__)

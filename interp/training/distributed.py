@@ -18,16 +18,15 @@ A world of one process is the ``single`` plan and touches no collective.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from interp.activations.source import Batch
 from interp.dictionaries import TrainBatch
+from interp.distributed import cat_all, rank_and_world
 from interp.errors import InterpError
 
 
@@ -46,24 +45,6 @@ class Plan(NamedTuple):
     def mine(self, index: int) -> bool:
         """True when this rank trains config ``index``."""
         return self.owner[index] in (-1, self.rank)
-
-
-def init_from_env(device: str = "cpu") -> None:
-    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1); a plain
-    process does nothing. gloo on CPU, nccl on CUDA."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
-    backend = "nccl" if device.startswith("cuda") and dist.is_nccl_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def make_plan(costs: Sequence[float], batch_size: int) -> Plan:
@@ -106,92 +87,15 @@ def assign_by_cost(costs: Sequence[float], n_ranks: int) -> list[int]:
     return owner
 
 
-def check_same_everywhere(obj: dict[str, Any], what: str) -> None:
-    """Raise InterpError on every rank, naming the first field that differs, unless ``obj`` is equal on all
-    ranks (a torchrun job where ranks were given different flags or files)."""
-    rank, world = rank_and_world()
-    if world == 1:
-        return
-    everyone = gather_json(obj)
-    for other_rank, other in enumerate(everyone):
-        if other != obj:
-            field = _first_difference(obj, other)
-            raise InterpError(
-                f"The {what} differs between rank {rank} and rank {other_rank}: {field} is "
-                f"{_get(obj, field)!r} on rank {rank} and {_get(other, field)!r} on rank {other_rank}. "
-                "Every rank must be started with the same command and files."
-            )
-
-
-def gather_json(obj: Any) -> list[Any]:
-    """``obj`` (JSON-serialisable) from every rank, in rank order. Sent as JSON bytes in tensors, so nothing
-    is pickled (torch's ``all_gather_object`` would pickle)."""
-    _, world = rank_and_world()
-    if world == 1:
-        return [json.loads(json.dumps(obj, default=str))]
-    data = torch.tensor(list(json.dumps(obj, sort_keys=True, default=str).encode()), dtype=torch.uint8)
-    size = torch.tensor([data.numel()])
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    padded = torch.zeros(int(max(sizes).item()), dtype=torch.uint8)
-    padded[: data.numel()] = data
-    pieces = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(pieces, padded)
-    return [json.loads(bytes(p[: int(n.item())].tolist())) for p, n in zip(pieces, sizes)]
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                return _first_difference(x, y, f"{path}[{i}]")
-    return path or "the value"
-
-
-def _get(obj: Any, path: str) -> Any:
-    for part in path.replace("[", ".").replace("]", "").split("."):
-        if part in ("", "the value"):
-            continue
-        obj = obj[int(part)] if isinstance(obj, list) else obj.get(part) if isinstance(obj, dict) else obj
-    return obj
-
-
-def _cat_all(t: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``t`` (same shape everywhere), concatenated in rank order along the first dimension."""
-    pieces = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(pieces, t.contiguous())
-    return torch.cat(pieces)
-
-
 def gather_batch(part: Batch) -> Batch:
     """The global batch from every rank's part, in rank order."""
-    return Batch({h: _cat_all(v) for h, v in part.acts.items()}, {h: _cat_all(v) for h, v in part.grads.items()})
+    return Batch({h: cat_all(v) for h, v in part.acts.items()}, {h: cat_all(v) for h, v in part.grads.items()})
 
 
 def gather_train_batch(tb: TrainBatch) -> TrainBatch:
     """The whole normalised training batch from every DDP rank's part (for revival)."""
-    x = _cat_all(tb.x)
-    return TrainBatch(x, x if tb.y is tb.x else _cat_all(tb.y), _cat_all(tb.grad) if tb.grad is not None else None)
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if rank_and_world()[1] > 1:
-        dist.barrier()
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on any rank (so all ranks stop or skip together)."""
-    _, world = rank_and_world()
-    if world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    x = cat_all(tb.x)
+    return TrainBatch(x, x if tb.y is tb.x else cat_all(tb.y), cat_all(tb.grad) if tb.grad is not None else None)
 
 
 def fired_everywhere(fired: torch.Tensor) -> torch.Tensor:

@@ -32,17 +32,15 @@ from interp.activations.store import ActivationStore
 from interp.configs import config_to_dict
 from interp.dictionaries import Dictionary, StepOutput, TrainBatch, TrainState, save_dictionary
 from interp.dictionaries.linear import release_workspaces
+from interp.distributed import any_rank, check_same_everywhere, gather_json
 from interp.errors import InterpError
 from interp.training.checkpoint import remove_checkpoint, reset_moments, resume_slots, save_slots
 from interp.training.config import AUTOCAST, TrainConfig
 from interp.training.distributed import (
     Plan,
-    any_rank,
     check_identical,
-    check_same_everywhere,
     fired_everywhere,
     gather_batch,
-    gather_json,
     gather_train_batch,
     make_plan,
 )
