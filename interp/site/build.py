@@ -64,10 +64,11 @@ def build_dashboard(
 ) -> Path:
     """Write the static site for ``feature_store`` to ``out_dir``; returns the path of ``index.html``.
 
-    ``explanations``: see :func:`load_explanations`. An existing site in ``out_dir`` is replaced.
+    ``explanations``: see :func:`load_explanations`; default: the runs of ``interp explain`` / ``interp
+    score`` inside the feature store. An existing site in ``out_dir`` is replaced.
     """
     fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
-    expl = load_explanations(explanations)
+    expl = load_explanations(explanations if explanations is not None else fs.path)
     out = Path(out_dir)
     if out.exists() and not (out / "index.html").exists() and any(out.iterdir()):
         raise InterpError(f"{out} is not empty and holds no dashboard; choose a new directory.")
