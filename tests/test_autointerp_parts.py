@@ -7,7 +7,6 @@ import asyncio
 import math
 
 import pytest
-from autointerp_fixtures import demo_features  # noqa: F401  (a fixture)
 from llm_server import LLMServer, Reply, chat_body
 
 from interp.autointerp import AutointerpConfig, LLMClient, LLMConfig, SampleConfig, sample_feature
