@@ -71,9 +71,18 @@ def report(summary: object) -> None:
         print(line)
 
 
+def quiet_http(args: argparse.Namespace) -> None:
+    """One log line per HTTP request is noise at INFO; keep it for -v."""
+    import logging
+
+    if not getattr(args, "verbose", False):
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def run(args: argparse.Namespace) -> int:
     from interp.autointerp import run_autointerp
 
+    quiet_http(args)
     cfg, sample, llm, local = configs(args)
     summary = run_autointerp(args.features, cfg, sample, llm, local, explain_features=True,
                              score_features=bool(args.score), api_key=args.api_key, progress=not args.no_progress)

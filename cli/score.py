@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.explain import add_common, configs, report
+from cli.explain import add_common, configs, quiet_http, report
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from interp.autointerp import run_autointerp
 
+    quiet_http(args)
     cfg, sample, llm, local = configs(args)
     summary = run_autointerp(args.features, cfg, sample, llm, local, explain_features=False, score_features=True,
                              api_key=args.api_key, progress=not args.no_progress)

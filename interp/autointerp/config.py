@@ -19,8 +19,8 @@ class AutointerpConfig:
 
     explainer: Literal["ngram", "llm"] = "ngram"
     """Who writes explanations: token / n-gram patterns (offline, the baseline) or the configured LLM."""
-    run: str | None = None
-    """Run name: the directory under <feature store>/explanations/; default the explainer's name."""
+    run_name: str | None = None
+    """Name of the run: its directory under <feature store>/explanations/; default the explainer's name."""
     scorers: str = "detection,fuzzing,simulation"
     """Comma-separated scorers (detection, fuzzing, simulation, surprisal, embedding, intervention) or 'all'.
     Without an LLM, detection, fuzzing and simulation use the n-gram simulator."""
@@ -60,8 +60,9 @@ class AutointerpConfig:
             raise InterpError(f"Unknown scorer(s) {', '.join(bad)}; choose from {', '.join(SCORERS)} or 'all'.")
         return [s for s in SCORERS if s in names]
 
-    def run_name(self) -> str:
-        return self.run or self.explainer
+    def name(self) -> str:
+        """The run's directory name."""
+        return self.run_name or self.explainer
 
 
 def parse_features(spec: str | None, n_features: int) -> list[int] | None:

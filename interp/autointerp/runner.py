@@ -97,7 +97,7 @@ def run_autointerp(
     if cfg.explainer == "llm" and llm is None:
         raise InterpError("The llm explainer needs an LLM: pass --base-url and --llm (or set INTERP_LLM_BASE_URL "
                           "and INTERP_LLM_MODEL), or use --explainer ngram.")
-    path = fmt.run_dir(fs.path, cfg.run_name())
+    path = fmt.run_dir(fs.path, cfg.name())
     _open_run(path, cfg, sample, llm, local)
     return asyncio.run(_main(fs, cfg, sample, llm, local, path, explain_features, score_features, api_key,
                              progress))

@@ -167,6 +167,13 @@ def _simulated(c: Completion, n: int) -> list[float]:
     return [float(e) if e is not None else float(v) for e, v in zip(ev, values)]
 
 
+def _correlation(true: list[float], pred: list[float]) -> float | None:
+    """Pearson correlation; 0 when the prediction is constant but the truth is not (no information)."""
+    if len(true) < 2 or len(set(true)) <= 1:
+        return None
+    return 0.0 if len(set(pred)) <= 1 else pearson(true, pred)
+
+
 async def simulation(client: LLMClient | None, cfg: AutointerpConfig, ex: FeatureExamples, explanation: str,
                      seed: int = 0) -> dict[str, Any]:
     texts = simulation_texts(ex, cfg.n_simulation)
@@ -188,9 +195,8 @@ async def simulation(client: LLMClient | None, cfg: AutointerpConfig, ex: Featur
     pred_all = [x for _, p in ok for x in p]
     true_act = [a for e, _ in ok if e.activating for a in e.acts]
     pred_act = [x for e, p in ok if e.activating for x in p]
-    metrics = {"pearson": pearson(true_all, pred_all) if ok else None,
-               "pearson_activating": pearson(true_act, pred_act) if true_act else None,
-               "n_texts": len(ok), "n_failed": len(texts) - len(ok)}
+    metrics = {"pearson": _correlation(true_all, pred_all), "pearson_activating": _correlation(true_act, pred_act),
+               "constant_prediction": len(set(pred_all)) <= 1, "n_texts": len(ok), "n_failed": len(texts) - len(ok)}
     examples = [{"tokens": list(e.tokens), "acts": [round(a, 4) for a in e.acts], "group": e.group,
                  "activating": e.activating, "predicted": [round(x, 3) for x in p] if p is not None else None}
                 for e, p in zip(texts, preds)]
