@@ -47,6 +47,7 @@ def chat_body(text: str, top: int = 0, hi: int = 1, p: float = 0.8) -> dict[str,
                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                          "finish_reason": "stop"}],
                             "usage": {"prompt_tokens": 0, "completion_tokens": max(1, len(text) // 4)}}
+    # (the server fills prompt_tokens from the request: ~4 characters a token, OpenAI's rule of thumb)
     if top:
         content = []
         for tok in _tokens_of(text):
@@ -135,6 +136,10 @@ class LLMServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
                     reply = server.script(body, n)
+                    if isinstance(reply.body, dict) and isinstance(reply.body.get("usage"), dict):
+                        prompt = json.dumps(body.get("messages") or body.get("prompt") or "")
+                        reply.body["usage"].setdefault("prompt_tokens", 0)
+                        reply.body["usage"]["prompt_tokens"] = reply.body["usage"]["prompt_tokens"] or len(prompt) // 4
                     time.sleep(server.latency + reply.delay)
                     if reply.drop:
                         self.close_connection = True
@@ -174,3 +179,24 @@ class LLMServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def main() -> None:
+    """``python tests/llm_server.py [--latency S]``: serve until killed, printing the base URL first."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    args = p.parse_args()
+    with LLMServer(latency=args.latency) as server:
+        print(server.url, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

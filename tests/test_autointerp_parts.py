@@ -114,9 +114,9 @@ def test_simulator_reads_llm_style_explanations():
 
 # ---- sampling -----------------------------------------------------------------------------------
 def test_train_and_test_never_share_a_context(demo_features):
-    import interp
+    from interp.features import load_feature_store
 
-    fs = interp.load_feature_store(demo_features)
+    fs = load_feature_store(demo_features)
     checked = 0
     for i in range(0, fs.n_features, 7):
         if int(fs.tensors["count"][i]) == 0:
@@ -211,3 +211,29 @@ def test_simulation_uses_expected_values_from_logprobs():
     # a "10" answered with p 0.8 and 0.2 spread over 0..9 (mean 4.5): 8 + 0.9; a "0": 0.2 x mean of 1..10
     assert ex0["predicted"] == pytest.approx([0.2 * 5.5, 8.9, 0.2 * 5.5], abs=1e-3)
     assert result["score"] == pytest.approx(1.0) and result["metrics"]["n_texts"] == 4
+
+
+def test_embedding_scorer_on_a_local_encoder(tmp_path):
+    """The embedding scorer's loader and pooling on a tiny BERT saved to disk (the packaged MiniLM, when the
+    optional extra is installed, goes through the same code)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from interp.autointerp.localscorers import Embedder, embedding, find_embedding_model
+
+    words = ["[PAD]", "[UNK]", "the", "cat", "sat", "a", "dog", "ran", "token"]
+    tok = Tokenizer(models.WordPiece({w: k for k, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path)
+    assert find_embedding_model(str(tmp_path)) == tmp_path
+    emb = Embedder(tmp_path)
+    vecs = emb.encode(["the cat sat", "the cat sat", "a dog ran"])
+    assert vecs.shape == (3, 16) and torch.allclose(vecs.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(vecs[0], vecs[1]) and not torch.allclose(vecs[0], vecs[2])
+    result = embedding(emb, _feature(), "the cat sat")
+    sims = [e["similarity"] for e in result["examples"]]
+    assert result["score"] == 1.0 and min(sims[:5]) > max(sims[5:])  # identical texts are the most similar

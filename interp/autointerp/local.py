@@ -6,8 +6,9 @@
 - steering (the intervention scorer): greedy generation with ``coef`` x the feature's decoded direction
   added at the dictionary's output hook, at every position.
 
-Everything goes through interp's public API (``interp.load_model``, ``interp.load_dictionary`` and the
-``Model`` hooks), loaded lazily on first use and checked against the store's model fingerprint.
+Everything goes through the package-level API of the lower stages (``interp.model.load_model``,
+``interp.dictionaries.load_dictionary`` and the ``Model`` hooks), loaded lazily on first use and checked
+against the store's model fingerprint.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any
 import torch
 
 from interp.autointerp.examples import Example
+from interp.dictionaries import load_dictionary
 from interp.errors import InterpError
+from interp.model import load_model
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +74,10 @@ class LocalModels:
     @property
     def model(self) -> Any:
         if self._model is None:
-            import interp
-
             name = self.cfg.model or (self.fs.manifest.get("model") or {}).get("name")
             if not name:
                 raise InterpError("The feature store names no model; pass --model.")
-            model = interp.load_model(name, device=self.cfg.device)
+            model = load_model(name, device=self.cfg.device)
             want = (self.fs.manifest.get("model") or {}).get("fingerprint")
             if want and model.info.fingerprint != want:
                 raise InterpError(f"Model {name} did not make feature store {self.fs.path}; pass the one that did "
@@ -87,12 +88,10 @@ class LocalModels:
     @property
     def dictionary(self) -> Any:
         if self._dictionary is None:
-            import interp
-
             path = self.cfg.dictionary or (self.fs.manifest.get("inputs") or {}).get("dictionary")
             if not path:
                 raise InterpError("The feature store does not say where its dictionary is; pass --dictionary.")
-            d = interp.load_dictionary(path, device=self.cfg.device).eval()
+            d = load_dictionary(path, device=self.cfg.device).eval()
             if int(d.cfg.d_sae) != self.fs.n_features:
                 raise InterpError(f"Dictionary {path} has {d.cfg.d_sae} features but the store has "
                                   f"{self.fs.n_features}; pass the dictionary that was analyzed.")
@@ -104,9 +103,7 @@ class LocalModels:
         if name is None:
             return self.model
         if name not in self._base:
-            import interp
-
-            self._base[name] = interp.load_model(name, device=self.cfg.device)
+            self._base[name] = load_model(name, device=self.cfg.device)
         return self._base[name]
 
     def available(self) -> str | None:

@@ -32,6 +32,7 @@ from interp.autointerp.progress import Progress
 from interp.autointerp.scoring import Scoring
 from interp.autointerp.summary import summarise
 from interp.errors import InterpError
+from interp.features import load_feature_store
 from interp.io import atomic_write_json, read_json, remove_temporaries
 
 log = logging.getLogger("interp.autointerp")
@@ -90,17 +91,27 @@ def run_autointerp(
     ``llm`` None: no LLM (the n-gram explainer, and detection / fuzzing / simulation on the n-gram
     simulator). Results go to ``<feature store>/explanations/<run>/``; calling again resumes.
     """
-    import interp
-
     cfg, sample, local = cfg or AutointerpConfig(), sample or SampleConfig(), local or LocalConfig()
-    fs = feature_store if hasattr(feature_store, "tensors") else interp.load_feature_store(feature_store)
+    fs = feature_store if hasattr(feature_store, "tensors") else load_feature_store(feature_store)
     if cfg.explainer == "llm" and llm is None:
         raise InterpError("The llm explainer needs an LLM: pass --base-url and --llm (or set INTERP_LLM_BASE_URL "
                           "and INTERP_LLM_MODEL), or use --explainer ngram.")
     path = fmt.run_dir(fs.path, cfg.name())
     _open_run(path, cfg, sample, llm, local)
-    return asyncio.run(_main(fs, cfg, sample, llm, local, path, explain_features, score_features, api_key,
-                             progress))
+    return _run_sync(_main(fs, cfg, sample, llm, local, path, explain_features, score_features, api_key,
+                           progress))
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion, also from a thread that already runs an event loop (Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _open_run(path: Path, cfg: AutointerpConfig, sample: SampleConfig, llm: LLMConfig | None,
