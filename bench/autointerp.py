@@ -87,6 +87,15 @@ def fresh_store(src: Path, dest: Path) -> Path:
     return dest
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of this process (or of ``pid``, read from /proc)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pipeline(store: Path, url: str, concurrency: int, n: int, scorers: str, explainer: str = "llm",
              control: bool = True, run_name: str | None = None):
     from interp.autointerp import AutointerpConfig, LLMConfig, SampleConfig, run_autointerp
@@ -100,15 +109,19 @@ def pipeline(store: Path, url: str, concurrency: int, n: int, scorers: str, expl
     return s, time.perf_counter() - t
 
 
-def part_a(src: Path, url: str, work: Path, n1: int, n32: int) -> dict:
+def part_a(src: Path, url: str, work: Path, n1: int, n32: int, server_pid: int) -> dict:
     out = {}
     for conc, n in ((1, n1), (32, n32)):
-        s, sec = pipeline(fresh_store(src, work / f"a{conc}"), url, conc, n, "detection,fuzzing,simulation")
+        store = fresh_store(src, work / f"a{conc}")
+        cpu, server_cpu = cpu_seconds(), cpu_seconds(server_pid)
+        s, sec = pipeline(store, url, conc, n, "detection,fuzzing,simulation")
+        cpu, server_cpu = cpu_seconds() - cpu, cpu_seconds(server_pid) - server_cpu
         assert s.explained == n and s.scored == n, s
-        out[conc] = {"features": n, "seconds": sec, "features_per_s": n / sec, "requests": s.usage["requests"],
-                     "usage": s.usage}
+        req = s.usage["requests"]
+        out[conc] = {"features": n, "seconds": sec, "features_per_s": n / sec, "requests": req, "usage": s.usage}
         print(f"interp, concurrency {conc:2d}: {n} features explained + scored in {sec:.1f} s = "
-              f"{n / sec:.3f} features/s ({s.usage['requests']} requests, {s.usage['requests'] / sec:.1f}/s)")
+              f"{n / sec:.3f} features/s ({req} requests, {req / sec:.1f}/s; CPU per request: interp "
+              f"{1000 * cpu / req:.1f} ms, server {1000 * server_cpu / req:.1f} ms)")
     ratio = out[32]["features_per_s"] / out[1]["features_per_s"]
     print(f"ratio 32 / 1: {ratio:.1f} (goal >= {0.8 * 32:.1f})")
     print("tokens per feature (prompt + completion; with the control, i.e. two explanations scored):")
@@ -139,10 +152,10 @@ def export_examples(store: Path, n: int, path: Path) -> None:
 
 def part_b(src: Path, url: str, work: Path, n1: int, n32: int, venv: Path) -> None:
     store = fresh_store(src, work / "b")
-    from interp.autointerp import AutointerpConfig, run_autointerp
+    from interp.autointerp import AutointerpConfig, SampleConfig, run_autointerp
 
-    run_autointerp(store, AutointerpConfig(max_features=n32, scorers="detection"), progress=False,
-                   score_features=False)  # n-gram explanations for both libraries
+    run_autointerp(store, AutointerpConfig(max_features=n32, scorers="detection"), SampleConfig(hard_negatives=0),
+                   progress=False, score_features=False)  # n-gram explanations for both libraries
     export_examples(store, n32, work / "delphi.json")
     python = venv / "bin" / "python"
     for conc, n in ((1, n1), (32, n32)):
@@ -150,8 +163,8 @@ def part_b(src: Path, url: str, work: Path, n1: int, n32: int, venv: Path) -> No
                           run_name="ngram")
         line = f"concurrency {conc:2d}, {n} features, detection + fuzzing: interp {n / sec:.3f} features/s"
         shutil.rmtree(store / "explanations" / "ngram", ignore_errors=True)
-        run_autointerp(store, AutointerpConfig(max_features=n32, scorers="detection"), progress=False,
-                       score_features=False)
+        run_autointerp(store, AutointerpConfig(max_features=n32, scorers="detection"),
+                       SampleConfig(hard_negatives=0), progress=False, score_features=False)
         if not python.exists():
             print(line + f"; delphi skipped: no venv at {venv} (make it with:\n{DELPHI_SETUP})")
             continue
@@ -183,8 +196,9 @@ def main() -> None:
     server, url = start_server(args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            print(f"server {url}, latency {args.latency * 1000:.0f} ms per request")
-            part_a(src, url, Path(tmp), args.n1, args.n32)
+            print(f"server {url}, latency {args.latency * 1000:.0f} ms per request; load average "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+            part_a(src, url, Path(tmp), args.n1, args.n32, server.pid)
             if not args.skip_delphi:
                 part_b(src, url, Path(tmp), max(args.n1, 4), args.n32, Path(args.delphi_venv))
     finally:

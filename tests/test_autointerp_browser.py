@@ -4,10 +4,10 @@ its explanations are searchable; the feature page shows every scorer's result wi
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
-from test_browser import ARGS, CHROMIUM
+from test_browser import _open
+from test_browser import browser as _browser  # noqa: F401  (the Chromium fixture, registered as "browser")
 
 from interp.autointerp import AutointerpConfig, run_autointerp
 from interp.autointerp.explanations import iter_records
@@ -29,23 +29,11 @@ def site(demo_features, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        pg.errors = []
-        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-        yield pg
-        browser.close()
-
-
-def _open(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector("body[data-ready]", timeout=20000)
+def page(browser):
+    pg = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    return pg
 
 
 def _scores(page, name: str) -> list[float | None]:

@@ -118,6 +118,8 @@ def test_sigkill_loses_nothing_and_scores_nothing_twice(demo_features, tmp_path)
     assert len(after) == 16  # no feature lost
     assert all(after[i] == before[i] for i in before)  # finished records were not written again
     assert f"{16 - len(before)} scored, {len(before)} already done" in out2
+    assert f"score: {16 - len(before)}/{16 - len(before)} features (" in out2 and "feat/s), " in out2  # log lines
+    assert " tokens" in out2.split("feat/s), ")[1].splitlines()[0]  # ... with the running token count
     # nothing asked twice: answers of the first run came from the cache; only requests in flight at the
     # kill (at most the concurrency, 2) can be sent again
     asked = [json.dumps(r["body"], sort_keys=True) for r in server.requests]

@@ -19,6 +19,7 @@ Texts are shown on one line each: a newline is written ``\\n`` and a tab ``\\t``
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -244,6 +245,7 @@ def parse_int_list(text: str, n: int, lo: int = 0, hi: int = 1) -> list[int]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _number(token: str) -> int | None:
     s = token.strip().strip("[],").strip()
     return int(s) if s.isdigit() else None

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -124,7 +125,7 @@ def _open_run(path: Path, cfg: AutointerpConfig, sample: SampleConfig, llm: LLMC
         old = read_json(meta_path, "explanations run manifest")
         if old.get("explainer") != cfg.explainer or old.get("sample") != asdict(sample):
             raise InterpError(f"Run {path.name} was made with another explainer or sampling config; resume it "
-                              "with the same flags, or start a new run with --run NAME.")
+                              "with the same flags, or start a new run with --run-name NAME.")
         return
     atomic_write_json(meta_path, {"format": fmt.RUN_FORMAT, "version": fmt.VERSION, "run": path.name,
                                   "explainer": cfg.explainer, "config": asdict(cfg), "sample": asdict(sample),
@@ -164,14 +165,21 @@ async def _main(fs: Any, cfg: AutointerpConfig, sample: SampleConfig, llm: LLMCo
                       run.counts["failed"], usage, dict(run.failures), summary)
 
 
-async def _bounded(slots: int, jobs: list[Any]) -> None:
+async def _each(run: _Run, features: list[int], desc: str, one: Callable[[int], Awaitable[None]], slots: int,
+                progress: bool) -> None:
+    """``one(i)`` for every feature, ``slots`` at a time, with a progress bar (or log lines) in features/s."""
     sem = asyncio.Semaphore(slots)
+    bar = Progress(len(features), desc, run.tokens, progress)
 
-    async def one(job: Any) -> None:
+    async def bounded(i: int) -> None:
         async with sem:
-            await job()
+            await one(i)
+            bar.update()
 
-    await asyncio.gather(*(one(j) for j in jobs))
+    try:
+        await asyncio.gather(*(bounded(i) for i in features))
+    finally:
+        bar.close()
 
 
 async def _explain_phase(run: _Run, features: list[int], slots: int, progress: bool, count_skips: bool) -> None:
@@ -180,27 +188,20 @@ async def _explain_phase(run: _Run, features: list[int], slots: int, progress: b
         run.counts["skipped"] += len(features) - len(todo)
     if not todo:
         return
-    bar = Progress(len(todo), "explain", run.tokens, progress)
 
-    def job(i: int) -> Any:
-        async def go() -> None:
-            ex = sample_feature(run.fs, i, run.sample)
-            got = await explain(run.client, run.cfg, ex)
-            run.failures.update(got["failures"] if got else {})
-            if got is None or got["explanation"] is None:
-                run.counts["failed"] += 1
-            else:
-                fmt.write_record(run.path, {"feature": i, "run": run.path.name, "explainer": run.cfg.explainer,
-                                            "explanation": got["explanation"],
-                                            "explain": {"train": got["train"], "raw": got["raw"]}, "scores": {}})
-                run.counts["explained"] += 1
-            bar.update()
-        return go
+    async def one(i: int) -> None:
+        ex = sample_feature(run.fs, i, run.sample)
+        got = await explain(run.client, run.cfg, ex)
+        run.failures.update(got["failures"] if got else {})
+        if got is None or got["explanation"] is None:
+            run.counts["failed"] += 1
+            return
+        fmt.write_record(run.path, {"feature": i, "run": run.path.name, "explainer": run.cfg.explainer,
+                                    "explanation": got["explanation"],
+                                    "explain": {"train": got["train"], "raw": got["raw"]}, "scores": {}})
+        run.counts["explained"] += 1
 
-    try:
-        await _bounded(slots, [job(i) for i in todo])
-    finally:
-        bar.close()
+    await _each(run, todo, "explain", one, slots, progress)
 
 
 async def _score_phase(run: _Run, features: list[int], slots: int, progress: bool) -> None:
@@ -214,29 +215,22 @@ async def _score_phase(run: _Run, features: list[int], slots: int, progress: boo
     scoring = Scoring(run.client, run.cfg, run.local, scorers)
     await asyncio.to_thread(scoring.prepare)
     controls = _controls(run, records, features)
-    bar = Progress(len(todo), "score", run.tokens, progress)
 
-    def job(i: int) -> Any:
-        async def go() -> None:
-            ex = sample_feature(run.fs, i, run.sample, hard.get(i, []))
-            rec = records[i]
-            for name in scorers:
-                if name in rec.get("scores", {}):
-                    continue
-                result = await scoring.score(name, ex, rec["explanation"], controls.get(i))
-                if result is None:
-                    continue
-                run.failures.update(result.get("failures", {}))
-                rec.setdefault("scores", {})[name] = result
-                await asyncio.to_thread(fmt.write_record, run.path, rec)
-            run.counts["scored"] += 1
-            bar.update()
-        return go
+    async def one(i: int) -> None:
+        ex = sample_feature(run.fs, i, run.sample, hard.get(i, []))
+        rec = records[i]
+        for name in scorers:
+            if name in rec.get("scores", {}):
+                continue
+            result = await scoring.score(name, ex, rec["explanation"], controls.get(i))
+            if result is None:
+                continue
+            run.failures.update(result.get("failures", {}))
+            rec.setdefault("scores", {})[name] = result
+            await asyncio.to_thread(fmt.write_record, run.path, rec)
+        run.counts["scored"] += 1
 
-    try:
-        await _bounded(slots, [job(i) for i in todo])
-    finally:
-        bar.close()
+    await _each(run, todo, "score", one, slots, progress)
 
 
 def _hard_negatives(run: _Run, features: list[int]) -> dict[int, list]:

@@ -76,12 +76,12 @@ class Scoring:
             return None
         if name == "intervention":
             return await self._intervention(ex, control)
-        result = await self._one(name, ex, explanation)
-        if control is not None:
-            ctrl = await self._one(name, ex, control[1])
-            result["control"] = {"source_feature": control[0], "explanation": control[1], "score": ctrl["score"],
-                                 "metrics": ctrl["metrics"]}
-            _merge_failures(result, ctrl)
+        if control is None:
+            return await self._one(name, ex, explanation)
+        result, ctrl = await asyncio.gather(self._one(name, ex, explanation), self._one(name, ex, control[1]))
+        result["control"] = {"source_feature": control[0], "explanation": control[1], "score": ctrl["score"],
+                             "metrics": ctrl["metrics"]}
+        _merge_failures(result, ctrl)
         return result
 
     async def _one(self, name: str, ex: FeatureExamples, explanation: str) -> dict[str, Any]:
@@ -120,18 +120,21 @@ class Scoring:
             return await classify(self.client, self.cfg, "intervention", INTERVENTION_SCORER_SYSTEM, None, text,
                                   shown, label="Continuation")
 
-        result = await judge(effect)
+        result, ctrl = await asyncio.gather(judge(effect), judge(control[1]) if control else _none())
         result["metric"] = "auroc"
         result["score"] = result["metrics"]["auroc"]
         result["explanation"] = effect
         result["changed"] = float((steered != steering.clean).any(1).float().mean())
         result["failures"] = dict(Counter(result["failures"]) + failures)
-        if control is not None:
-            ctrl = await judge(control[1])
+        if control is not None and ctrl is not None:
             result["control"] = {"source_feature": control[0], "explanation": control[1],
                                  "score": ctrl["metrics"]["auroc"], "metrics": ctrl["metrics"]}
             _merge_failures(result, ctrl)
         return result
+
+
+async def _none() -> None:
+    return None
 
 
 def _merge_failures(result: dict[str, Any], other: dict[str, Any]) -> None:
