@@ -191,6 +191,7 @@ def main() -> None:
     p.add_argument("--n32", type=int, default=64, help="features at concurrency 32")
     p.add_argument("--delphi-venv", default=os.environ.get("INTERP_DELPHI_VENV", "/tmp/peer-delphi"))
     p.add_argument("--skip-delphi", action="store_true")
+    p.add_argument("--only-delphi", action="store_true", help="part B only")
     args = p.parse_args()
     src = Path(args.features)
     if not (src / "manifest.json").is_file():
@@ -200,7 +201,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"server {url}, latency {args.latency * 1000:.0f} ms per request; load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-            part_a(src, url, Path(tmp), args.n1, args.n32, server.pid)
+            if not args.only_delphi:
+                part_a(src, url, Path(tmp), args.n1, args.n32, server.pid)
             if not args.skip_delphi:
                 part_b(src, url, Path(tmp), max(args.n1, 4), args.n32, Path(args.delphi_venv))
     finally:
