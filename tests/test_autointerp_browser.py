@@ -6,8 +6,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_browser import _open
-from test_browser import browser as _browser  # noqa: F401  (the Chromium fixture, registered as "browser")
+from test_browser import (
+    _open,
+    browser,  # noqa: F401  (the Chromium fixture)
+)
 
 from interp.autointerp import AutointerpConfig, run_autointerp
 from interp.autointerp.explanations import iter_records
@@ -29,8 +31,8 @@ def site(demo_features, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(browser):
-    pg = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+def page(request):
+    pg = request.getfixturevalue("browser").new_context(viewport={"width": 1280, "height": 900}).new_page()
     pg.errors = []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
     return pg

@@ -10,7 +10,6 @@ import pytest
 from llm_server import LLMServer, Reply, chat_body
 
 from interp.autointerp import AutointerpConfig, LLMClient, LLMConfig, SampleConfig, sample_feature
-from interp.autointerp.client import TokenLogprob
 from interp.autointerp.examples import Example, FeatureExamples, split_examples
 from interp.autointerp.metrics import auroc, classification_metrics, pearson
 from interp.autointerp.ngram import NgramSimulator, explain_ngrams, parse_items
@@ -25,6 +24,7 @@ from interp.autointerp.prompts import (
     value_distributions,
 )
 from interp.autointerp.scorers import detection, fuzzing_texts, simulation
+from interp.autointerp.wire import TokenLogprob
 
 
 # ---- metrics ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 _EXPORTS = {
     "AutointerpConfig": "config",
     "SCORERS": "config",
-    "Completion": "client",
+    "Completion": "wire",
     "LLMClient": "client",
     "LLMConfig": "client",
     "LLMError": "client",

@@ -7,8 +7,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from interp.autointerp.client import Completion, LLMClient, LLMError
+from interp.autointerp.client import LLMClient, LLMError
 from interp.autointerp.prompts import Malformed
+from interp.autointerp.wire import Completion
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
 import json
 import logging
 import os
@@ -28,13 +27,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from interp.autointerp.cache import ResponseCache
+from interp.autointerp.wire import Completion, Unreadable, messages_as_prompt, parse_answer
 from interp.errors import InterpError
-from interp.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -112,27 +112,6 @@ class LLMConfig:
             if os.environ.get(name):
                 return os.environ[name]
         return None
-
-
-class TokenLogprob(NamedTuple):
-    """One generated token with its log-probability and the top alternatives at its position."""
-
-    token: str
-    logprob: float
-    top: dict[str, float]
-    """Alternative token -> log-probability (includes the token itself when the server lists it)."""
-
-
-class Completion(NamedTuple):
-    """What came back for one request."""
-
-    text: str
-    logprobs: list[TokenLogprob] | None
-    """Per generated token, when asked for and offered; else None."""
-    prompt_tokens: int
-    completion_tokens: int
-    cached: bool
-    """True when the answer came from the on-disk cache (no request was sent)."""
 
 
 @dataclass
@@ -216,34 +195,6 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, (_Retryable, httpx.TimeoutException, httpx.TransportError))
 
 
-class ResponseCache:
-    """Answers on disk, one JSON file per request: ``<dir>/<key[:2]>/<key>.json`` (request and response)."""
-
-    def __init__(self, directory: str | Path):
-        self.dir = Path(directory)
-
-    @staticmethod
-    def key(path: str, body: dict[str, Any]) -> str:
-        canon = json.dumps({"path": path, "body": body}, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(canon.encode()).hexdigest()
-
-    def _file(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        try:
-            entry = json.loads(self._file(key).read_text(encoding="utf-8"))
-            return entry["response"] if isinstance(entry, dict) else None
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            return None
-
-    def put(self, key: str, path: str, body: dict[str, Any], response: dict[str, Any]) -> None:
-        atomic_write_json(self._file(key), {"request": {"path": path, "body": body}, "response": response})
-
-    def drop(self, key: str) -> None:
-        self._file(key).unlink(missing_ok=True)
-
-
 class LLMClient:
     """Chat and completion requests with a concurrency limit, retries, a cache and usage accounting.
 
@@ -307,25 +258,24 @@ class LLMClient:
             hit = await asyncio.to_thread(self.cache.get, key)
             if hit is not None:
                 try:
-                    c = _parse(path, hit, cached=True)
+                    c = parse_answer(path, hit, cached=True)
                     self.usage.add(purpose, c)
                     return c
-                except _Retryable:
+                except Unreadable:
                     pass  # an unreadable cache entry is simply asked again
         try:
-            data = await self._send(path, body)
+            data, c = await self._send(path, body)
         except _LogprobsRefused:
             log.warning("the server refused logprobs; continuing without them (no AUROC from probabilities)")
             self.logprobs_offered = False
             body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
             return await self._request(path, body, purpose, fresh)
-        c = _parse(path, data, cached=False)
         if self.cache:
             await asyncio.to_thread(self.cache.put, key, path, body, data)
         self.usage.add(purpose, c)
         return c
 
-    async def _send(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _send(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Completion]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.cfg.max_retries + 1),
             wait=_Wait(self.cfg.backoff, self.cfg.backoff_max),
@@ -348,7 +298,8 @@ class LLMClient:
         wait = state.next_action.sleep if state.next_action else 0.0
         log.info("retrying in %.2fs after %s (try %d)", wait, _describe(exc), state.attempt_number)
 
-    async def _attempt(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _attempt(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Completion]:
+        """One try: the answer's JSON and what it holds; raises _Retryable for what a retry may fix."""
         k = min(range(len(self._pools)), key=self._busy.__getitem__)  # the semaphore keeps each <= POOL_SIZE
         self._busy[k] += 1
         try:
@@ -368,9 +319,12 @@ class LLMClient:
             data = r.json()
         except json.JSONDecodeError:
             raise _Retryable("a body that is not JSON") from None
-        if not isinstance(data, dict) or not data.get("choices"):
-            raise _Retryable("a body without choices")
-        return data
+        if not isinstance(data, dict):
+            raise _Retryable("a body that is not a JSON object")
+        try:
+            return data, parse_answer(path, data, cached=False)
+        except Unreadable as e:
+            raise _Retryable(str(e)) from None
 
 
 class _LogprobsRefused(Exception):
@@ -394,42 +348,3 @@ def _error_message(r: httpx.Response) -> str:
     except (json.JSONDecodeError, AttributeError):
         text = r.text
     return str(text or "")[:300]
-
-
-def _parse(path: str, data: dict[str, Any], cached: bool) -> Completion:
-    try:
-        choice = data["choices"][0]
-        usage = data.get("usage") or {}
-        if path == "/chat/completions":
-            text = (choice.get("message") or {}).get("content") or ""
-            lp = _chat_logprobs(choice.get("logprobs"))
-        else:
-            text = choice.get("text") or ""
-            lp = _completion_logprobs(choice.get("logprobs"))
-        return Completion(str(text), lp, int(usage.get("prompt_tokens") or 0),
-                          int(usage.get("completion_tokens") or 0), cached)
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
-        raise _Retryable(f"an answer that is not in the OpenAI format ({e})") from None
-
-
-def _chat_logprobs(lp: Any) -> list[TokenLogprob] | None:
-    if not lp or not lp.get("content"):
-        return None
-    return [TokenLogprob(t["token"], float(t["logprob"]),
-                         {a["token"]: float(a["logprob"]) for a in t.get("top_logprobs") or []})
-            for t in lp["content"]]
-
-
-def _completion_logprobs(lp: Any) -> list[TokenLogprob] | None:
-    if not lp or not lp.get("tokens"):
-        return None
-    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
-    return [TokenLogprob(tok, float(v if v is not None else 0.0), {k: float(x) for k, x in (top or {}).items()})
-            for tok, v, top in zip(lp["tokens"], lp.get("token_logprobs") or [], tops)]
-
-
-def messages_as_prompt(messages: Sequence[dict[str, str]]) -> str:
-    """Chat messages as one plain-text prompt for a /completions endpoint (base models)."""
-    names = {"system": "Instructions", "user": "User", "assistant": "Assistant"}
-    parts = [f"{names.get(m['role'], m['role'])}: {m['content'].strip()}" for m in messages]
-    return "\n\n".join(parts) + "\n\nAssistant:"

@@ -103,16 +103,11 @@ def list_runs(feature_store: str | Path) -> list[Path]:
     base = Path(feature_store) / DIRNAME
     if not base.is_dir():
         return []
-    runs = []
-    for d in base.iterdir():
-        if (d / "run.json").is_file():
-            meta = read_json(d / "run.json", "explanations run manifest")
-            runs.append((_KIND_RANK.get(meta.get("explainer", ""), 2), _negated(meta.get("updated", "")), d.name, d))
-    return [r[-1] for r in sorted(runs)]
-
-
-def _negated(stamp: str) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in stamp)
+    metas = [(d, read_json(d / "run.json", "explanations run manifest")) for d in sorted(base.iterdir())
+             if (d / "run.json").is_file()]
+    metas.sort(key=lambda dm: str(dm[1].get("updated", "")), reverse=True)  # newest first ...
+    metas.sort(key=lambda dm: _KIND_RANK.get(dm[1].get("explainer", ""), 2))  # ... within each explainer kind
+    return [d for d, _ in metas]
 
 
 def load_explanations(explanations: Any) -> dict[int, dict[str, Any]]:

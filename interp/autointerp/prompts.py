@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from interp.autointerp.client import TokenLogprob
+from interp.autointerp.wire import TokenLogprob
 
 MAX_SHOWN_ACTS = 10
 

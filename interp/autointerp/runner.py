@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from interp.autointerp import explanations as fmt
 from interp.autointerp.client import LLMClient, LLMConfig, Usage
 from interp.autointerp.config import AutointerpConfig, parse_features
-from interp.autointerp.examples import FeatureExamples, SampleConfig, n_activating, sample_feature
+from interp.autointerp.examples import SampleConfig, n_activating, sample_feature
 from interp.autointerp.explainers import explain
 from interp.autointerp.local import LocalConfig, LocalModels
 from interp.autointerp.progress import Progress
@@ -271,8 +271,3 @@ def _update_manifest(path: Path, usage: dict[str, Any], failures: Counter[str], 
     fails.update(failures)
     meta.update(updated=fmt.now(), last_call=usage, totals=totals, failures=dict(fails), summary=summary)
     atomic_write_json(path / "run.json", meta)
-
-
-def examples_for(fs: Any, feature: int, sample: SampleConfig | None = None) -> FeatureExamples:
-    """The examples a run would use for ``feature`` without hard negatives (for inspection)."""
-    return sample_feature(fs, feature, sample or SampleConfig())

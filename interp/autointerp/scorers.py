@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from interp.autointerp.asking import ask
-from interp.autointerp.client import Completion, LLMClient
+from interp.autointerp.client import LLMClient
 from interp.autointerp.config import AutointerpConfig
 from interp.autointerp.examples import Example, FeatureExamples
 from interp.autointerp.metrics import auroc, classification_metrics, pearson
@@ -45,6 +45,7 @@ from interp.autointerp.prompts import (
     simulation_messages,
     value_distributions,
 )
+from interp.autointerp.wire import Completion
 
 TOP_LOGPROBS_BINARY = 5
 TOP_LOGPROBS_SIMULATION = 20
@@ -56,10 +57,6 @@ class Shown:
     def __init__(self, example: Example, marked: list[bool] | None, label: bool):
         self.example, self.marked, self.label = example, marked, label
         self.text = mark(example.tokens, marked) if marked is not None else one_line(example.text)
-
-
-def _rng(cfg: AutointerpConfig, feature: int, name: str, seed: int) -> random.Random:
-    return random.Random(f"{seed}:{name}:{feature}")
 
 
 def detection_texts(ex: FeatureExamples) -> list[Shown]:
@@ -145,7 +142,7 @@ async def detection(client: LLMClient | None, cfg: AutointerpConfig, ex: Feature
 
 async def fuzzing(client: LLMClient | None, cfg: AutointerpConfig, ex: FeatureExamples, explanation: str,
                   seed: int = 0) -> dict[str, Any]:
-    shown = fuzzing_texts(ex, cfg.threshold, _rng(cfg, ex.feature, "fuzzing", seed))
+    shown = fuzzing_texts(ex, cfg.threshold, random.Random(f"{seed}:fuzzing:{ex.feature}"))
     return await classify(client, cfg, "fuzzing", FUZZING_SYSTEM, FUZZING_SHOT, explanation, shown, seed=seed)
 
 
