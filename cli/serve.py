@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         top_k=args.top_k,
-        explanations=load_explanations(args.explanations),
+        explanations=load_explanations(args.explanations or args.features),
     )
     host, port = str(server.server_address[0]), int(server.server_address[1])
     print(f"serving {site} at http://{host}:{port}/  (prompt view: http://{host}:{port}/prompt.html)")

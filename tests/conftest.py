@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 RESID = "blocks.0.hook_resid_post"
+pytest_plugins = ("autointerp_fixtures",)
 
 
 @pytest.fixture(autouse=True, scope="module")

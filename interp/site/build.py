@@ -64,10 +64,11 @@ def build_dashboard(
 ) -> Path:
     """Write the static site for ``feature_store`` to ``out_dir``; returns the path of ``index.html``.
 
-    ``explanations``: see :func:`load_explanations`. An existing site in ``out_dir`` is replaced.
+    ``explanations``: see :func:`load_explanations`; default: the runs of ``interp explain`` / ``interp
+    score`` inside the feature store. An existing site in ``out_dir`` is replaced.
     """
     fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
-    expl = load_explanations(explanations)
+    expl = load_explanations(explanations if explanations is not None else fs.path)
     out = Path(out_dir)
     if out.exists() and not (out / "index.html").exists() and any(out.iterdir()):
         raise InterpError(f"{out} is not empty and holds no dashboard; choose a new directory.")
@@ -118,9 +119,18 @@ def _copy_assets(dest: Path) -> None:
     _write(dest / "plotly.min.js", plotly.offline.get_plotlyjs())
 
 
-def _score_name(expl: dict[int, dict[str, Any]]) -> str | None:
+def _score_names(expl: dict[int, dict[str, Any]]) -> list[str]:
+    """Every score name, auto-interpretation's scorers in their run order first, then by frequency."""
+    from interp.autointerp.explanations import HEADLINE
+
     names = Counter(n for rec in expl.values() for n in rec["scores"])
-    return sorted(names, key=lambda n: (-names[n], n))[0] if names else None
+    order = {n: k for k, n in enumerate(HEADLINE)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), -names[n], n))
+
+
+def _score_name(expl: dict[int, dict[str, Any]]) -> str | None:
+    names = _score_names(expl)
+    return names[0] if names else None
 
 
 def site_meta(fs: FeatureStore, expl: dict[int, dict[str, Any]], score_name: str | None) -> dict[str, Any]:
@@ -140,6 +150,7 @@ def site_meta(fs: FeatureStore, expl: dict[int, dict[str, Any]], score_name: str
         "has_explanations": bool(expl),
         "has_scores": score_name is not None,
         "score_name": score_name,
+        "score_names": _score_names(expl),
         "served": False,
     }
 
@@ -174,6 +185,8 @@ def _index_chunk(
         "top": tops[a:b],
         "expl": [expl[i]["text"] if i in expl else None for i in range(a, b)],
         "score": [expl.get(i, {}).get("scores", {}).get(score_name) for i in range(a, b)],
+        "scores": {name: [expl.get(i, {}).get("scores", {}).get(name) for i in range(a, b)]
+                   for name in _score_names(expl)},
     }
 
 
