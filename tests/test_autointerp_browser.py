@@ -6,10 +6,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_browser import (
-    _open,
-    browser,  # noqa: F401  (the Chromium fixture)
-)
 
 from interp.autointerp import AutointerpConfig, run_autointerp
 from interp.autointerp.explanations import iter_records
@@ -43,9 +39,9 @@ def _scores(page, name: str) -> list[float | None]:
     return [None if c == "–" else float(c) for c in cells]
 
 
-def test_index_has_sortable_score_columns_and_searchable_explanations(page, site):
+def test_index_has_sortable_score_columns_and_searchable_explanations(page, site, open_ready):
     root, records = site
-    _open(page, (root / "index.html").as_uri())
+    open_ready(page, (root / "index.html").as_uri())
     page.select_option("#filter", "explained")
     assert page.locator("#rows tr").count() == len(records)
     headers = page.locator("thead th").all_inner_texts()
@@ -71,10 +67,10 @@ def test_index_has_sortable_score_columns_and_searchable_explanations(page, site
     assert page.errors == []
 
 
-def test_feature_page_shows_every_scorer_with_its_examples(page, site):
+def test_feature_page_shows_every_scorer_with_its_examples(page, site, open_ready):
     root, records = site
     i, rec = next((i, r) for i, r in sorted(records.items()) if r["scores"]["detection"]["score"] is not None)
-    _open(page, (root / "feature.html").as_uri() + f"?i={i}")
+    open_ready(page, (root / "feature.html").as_uri() + f"?i={i}")
     assert page.inner_text("#explanation") == rec["explanation"]
     rows = page.locator("#autointerp table.scorers tbody tr")
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.scorer)") == list(SCORERS)
