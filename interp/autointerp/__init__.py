@@ -11,45 +11,35 @@ Names are imported on first use, so reading explanations (the site builder) does
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from interp.lazy import lazy_exports
 
 _EXPORTS = {
-    "AutointerpConfig": "config",
-    "SCORERS": "config",
-    "Completion": "wire",
-    "LLMClient": "client",
-    "LLMConfig": "client",
-    "LLMError": "client",
-    "Usage": "client",
-    "Example": "examples",
-    "FeatureExamples": "examples",
-    "SampleConfig": "examples",
-    "sample_feature": "examples",
-    "load_explanations": "explanations",
-    "read_record": "explanations",
-    "run_dir": "explanations",
-    "LocalConfig": "local",
-    "auroc": "metrics",
-    "classification_metrics": "metrics",
-    "pearson": "metrics",
-    "NgramSimulator": "ngram",
-    "explain_ngrams": "ngram",
-    "RunSummary": "runner",
-    "run_autointerp": "runner",
-    "select_features": "runner",
+    "AutointerpConfig": ".config",
+    "SCORERS": ".config",
+    "Completion": ".wire",
+    "LLMClient": ".client",
+    "LLMConfig": ".client",
+    "LLMError": ".client",
+    "Usage": ".client",
+    "Example": ".examples",
+    "FeatureExamples": ".examples",
+    "SampleConfig": ".examples",
+    "sample_feature": ".examples",
+    "load_explanations": ".explanations",
+    "read_record": ".explanations",
+    "run_dir": ".explanations",
+    "LocalConfig": ".local",
+    "auroc": ".metrics",
+    "classification_metrics": ".metrics",
+    "pearson": ".metrics",
+    "NgramSimulator": ".ngram",
+    "explain_ngrams": ".ngram",
+    "RunSummary": ".runner",
+    "run_autointerp": ".runner",
+    "select_features": ".runner",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"interp.autointerp.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'interp.autointerp' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
