@@ -207,3 +207,28 @@ def open_ready() -> Callable[[Any, str], None]:
         page.wait_for_selector("body[data-ready]", timeout=20000)
 
     return open_page
+
+
+class _Interrupting:
+    """A source that raises KeyboardInterrupt after ``after`` batches of the training order (the first call
+    of ``batches`` is the init sample and is let through)."""
+
+    def __init__(self, inner: Any, after: int):
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def batches(self, *args: Any, **kw: Any):
+        self.calls += 1
+        for i, b in enumerate(self.inner.batches(*args, **kw)):
+            if self.calls > 1 and i >= self.after:
+                raise KeyboardInterrupt
+            yield b
+
+
+@pytest.fixture(scope="session")
+def interrupting() -> Callable[[Any, int], Any]:
+    """``interrupting(source, after)``: ``source`` that stops training with KeyboardInterrupt after ``after``
+    batches, as Ctrl-C would."""
+    return _Interrupting

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.activations import CacheConfig, cache_activations
+from interp.activations import ActivationStore, CacheConfig, cache_activations
 from interp.dictionaries import load_dictionary
 from interp.model import CorpusConfig
 from interp.training import TrainConfig, train_dictionary
@@ -56,9 +56,10 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 DDP = dict(architecture="relu", hook=HOOKS[0], d_sae=64, n_tokens=256 * 24, batch_size=256, lr=3e-3,
-           checkpoint_every=8, log_every=4, seed=3)
+           checkpoint_every=8, log_every=4, seed=3, init_tokens=1024)
 DDP_FLAGS = ["--architecture", "relu", "--hook", HOOKS[0], "--d-sae", "64", "--n-tokens", str(256 * 24),
-             "--batch-size", "256", "--lr", "3e-3", "--checkpoint-every", "8", "--log-every", "4", "--seed", "3"]
+             "--batch-size", "256", "--lr", "3e-3", "--checkpoint-every", "8", "--log-every", "4", "--seed", "3",
+             "--init-tokens", "1024"]
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +186,21 @@ def test_sigkill_of_one_rank_then_rerun_resumes_without_loss_or_duplication(stor
         torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=0, msg=key)
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(4, 25, 4))  # every logged step once: nothing lost, nothing repeated
+
+
+def test_a_checkpoint_of_one_process_resumes_on_two(store, ddp_run, tmp_path, interrupting):
+    """Checkpoints are one file per dictionary and the data order is the global one, so a run resumes on
+    another number of processes: here one process stops after its checkpoint at step 8 and two finish."""
+    with pytest.raises(KeyboardInterrupt):
+        train_dictionary(TrainConfig(**DDP), interrupting(ActivationStore(store), after=10), tmp_path, progress=False)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 8
+    done = torchrun(["train", "--store", str(store), "--out", str(tmp_path), "--no-progress", *DDP_FLAGS])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from step 8" in done.stdout + done.stderr
+    name = f"relu-{HOOKS[0]}"
+    resumed, uninterrupted = _weights(tmp_path / name), _weights(ddp_run / name)
+    for key in resumed:  # the same batches; float sums in another order for the first 8 steps
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def _cache_args(model_dir: Path, corpus_dir: Path, out: Path) -> list[str]:
