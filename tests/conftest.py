@@ -174,9 +174,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium driven by Playwright (never ``playwright install``); skips without it."""
+    """Debian's Chromium driven by Playwright (never ``playwright install``); skips without it. Module-scoped:
+    Playwright's sync API keeps an event loop running while it is open, and ``asyncio.run`` (the LLM client)
+    cannot run inside it."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
