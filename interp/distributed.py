@@ -8,6 +8,7 @@ would pickle).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from typing import Any
@@ -27,6 +28,15 @@ def init_from_env(device: str = "cpu") -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    """Destroy the process group before the interpreter tears down: left to static destructors, gloo's
+    threads can abort the process at exit ("terminate called without an active exception", SIGABRT) after
+    all its work succeeded."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_and_world() -> tuple[int, int]:
