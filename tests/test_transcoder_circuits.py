@@ -268,3 +268,33 @@ def test_path_search_recovers_planted_paths_within_and_across_positions(planted)
     assert int(deembedding(model, ts.encoder(0)[0][:, 0]).argmax()) == X
 
 
+
+
+def test_transcoder_paths_command_writes_a_graph(tiny_model_dir, tiny_model, tmp_path, capsys):
+    import argparse
+    import json
+
+    from cli import _transcoder_paths as command
+    from interp.dictionaries import save_dictionary
+
+    dirs = [str(save_dictionary(d, tmp_path / f"tc{i}"))
+            for i, d in enumerate(_per_layer("skip_transcoder", tiny_model.info.fingerprint, k=4))]
+    parser = argparse.ArgumentParser()
+    for flag in ("--model", "--out"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--device", default="cpu")
+    command.add_arguments(parser)
+    common = ["--model", str(tiny_model_dir), "--transcoders", *dirs, "--prompt", PROMPT]
+    args = parser.parse_args([*common, "--out", str(tmp_path / "logit"), "--num-iters", "2", "--num-branches", "3"])
+    assert command.run(args) == 0
+    out = capsys.readouterr().out
+    graph = json.loads((tmp_path / "logit" / "graph.json").read_text())
+    assert graph["format"] == "interp-circuit-graph" and graph["metadata"]["method"] == "transcoder_paths"
+    assert "paths of length 2:" in out and graph["metadata"]["root"] in {n["id"] for n in graph["nodes"]}
+    args = parser.parse_args([*common, "--out", str(tmp_path / "f"), "--root", "feature", "--layer", "1",
+                              "--feature", "3", "--position", "5", "--raw"])
+    assert command.run(args) == 0 and "L1 feature 3 @ 5" in capsys.readouterr().out
+    with pytest.raises(InterpError, match="needs --layer"):
+        command.run(parser.parse_args([*common, "--out", str(tmp_path / "x"), "--root", "feature", "--feature", "1"]))
+    with pytest.raises(InterpError, match="give one token"):
+        command.run(parser.parse_args([*common, "--out", str(tmp_path / "x"), "--token", "def add"]))
