@@ -298,3 +298,21 @@ def test_transcoder_paths_command_writes_a_graph(tiny_model_dir, tiny_model, tmp
         command.run(parser.parse_args([*common, "--out", str(tmp_path / "x"), "--root", "feature", "--feature", "1"]))
     with pytest.raises(InterpError, match="give one token"):
         command.run(parser.parse_args([*common, "--out", str(tmp_path / "x"), "--token", "def add"]))
+
+
+@pytest.mark.parametrize("setup", ["skip transcoders", "cross-layer transcoder"])
+def test_replacement_model_logits(tiny_model, setup):
+    from interp.circuits.replacement import replacement_logits
+    from interp.training.evals import _run_spliced
+
+    dictionaries = SETUPS[setup](tiny_model.info.fingerprint)
+    ts = TranscoderSet(dictionaries, tiny_model)
+    toks = tiny_model.to_tokens([PROMPT, PROMPT.upper()])
+    clean = tiny_model.forward(toks)
+    torch.testing.assert_close(replacement_logits(tiny_model, ts, toks, with_error=True), clean, rtol=1e-4, atol=1e-4)
+    replaced = replacement_logits(tiny_model, ts, toks)
+    assert (replaced - clean).abs().max() > 1e-2, "the transcoders are not the MLPs"
+    if setup == "cross-layer transcoder":  # the evals' splice of a causal dictionary is the same closed loop
+        mask = torch.ones(toks.shape, dtype=torch.bool)
+        torch.testing.assert_close(_run_spliced(dictionaries[0], tiny_model, toks, mask, ablate=False), replaced,
+                                   rtol=1e-4, atol=1e-4)

@@ -21,10 +21,10 @@ loaded with processing ``default`` or ``transformer_lens``) and sequential atten
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -264,12 +264,54 @@ def trace(model: Model, tokens: torch.Tensor | str, transcoders: TranscoderSet |
         inputs = {l: acts[transcoders.input_hook(l)] for l in transcoders.layers}
         features = {l: transcoders.encode(l, inputs[l]).float() for l in transcoders.layers}
         for m in transcoders.layers:
-            y = transcoders.bias(m).expand_as(inputs[m]).clone()
-            for l in transcoders.layers:
-                if m in transcoders.targets(l):
-                    y += features[l] @ transcoders.decoder(l, m)
-            S = transcoders.skip(m)
-            if S is not None:
-                y += inputs[m] @ S.T
-            recon[m], error[m] = y, acts[f"blocks.{m}.hook_mlp_out"] - y
+            recon[m] = _reconstruct(transcoders, m, features, inputs[m])
+            error[m] = acts[f"blocks.{m}.hook_mlp_out"] - recon[m]
     return Trace(toks[0].cpu(), acts, features, recon, error, transcoders, L)
+
+
+@torch.no_grad()
+def replacement_logits(model: Model, transcoders: TranscoderSet, tokens: torch.Tensor,
+                       with_error: bool = False) -> torch.Tensor:
+    """Logits (batch, pos, d_vocab) of the replacement model: the output of every MLP the transcoders cover is
+    replaced by their reconstruction, computed layer by layer from this forward pass's own MLP inputs (so a CLT
+    feature of layer l reads the replaced layers before it). ``with_error`` adds back each layer's error on the
+    clean run (MLP output minus reconstruction), which gives the model's own logits."""
+    tokens = tokens.to(model.device)
+    errors: dict[int, torch.Tensor] = {}
+    if with_error:
+        hooks = [h for layer in transcoders.layers
+                 for h in (transcoders.input_hook(layer), f"blocks.{layer}.hook_mlp_out")]
+        clean = model.capture(tokens, hooks).acts
+        inputs = {layer: clean[transcoders.input_hook(layer)] for layer in transcoders.layers}
+        features = {layer: transcoders.encode(layer, inputs[layer]) for layer in transcoders.layers}
+        errors = {m: clean[f"blocks.{m}.hook_mlp_out"] - _reconstruct(transcoders, m, features, inputs[m])
+                  for m in transcoders.layers}
+    seen: dict[int, torch.Tensor] = {}
+    feats: dict[int, torch.Tensor] = {}
+
+    def read(layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor | None]:
+        def hook(x: torch.Tensor, hook: Any) -> None:
+            seen[layer], feats[layer] = x, transcoders.encode(layer, x.float())
+        return hook
+
+    def write(layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor | None]:
+        def hook(y: torch.Tensor, hook: Any) -> torch.Tensor:
+            out = _reconstruct(transcoders, layer, feats, seen[layer].float())
+            return (out + errors[layer] if with_error else out).to(y.dtype)
+        return hook
+
+    fwd = [(transcoders.input_hook(layer), read(layer)) for layer in transcoders.layers]
+    fwd += [(f"blocks.{layer}.hook_mlp_out", write(layer)) for layer in transcoders.layers]
+    with model.hooks(fwd):
+        return model.forward(tokens)
+
+
+def _reconstruct(transcoders: TranscoderSet, target: int, features: dict[int, torch.Tensor],
+                 x: torch.Tensor) -> torch.Tensor:
+    """The transcoders' output at MLP ``target`` from the features of the layers that write it and its input x."""
+    y = transcoders.bias(target).expand_as(x).clone()
+    for layer in transcoders.layers:
+        if target in transcoders.targets(layer):
+            y += features[layer] @ transcoders.decoder(layer, target)
+    S = transcoders.skip(target)
+    return y + x @ S.T if S is not None else y
