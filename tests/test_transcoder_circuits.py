@@ -316,3 +316,27 @@ def test_replacement_model_logits(tiny_model, setup):
         mask = torch.ones(toks.shape, dtype=torch.bool)
         torch.testing.assert_close(_run_spliced(dictionaries[0], tiny_model, toks, mask, ablate=False), replaced,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_mean_attribution_averages_the_decomposition_over_the_tokens_where_the_feature_fires(tiny_model):
+    from interp.circuits.mean_attribution import mean_attribution
+
+    ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
+    prompts = [PROMPT, "class Point:\n    x = 1\n"]
+    toks = torch.nn.utils.rnn.pad_sequence([tiny_model.to_tokens(p)[0] for p in prompts], batch_first=True)
+    toks = toks[:, :12]
+    feature = int(trace(tiny_model, toks[0], ts).features[1][1:].sum(0).argmax())
+    result = mean_attribution(tiny_model, ts, 1, feature, 0, toks, quantile=0.0)
+    terms = []
+    for row in toks:
+        tr = trace(tiny_model, row, ts)
+        root_vec = None
+        for t in range(1, len(row)):
+            if tr.features[1][t, feature] > 0:
+                root_vec = feature_root(tiny_model, tr, 1, feature, t)
+                terms.append(decompose(tiny_model, tr, root_vec.vector, root_vec.site).features[0])
+    assert result.n_tokens == len(terms) > 0
+    torch.testing.assert_close(result.mean, torch.stack(terms).mean(0), rtol=1e-4, atol=1e-6)
+    assert 0.0 <= result.top_k_overlap(5) <= 1.0
+    with pytest.raises(InterpError, match="write to no MLP below"):
+        mean_attribution(tiny_model, ts, 0, feature, 1, toks)
