@@ -6,7 +6,7 @@ write them as a graph with error nodes (``graph.json``).
         --prompt "def add(a, b):" --root logit --num-iters 3 --num-branches 5 --out runs/paths
 
 The flags of ``interp.circuits.paths_api.TranscoderPathsConfig`` are generated from the dataclass; ``interp circuit``
-adds this module's arguments and hands the ``transcoder-paths`` method to :func:`run`.
+(``cli/circuit.py``) adds this module's arguments and hands the ``transcoder-paths`` method to :func:`run`.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_decompositions_sum_exactly_to_pre_activations_and_logits(tiny_model, se
 
 
 @pytest.mark.parametrize("raw", [True, False])
-def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_model, raw):
+def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_model, raw, tmp_path):
     ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
     tr = trace(tiny_model, PROMPT, ts)
     search = greedy_paths(tiny_model, tr, logit_root(tiny_model, tr, 5), num_iters=3, num_branches=4, raw=raw)
@@ -110,16 +110,18 @@ def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_model, raw):
             capped += abs(path[-1].value) > min(above)
         assert raw or not above or path[-1].score == max(-min(above), min(min(above), path[-1].value))
     assert raw or capped, "some contribution was capped"
-    graph = paths_graph(tiny_model, tr, search)
-    order = {n["id"]: i for i, n in enumerate(graph["nodes"])}
+    graph = paths_graph(tiny_model, tr, search)  # a CircuitGraph checks that edges run forward
     incoming: dict[str, float] = {}
-    for e in graph["edges"]:
-        assert order[e["source"]] < order[e["target"]], "edges run forward"
-        incoming[e["target"]] = incoming.get(e["target"], 0.0) + e["score"]
-    scores = {n["id"]: n["score"] for n in graph["nodes"]}
+    for e in graph.edges:
+        incoming[e.target] = incoming.get(e.target, 0.0) + e.score
+    scores = graph.node_scores()
     assert incoming and all(_close(v, scores[k]) for k, v in incoming.items())
     assert _close(scores[search.root.id], search.root.value)
-    assert {n["kind"] for n in graph["nodes"]} >= {"error", "bias", "pruned", "logit"}
+    assert {n.kind for n in graph.nodes} >= {"error", "bias", "pruned", "logit"}
+    from interp.circuits.graph import load_graph, save_graph
+
+    again = load_graph(save_graph(graph, tmp_path / "graph.json"))
+    assert again.node_scores() == scores and len(again.edges) == len(graph.edges)
 
 
 def test_pullbacks_are_the_input_invariant_part_of_the_attributions(tiny_model):
@@ -271,34 +273,28 @@ def test_path_search_recovers_planted_paths_within_and_across_positions(planted)
 
 
 def test_transcoder_paths_command_writes_a_graph(tiny_model_dir, tiny_model, tmp_path, capsys):
-    import argparse
     import json
 
-    from cli import _transcoder_paths as command
+    from cli.main import main
     from interp.dictionaries import save_dictionary
 
     dirs = [str(save_dictionary(d, tmp_path / f"tc{i}"))
             for i, d in enumerate(_per_layer("skip_transcoder", tiny_model.info.fingerprint, k=4))]
-    parser = argparse.ArgumentParser()
-    for flag in ("--model", "--out"):
-        parser.add_argument(flag, required=True)
-    parser.add_argument("--device", default="cpu")
-    command.add_arguments(parser)
-    common = ["--model", str(tiny_model_dir), "--transcoders", *dirs, "--prompt", PROMPT]
-    args = parser.parse_args([*common, "--out", str(tmp_path / "logit"), "--num-iters", "2", "--num-branches", "3"])
-    assert command.run(args) == 0
+    common = ["circuit", "transcoder-paths", "--model", str(tiny_model_dir), "--transcoders", *dirs,
+              "--prompt", PROMPT]
+    assert main([*common, "--out", str(tmp_path / "logit"), "--num-iters", "2", "--num-branches", "3"]) == 0
     out = capsys.readouterr().out
     graph = json.loads((tmp_path / "logit" / "graph.json").read_text())
-    assert graph["format"] == "interp-circuit-graph" and graph["metadata"]["method"] == "transcoder_paths"
+    assert graph["format"] == "interp-circuit-graph" and graph["metadata"]["method"] == "transcoder-paths"
     assert "paths of length 2:" in out and graph["metadata"]["root"] in {n["id"] for n in graph["nodes"]}
-    args = parser.parse_args([*common, "--out", str(tmp_path / "f"), "--root", "feature", "--layer", "1",
-                              "--feature", "3", "--position", "5", "--raw"])
-    assert command.run(args) == 0 and "L1 feature 3 @ 5" in capsys.readouterr().out
-    with pytest.raises(InterpError, match="needs --layer"):
-        command.run(parser.parse_args([*common, "--out", str(tmp_path / "x"), "--root", "feature", "--feature", "1"]))
-    with pytest.raises(InterpError, match="give one token"):
-        command.run(parser.parse_args([*common, "--out", str(tmp_path / "x"), "--token", "def add"]))
-
+    assert main([*common, "--out", str(tmp_path / "f"), "--root", "feature", "--layer", "1", "--feature", "3",
+                 "--position", "5", "--raw"]) == 0
+    assert "L1 feature 3 @ 5" in capsys.readouterr().out
+    assert main([*common, "--out", str(tmp_path / "x"), "--root", "feature", "--feature", "1"]) == 2
+    assert "needs --layer" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "x"), "--token", "def add"]) == 2
+    assert "give one token" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 @pytest.mark.parametrize("setup", ["skip transcoders", "cross-layer transcoder"])
 def test_replacement_model_logits(tiny_model, setup):

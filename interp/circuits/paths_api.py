@@ -6,15 +6,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from interp.circuits.dfa import attention_feature_root
+from interp.circuits.graph import CircuitGraph, save_graph
 from interp.circuits.replacement import Trace, TranscoderSet, trace
 from interp.circuits.transcoder_paths import PathSearch, Root, feature_root, greedy_paths, logit_root, paths_graph
 from interp.configs import config_to_dict
 from interp.dictionaries import Dictionary
 from interp.errors import InterpError
-from interp.io import atomic_write_json
 from interp.model import Model
 
 
@@ -64,8 +64,8 @@ class TranscoderPaths(NamedTuple):
 
     trace: Trace
     search: PathSearch
-    graph: dict[str, Any]
-    """``interp-circuit-graph`` JSON (see :func:`interp.circuits.transcoder_paths.paths_graph`)."""
+    graph: CircuitGraph
+    """The paths as a graph with error nodes (see :func:`interp.circuits.transcoder_paths.paths_graph`)."""
 
 
 def token_id(model: Model, text: str) -> int:
@@ -101,7 +101,7 @@ def transcoder_paths(model: Model, transcoders: TranscoderSet, cfg: TranscoderPa
                           ignore_bos=cfg.ignore_bos, absolute=cfg.absolute)
     graph = paths_graph(model, tr, search)
     hooks = sorted({str(transcoders.dictionary(layer).cfg.hook_in) for layer in transcoders.layers})
-    graph["metadata"].update(config=config_to_dict(cfg), runtime_s=time.perf_counter() - started, transcoders=hooks)
+    graph.metadata.update(config=config_to_dict(cfg), runtime_s=time.perf_counter() - started, transcoders=hooks)
     return TranscoderPaths(tr, search, graph)
 
 
@@ -117,7 +117,5 @@ def format_paths(search: PathSearch, limit: int = 10) -> str:
 
 def save_paths(result: TranscoderPaths, out_dir: str | Path) -> Path:
     """Write ``graph.json`` into ``out_dir`` (atomically); returns its path."""
-    path = Path(out_dir) / "graph.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, result.graph)
-    return path
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return save_graph(result.graph, Path(out_dir) / "graph.json")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from interp.circuits.decompose import Child, Component, Decomposition, Site, child, decompose, ln_pullback
+from interp.circuits.graph import CircuitGraph, Edge, Node
 from interp.circuits.replacement import Trace
 from interp.errors import InterpError
 from interp.model import Model
@@ -231,8 +232,8 @@ _STAGE = {"embed": 0, "pos": 0, "head": 0, "attn_feature": 1, "feature": 2, "ski
           "vector": 3}
 
 
-def paths_graph(model: Model, trace: Trace, search: PathSearch) -> dict[str, Any]:
-    """The paths of ``search`` as an ``interp-circuit-graph`` (schema 1) dictionary: nodes in forward order
+def paths_graph(model: Model, trace: Trace, search: PathSearch) -> CircuitGraph:
+    """The paths of ``search`` as a :class:`~interp.circuits.graph.CircuitGraph`: nodes in forward order
     (embeddings, then per layer heads, attention-SAE features, transcoder features; the logits last), edges
     child -> parent with the contribution as score, and per expanded node the error nodes ``err>``, ``bias>`` and
     ``rest>`` (kinds ``error``, ``bias``, ``pruned``) that make its incoming scores sum to its value."""
@@ -275,11 +276,12 @@ def paths_graph(model: Model, trace: Trace, search: PathSearch) -> dict[str, Any
             edges[(nid, parent)] = value
     order = {nid: _order(n, parent_of=n["attrs"].get("of"), nodes=nodes) for nid, n in nodes.items()}
     ordered = sorted(nodes.values(), key=lambda n: order[n["id"]])
-    metadata = {"method": "transcoder_paths", "model": model.info.to_dict(), "root": root.id,
+    metadata = {"method": "transcoder-paths", "model": model.info.to_dict(), "root": root.id,
                 "root_value": root.value, "prompt_tokens": model.token_strings(trace.tokens),
-                "config": search.config, "score_units": "contribution to the root's value"}
-    return {"format": "interp-circuit-graph", "schema_version": 1, "metadata": metadata, "nodes": ordered,
-            "edges": [{"source": s, "target": t, "score": w} for (s, t), w in edges.items()]}
+                "config": search.config, "score_units": "contribution to the root's value",
+                "score_origin": "edge"}
+    return CircuitGraph([Node(**n) for n in ordered], [Edge(s, t, score=w) for (s, t), w in edges.items()],
+                        metadata)
 
 
 def _order(node: dict[str, Any], parent_of: str | None, nodes: dict[str, dict[str, Any]]) -> tuple[float, ...]:
