@@ -24,7 +24,7 @@ import torch
 
 from interp.circuits.decompose import Component, Decomposition, Site, child, decompose
 from interp.circuits.replacement import Trace, affine_encoder
-from interp.circuits.transcoder_paths import Root
+from interp.circuits.pathsearch import Root
 from interp.dictionaries import Dictionary, check_compatible
 from interp.errors import InterpError
 from interp.model import Model

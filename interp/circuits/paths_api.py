@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 from interp.circuits.dfa import attention_feature_root
 from interp.circuits.graph import CircuitGraph, save_graph
 from interp.circuits.replacement import Trace, TranscoderSet, trace
-from interp.circuits.transcoder_paths import PathSearch, Root, feature_root, greedy_paths, logit_root, paths_graph
+from interp.circuits.pathsearch import PathSearch, Root, feature_root, greedy_paths, logit_root, paths_graph
 from interp.configs import config_to_dict
 from interp.dictionaries import Dictionary
 from interp.errors import InterpError
@@ -65,7 +65,7 @@ class TranscoderPaths(NamedTuple):
     trace: Trace
     search: PathSearch
     graph: CircuitGraph
-    """The paths as a graph with error nodes (see :func:`interp.circuits.transcoder_paths.paths_graph`)."""
+    """The paths as a graph with error nodes (see :func:`interp.circuits.pathsearch.paths_graph`)."""
 
 
 def token_id(model: Model, text: str) -> int:
