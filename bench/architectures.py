@@ -1,9 +1,11 @@
 """Every registered architecture trained on one store of a real model, with L0, FVU and CE loss recovered.
 
-One cache run stores the residual stream, the MLP input/output and the attention heads' z of one layer
+One cache run stores the residual stream and the attention heads' z of one layer, every layer's MLP input/output
 (with LM-loss gradients for the g-SAE). One training pass over it trains every architecture at once:
 the SAE family, MP, g-SAE and the post-hoc codebook on the residual stream, the transcoders from
-``ln2.hook_normalized`` to ``hook_mlp_out``, and an attention-output TopK SAE on ``attn.hook_z``.
+``ln2.hook_normalized`` to ``hook_mlp_out``, and an attention-output TopK SAE on ``attn.hook_z``. The cross-layer
+transcoder reads every layer's MLP input and writes every MLP output (the store holds them for every layer), so
+its CE loss recovered splices every MLP at once (bench/clt.py compares it with per-layer transcoders).
 Prints a markdown table (the one in docs/dictionaries.md).
 
 Usage: python bench/architectures.py [--model demo] [--layer 0] [--n-tokens 131072] [--train-tokens 524288]
@@ -43,6 +45,7 @@ def configs(layer: int, k: int, common: dict) -> list[TrainConfig]:
         "codebook": dict(hook=resid, k=8),
         "transcoder": dict(hook=mlp_in, hook_out=mlp_out, params={"l1_coeff": 5.0}),
         "skip_transcoder": dict(hook=mlp_in, hook_out=mlp_out, k=k),
+        "clt": dict(hook="blocks.*.ln2.hook_normalized", hook_out="blocks.*.hook_mlp_out"),
     }
     missing = set(REGISTRY) - set(specs)
     if missing:
@@ -65,8 +68,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     model = load_model(args.model)
-    hooks = tuple(f"blocks.{args.layer}.{h}" for h in ("hook_resid_post", "ln2.hook_normalized", "hook_mlp_out",
-                                                         "attn.hook_z"))
+    hooks = tuple(f"blocks.{args.layer}.{h}" for h in ("hook_resid_post", "attn.hook_z"))
+    hooks += ("blocks.*.ln2.hook_normalized", "blocks.*.hook_mlp_out")  # every layer's, for the CLT
     store = cache_activations(CacheConfig(model=args.model, hooks=hooks, corpus=CorpusConfig(source="stdlib"),
                                           n_tokens=args.n_tokens, ctx_len=min(128, model.info.n_ctx), with_grads=True),
                              out / "store", model=model)

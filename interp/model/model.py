@@ -246,6 +246,44 @@ class Model:
         return self.bridge.W_E
 
     @property
+    def W_pos(self) -> torch.Tensor | None:
+        """Learned positional embedding, (n_ctx, d_model); None for models without one (rotary)."""
+        return self.bridge.W_pos if self.bridge.cfg.positional_embedding_type == "standard" else None
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        """Value weights per head, (n_layers, n_heads, d_model, d_head): ``v = ln1(resid_pre) @ W_V[l, h] + b_V``."""
+        return self.bridge.W_V
+
+    @property
+    def b_V(self) -> torch.Tensor:
+        """Value biases, (n_layers, n_heads, d_head) (zero once folded into ``b_O``)."""
+        return self.bridge.b_V
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        """Attention output bias, (n_layers, d_model): ``attn_out = sum_h z_h W_O[l, h] + b_O[l]``."""
+        return self.bridge.b_O
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        """Unembedding bias, (d_vocab,)."""
+        return self.bridge.b_U
+
+    @property
+    def norm_centers(self) -> bool | None:
+        """True when the blocks' normalisation subtracts the mean (LayerNorm), False for RMSNorm, None when the
+        model has none; with LayerNorm weights folded (processing ``default``), ``ln*.hook_normalized`` is
+        ``(x - mean(x)) / hook_scale`` (LayerNorm) or ``x / hook_scale`` (RMSNorm)."""
+        kind = self.bridge.cfg.normalization_type
+        return None if kind is None else kind.startswith("LN")
+
+    @property
+    def parallel_blocks(self) -> bool:
+        """True when attention and MLP read the same residual stream (GPT-J, NeoX): no ``hook_resid_mid``."""
+        return bool(getattr(self.bridge.cfg, "parallel_attn_mlp", False))
+
+    @property
     def head_exportable(self) -> bool:
         """True when a trained final norm and unembedding can be written to Hugging Face format exactly
         (the folded unembedding bias b_U is constant over the vocabulary)."""

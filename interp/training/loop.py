@@ -267,10 +267,9 @@ def _revive(slot: Slot, tb: TrainBatch, step: int) -> None:
 
 
 def _normalised(d: Dictionary, batch: Batch, device: str) -> TrainBatch:
-    x = batch.acts[d.input_hook].to(device)
-    xn, stats = d.normalize_input(x)
-    yn = d.normalize_target(batch.acts[d.cfg.hook_out].to(device), stats) if d.cfg.hook_out else xn
-    g = batch.grads.get(d.input_hook) if batch.grads else None
+    xn, stats = d.normalize_input(d.input_rows(batch.acts).to(device))
+    yn = d.normalize_target(d.output_rows(batch.acts).to(device), stats) if d.output_hooks != d.input_hooks else xn
+    g = d.input_rows(batch.grads) if batch.grads else None
     return TrainBatch(xn, yn, d.normalize_grad(g.to(device), stats) if g is not None else None)
 
 
@@ -295,8 +294,9 @@ def _init_from_data(slots: list[Slot], data: Iterator[Batch], cfg: TrainConfig) 
         rows += cfg.batch_size
     for slot in slots:
         d = slot.dictionary
-        x = torch.cat([b.acts[d.input_hook] for b in batches])[: cfg.init_tokens].to(slot.cfg.device)
-        y = torch.cat([b.acts[d.cfg.hook_out] for b in batches])[: cfg.init_tokens] if d.cfg.hook_out else x
+        x = torch.cat([d.input_rows(b.acts) for b in batches])[: cfg.init_tokens].to(slot.cfg.device)
+        y = torch.cat([d.output_rows(b.acts) for b in batches])[: cfg.init_tokens] \
+            if d.output_hooks != d.input_hooks else x
         ok = torch.isfinite(x).all(1) & torch.isfinite(y.to(x.device)).all(1)
         if not ok.all():
             if slot.cfg.nan_policy == "stop":
