@@ -42,7 +42,8 @@ def test_activations_equal_run_with_cache(tiny_model_dir, tiny_model, corpus_dir
     for hook in HOOKS:
         rows = torch.cat([store.read(f"act/{hook}", i) for i in range(len(store.shards))])[: n * 32]
         ref = cache[hook].reshape(n * 32, -1)
-        assert torch.equal(rows, ref), hook
+        # the module path computes the same sums in another order (folded weights, fused q/k/v): float32 rounding
+        torch.testing.assert_close(rows, ref, rtol=1e-5, atol=1e-6, msg=hook)
     assert store.hook_shape("blocks.1.attn.hook_z") == [4, 8]
 
 
