@@ -119,9 +119,11 @@ def data_order(
     """Batches forever, epoch e shuffled with seed ``cfg.seed + e``: a pure function of (seed, step).
     ``part=(rank, n)``: this rank's share of every batch (see :meth:`ActivationSource.batches`)."""
     epoch = 0
+    pin = torch.device(cfg.device).type == "cuda"  # page-locked batches, copied with non_blocking=True
     while True:
         n = 0
-        batches = source.batches(hooks, cfg.batch_size, epochs=1, seed=cfg.seed + epoch, grads=grads, part=part)
+        batches = source.batches(hooks, cfg.batch_size, epochs=1, seed=cfg.seed + epoch, grads=grads, part=part,
+                                 pin_memory=pin)
         for batch in batches:
             n += 1
             yield batch
@@ -267,11 +269,11 @@ def _revive(slot: Slot, tb: TrainBatch, step: int) -> None:
 
 
 def _normalised(d: Dictionary, batch: Batch, device: str) -> TrainBatch:
-    x = batch.acts[d.input_hook].to(device)
+    x = batch.acts[d.input_hook].to(device, non_blocking=True)
     xn, stats = d.normalize_input(x)
-    yn = d.normalize_target(batch.acts[d.cfg.hook_out].to(device), stats) if d.cfg.hook_out else xn
+    yn = d.normalize_target(batch.acts[d.cfg.hook_out].to(device, non_blocking=True), stats) if d.cfg.hook_out else xn
     g = batch.grads.get(d.input_hook) if batch.grads else None
-    return TrainBatch(xn, yn, d.normalize_grad(g.to(device), stats) if g is not None else None)
+    return TrainBatch(xn, yn, d.normalize_grad(g.to(device, non_blocking=True), stats) if g is not None else None)
 
 
 def _finite_batch(batch: Batch, cfg: TrainConfig, step: int) -> bool:
