@@ -102,6 +102,35 @@ def _llama_spec(cfg: dict[str, Any], kind: str) -> Spec | str:
                 float(cfg.get("rms_norm_eps", 1e-6)), "silu", float(theta), scaling)
 
 
+class Linear(nn.Module):
+    """``x @ weight.T + bias``, whose weight (out, in) and optional bias the loader sets (no initialisation,
+    which for a large model costs seconds; nor a meta-device build, whose first use imports torch._dynamo)."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Module):
+    """Rows of ``weight`` (n, d), which the loader sets."""
+
+    weight: nn.Parameter
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_parameter("weight", None)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
 class HookPoint(nn.Module):
     """An identity, named like the TransformerLens hook at its place; a forward hook on it sees (and may
     replace) the activation."""
@@ -114,11 +143,14 @@ class Norm(nn.Module):
     """LayerNorm or RMSNorm, normalising first (``hook_normalized``), then scaling when the weights are not
     folded into the next layer (processing ``none``)."""
 
-    def __init__(self, d: int, eps: float, rms: bool, affine: bool, bias: bool):
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+
+    def __init__(self, d: int, eps: float, rms: bool):
         super().__init__()
         self.d, self.eps, self.rms = d, eps, rms
-        self.weight = nn.Parameter(torch.ones(d)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(d)) if affine and bias else None
+        self.register_parameter("weight", None)  # set by the loader when the norm keeps its own scale
+        self.register_parameter("bias", None)
         self.hook_normalized = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,8 +171,7 @@ class Attention(nn.Module):
     def __init__(self, s: Spec):
         super().__init__()
         self.n_heads, self.n_kv, self.d_head = s.n_heads, s.n_kv_heads, s.d_head
-        self.qkv = nn.Linear(s.d_model, (s.n_heads + 2 * s.n_kv_heads) * s.d_head, bias=False)
-        self.o = nn.Linear(s.n_heads * s.d_head, s.d_model, bias=False)
+        self.qkv, self.o = Linear(), Linear()
         self.hook_z = HookPoint()
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -170,8 +201,7 @@ class MLP(nn.Module):
     def __init__(self, s: Spec):
         super().__init__()
         self.gated, self.d_mlp, self.act = s.family == "llama", s.d_mlp, s.act
-        self.up = nn.Linear(s.d_model, s.d_mlp * (2 if self.gated else 1), bias=False)
-        self.down = nn.Linear(s.d_mlp, s.d_model, bias=False)
+        self.up, self.down = Linear(), Linear()
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,10 +217,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One pre-norm transformer block with the residual-stream hooks of TransformerLens."""
 
-    def __init__(self, s: Spec, affine: bool):
+    def __init__(self, s: Spec):
         super().__init__()
         rms = s.family == "llama"
-        self.ln1, self.ln2 = (Norm(s.d_model, s.eps, rms, affine, not rms) for _ in range(2))
+        self.ln1, self.ln2 = Norm(s.d_model, s.eps, rms), Norm(s.d_model, s.eps, rms)
         self.attn, self.mlp = Attention(s), MLP(s)
         self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint(), HookPoint()
         self.hook_mlp_in, self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
@@ -205,20 +235,19 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A causal LM whose submodule names are TransformerLens hook names (``blocks.0.attn.hook_z`` ...).
 
-    ``affine``: norms keep their own weights (processing ``none``); otherwise they are folded into the next
-    layer. Linear maps are built without biases; :func:`interp.model.weights.load_transformer` gives each the
-    bias the processed checkpoint has."""
+    Built empty: :func:`interp.model.weights.load_transformer` sets every weight, the biases the processed
+    checkpoint has, and the norms' own scales when they are not folded into the next layer."""
 
     inv_freq: torch.Tensor  # llama: rotary inverse frequencies (d_head / 2,), float32
 
-    def __init__(self, s: Spec, affine: bool):
+    def __init__(self, s: Spec):
         super().__init__()
         self.spec = s
-        self.embed = nn.Embedding(s.d_vocab, s.d_model)
-        self.pos_embed = nn.Embedding(s.n_ctx, s.d_model) if s.family == "gpt2" else None
-        self.blocks = nn.ModuleList(Block(s, affine) for _ in range(s.n_layers))
-        self.ln_final = Norm(s.d_model, s.eps, s.family == "llama", affine, s.family == "gpt2")
-        self.unembed = nn.Linear(s.d_model, s.d_vocab, bias=False)
+        self.embed = Embedding()
+        self.pos_embed = Embedding() if s.family == "gpt2" else None
+        self.blocks = nn.ModuleList(Block(s) for _ in range(s.n_layers))
+        self.ln_final = Norm(s.d_model, s.eps, s.family == "llama")
+        self.unembed = Linear()
         if s.family == "llama":
             self.register_buffer("inv_freq", rope_frequencies(s), persistent=False)
 

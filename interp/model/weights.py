@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from interp.model.transformer import Block, Spec, Transformer, rope_frequencies
+from interp.model.transformer import Block, Spec, Transformer
 
 # "default" is SAELens's convention (LayerNorm folded into the next weights, writing weights left
 # uncentred), so interp's dictionaries export to SAELens unchanged; "transformer_lens" is
@@ -76,8 +76,7 @@ def load_transformer(spec: Spec, files: list[Path], processing: str, device: tor
     """Build the :class:`Transformer` for ``spec`` from safetensors ``files``, processed per ``processing``."""
     steps = PROCESSING[processing]
     fold = bool(steps.get("fold_ln"))
-    with torch.device("meta"):
-        model = Transformer(spec, affine=not fold)
+    model = Transformer(spec)
     read = _Reader(files)
     layer_params, ends_params = (_gpt2_layer, _gpt2_ends) if spec.family == "gpt2" else (_llama_layer, _llama_ends)
     ends = ends_params(read, spec)
@@ -119,7 +118,7 @@ def load_transformer(spec: Spec, files: list[Path], processing: str, device: tor
     put(model.unembed, "weight", ends["unembed.w"])
     put(model.unembed, "bias", ends.get("unembed.b"))
     if spec.family == "llama":
-        model.inv_freq = rope_frequencies(spec).to(device)
+        model.inv_freq = model.inv_freq.to(device)
     return model.eval()
 
 
