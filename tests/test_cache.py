@@ -36,7 +36,7 @@ def _tokens(store: ActivationStore, n_ctx: int) -> torch.Tensor:
 def test_activations_equal_run_with_cache(tiny_model_dir, tiny_model, corpus_dir, tmp_path):
     store = cache_activations(_cfg(tiny_model_dir, corpus_dir), tmp_path / "s", progress=False)
     assert store.complete and len(store.shards) > 1
-    assert store.n_rows == 64 * 32
+    assert store.n_rows == 64 * 32 and store.manifest["capture"] == "modules"
     n = 6
     _, cache = tiny_model.bridge.run_with_cache(_tokens(store, n))
     for hook in HOOKS:
