@@ -144,6 +144,23 @@ def test_routing_falls_back_to_the_bridge(checkpoints):
     assert model.capture_path(["blocks.0.hook_resid_post"]) == "bridge"
 
 
+def test_a_hub_model_in_the_hugging_face_cache_runs_on_the_module_path(checkpoints, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--someone--tiny-llama"
+    shutil.copytree(checkpoints["llama"], repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_model("someone/tiny-llama")
+    assert model.info.name == "someone/tiny-llama" and model.capture_path(["blocks.0.hook_resid_post"]) == "modules"
+    local = load_model(str(checkpoints["llama"]))
+    hook = "blocks.1.hook_resid_mid"
+    torch.testing.assert_close(model.capture(_tokens(), [hook]).acts[hook], local.capture(_tokens(), [hook]).acts[hook])
+    assert model.info.fingerprint == local.info.fingerprint
+
+
 def test_unsupported_checkpoints_run_on_the_bridge(checkpoints, tmp_path):
     odd = Path(shutil.copytree(checkpoints["gpt2"], tmp_path / "odd"))
     config = json.loads((odd / "config.json").read_text())
