@@ -21,6 +21,7 @@ from interp.errors import InterpError
 from interp.model import load_model
 from interp.model.bridge import bridge_info
 from interp.model.checkpoint import checkpoint_record
+from interp.model.transformer import rope_frequencies, spec_from_config
 from interp.model.vocabulary import hook_names, served
 
 TORCH_THREADS = 1  # see conftest.py
@@ -159,6 +160,19 @@ def test_a_hub_model_in_the_hugging_face_cache_runs_on_the_module_path(checkpoin
     hook = "blocks.1.hook_resid_mid"
     torch.testing.assert_close(model.capture(_tokens(), [hook]).acts[hook], local.capture(_tokens(), [hook]).acts[hook])
     assert model.info.fingerprint == local.info.fingerprint
+
+
+def test_configs_old_and_new_and_what_is_refused():
+    base = dict(model_type="llama", hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=8,
+                vocab_size=10, max_position_embeddings=64)
+    old = spec_from_config({**base, "rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    new = spec_from_config({**base, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}})
+    plain = spec_from_config({**base, "rope_theta": 500.0})
+    assert old == new and not isinstance(plain, str)
+    torch.testing.assert_close(rope_frequencies(old) * 2, rope_frequencies(plain))
+    assert "rope_type 'yarn'" in spec_from_config({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    assert "sliding-window" in spec_from_config({**base, "model_type": "mistral", "sliding_window": 16})
+    assert "model_type 'gemma'" in spec_from_config({**base, "model_type": "gemma"})
 
 
 def test_unsupported_checkpoints_run_on_the_bridge(checkpoints, tmp_path):

@@ -95,6 +95,7 @@ def _llama_spec(cfg: dict[str, Any], kind: str) -> Spec | str:
     if bad:
         return f"{kind} config with {', '.join(bad)}"
     d, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    rope["rope_type"] = rope_type  # older configs name it "type"
     scaling = tuple(sorted((k, v) for k, v in rope.items() if k not in ("rope_theta", "type")))
     return Spec("llama", (cfg.get("architectures") or [_LLAMA_TYPES[kind]])[0], d, int(cfg["num_hidden_layers"]),
                 heads, int(cfg.get("num_key_value_heads") or heads), int(cfg.get("head_dim") or d // heads),
