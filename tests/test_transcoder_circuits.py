@@ -8,8 +8,8 @@ import torch
 
 from interp.circuits.decompose import Site, child, decompose, deembedding, pullback
 from interp.circuits.dfa import attention_dfa, attention_feature_root, recursive_dfa
-from interp.circuits.replacement import TranscoderSet, trace
 from interp.circuits.pathsearch import feature_root, greedy_paths, logit_root, paths_graph, vector_root
+from interp.circuits.replacement import TranscoderSet, trace
 from interp.dictionaries import create
 from interp.errors import InterpError
 

@@ -145,6 +145,7 @@ def _new_manifest(cfg: CacheConfig, model: Model, hooks: list[str], shapes: dict
         "ctx_len": cfg.ctx_len,
         "dtype": cfg.dtype,
         "with_grads": cfg.with_grads,
+        "capture": model.capture_path(hooks),  # the engine that computed the rows: "modules" or "bridge"
         "corpus": asdict(cfg.corpus),
         "spec": spec,
         "shards": [],

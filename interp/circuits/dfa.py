@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from interp.circuits.decompose import Component, Decomposition, Site, child, decompose
-from interp.circuits.replacement import Trace, affine_encoder
 from interp.circuits.pathsearch import Root
+from interp.circuits.replacement import Trace, affine_encoder
 from interp.dictionaries import Dictionary, check_compatible
 from interp.errors import InterpError
 from interp.model import Model

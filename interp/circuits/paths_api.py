@@ -10,8 +10,8 @@ from typing import Literal, NamedTuple
 
 from interp.circuits.dfa import attention_feature_root
 from interp.circuits.graph import CircuitGraph, save_graph
-from interp.circuits.replacement import Trace, TranscoderSet, trace
 from interp.circuits.pathsearch import PathSearch, Root, feature_root, greedy_paths, logit_root, paths_graph
+from interp.circuits.replacement import Trace, TranscoderSet, trace
 from interp.configs import config_to_dict
 from interp.dictionaries import Dictionary
 from interp.errors import InterpError

@@ -119,9 +119,11 @@ def data_order(
     """Batches forever, epoch e shuffled with seed ``cfg.seed + e``: a pure function of (seed, step).
     ``part=(rank, n)``: this rank's share of every batch (see :meth:`ActivationSource.batches`)."""
     epoch = 0
+    pin = torch.device(cfg.device).type == "cuda"  # page-locked batches, copied with non_blocking=True
     while True:
         n = 0
-        batches = source.batches(hooks, cfg.batch_size, epochs=1, seed=cfg.seed + epoch, grads=grads, part=part)
+        batches = source.batches(hooks, cfg.batch_size, epochs=1, seed=cfg.seed + epoch, grads=grads, part=part,
+                                 pin_memory=pin)
         for batch in batches:
             n += 1
             yield batch
@@ -267,10 +269,11 @@ def _revive(slot: Slot, tb: TrainBatch, step: int) -> None:
 
 
 def _normalised(d: Dictionary, batch: Batch, device: str) -> TrainBatch:
-    xn, stats = d.normalize_input(d.input_rows(batch.acts).to(device))
-    yn = d.normalize_target(d.output_rows(batch.acts).to(device), stats) if d.output_hooks != d.input_hooks else xn
+    xn, stats = d.normalize_input(d.input_rows(batch.acts).to(device, non_blocking=True))
+    y = d.output_rows(batch.acts).to(device, non_blocking=True) if d.output_hooks != d.input_hooks else None
+    yn = d.normalize_target(y, stats) if y is not None else xn
     g = d.input_rows(batch.grads) if batch.grads else None
-    return TrainBatch(xn, yn, d.normalize_grad(g.to(device), stats) if g is not None else None)
+    return TrainBatch(xn, yn, d.normalize_grad(g.to(device, non_blocking=True), stats) if g is not None else None)
 
 
 def _finite_batch(batch: Batch, cfg: TrainConfig, step: int) -> bool:
