@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from interp.activations.source import act_key, grad_key, probe_shapes
 from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, shard_name
@@ -44,6 +43,7 @@ from interp.errors import InterpError
 from interp.io import atomic_write_json, disk_full_errors, read_json, remove_temporaries, save_tensors
 from interp.model.corpus import Context, CorpusConfig, iter_contexts
 from interp.model.model import Model, load_model
+from interp.progress import progress_bar
 
 log = logging.getLogger(__name__)
 PART_GLOB = "manifest.rank*.json"
@@ -360,8 +360,7 @@ def _write(
                 break
     parts = world > 1 or any(i >= len(manifest["shards"]) for i in done)
     writer = _ShardWriter(out, manifest, part=rank if parts else None)
-    bar = tqdm(total=cfg.n_contexts * cfg.ctx_len, unit="tok", unit_scale=True, desc="cache", disable=not progress,
-               smoothing=0.1)
+    bar = progress_bar(cfg.n_contexts * cfg.ctx_len, "cache", enabled=progress)
     try:
         n_contexts, last = 0, False
         for index, group in groups:
