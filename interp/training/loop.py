@@ -335,6 +335,8 @@ def _finish(
             **config_to_dict(s.cfg),
             "store": str(source.path) if source.path is not None else None,
             "source": type(source).__name__,
+            "ctx_len": source.ctx_len,
+            "model": source.model,
             "n_steps": s.cfg.n_steps,
             "lr_resolved": s.lr,
             "dead_tokens": s.dead_tokens,
