@@ -47,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
         explanations=load_explanations(args.explanations or args.features),
     )
     host, port = str(server.server_address[0]), int(server.server_address[1])
-    print(f"serving {site} at http://{host}:{port}/  (prompt view: http://{host}:{port}/prompt.html)", flush=True)
-    try:
+    try:  # from the announcement on, Ctrl-C is how the server is stopped
+        print(f"serving {site} at http://{host}:{port}/  (prompt view: http://{host}:{port}/prompt.html)", flush=True)
         server.serve_forever()
-    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an interruption to report
+    except KeyboardInterrupt:  # not an interruption to report
         print("interp serve: stopped.")
     finally:
         server.server_close()

@@ -5,17 +5,12 @@ no page (static or served) may be wider than the window."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
-from conftest import CORPUS_LINES, make_tiny_model
 
 from interp.site.build import build_dashboard
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 LONG = ["Q" + "abcdefghij" * 120, "<b>" + "0123456789" * 119 + "zz</b>"]  # 1,200 characters each, no spaces
 VIEWPORTS = [(1280, 900), (800, 900), (420, 800)]
 N_FEATURES = 16
@@ -36,7 +31,7 @@ OVERFLOW = """() => {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, stand_in_sae):
+def world(tmp_path_factory, stand_in_sae, tiny_model_factory, corpus_lines):
     """A model with two 1,200-character tokens whose unembeddings are large (so they lead every feature's logit
     effects), a corpus full of them, a stand-in SAE whose feature 0 fires on them, its features and their site."""
     import torch
@@ -47,7 +42,7 @@ def world(tmp_path_factory, stand_in_sae):
     from interp.model import CorpusConfig, load_model
 
     base = tmp_path_factory.mktemp("layout")
-    model_dir = make_tiny_model(base / "model", extra_tokens=LONG)
+    model_dir = tiny_model_factory(base / "model", extra_tokens=LONG)
     hf = GPT2LMHeadModel.from_pretrained(model_dir)
     long_ids = [hf.config.vocab_size - 2, hf.config.vocab_size - 1]
     with torch.no_grad():
@@ -56,7 +51,7 @@ def world(tmp_path_factory, stand_in_sae):
     corpus = base / "corpus"
     corpus.mkdir()
     for i in range(12):
-        (corpus / f"d{i}.txt").write_text(CORPUS_LINES[i % 5] + (LONG[i % 2] + " x = ") * 6)
+        (corpus / f"d{i}.txt").write_text(corpus_lines[i % 5] + (LONG[i % 2] + " x = ") * 6)
     model = load_model(str(model_dir))
     store = cache_activations(CacheConfig(model=str(model_dir), hooks=(HOOK,), n_tokens=640, ctx_len=32,
                                           corpus=CorpusConfig(source=str(corpus))), base / "store", progress=False)
@@ -75,32 +70,12 @@ def world(tmp_path_factory, stand_in_sae):
     return {"model": model, "sae": sae, "fs": fs, "site": index.parent, "expl": expl}
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture(params=VIEWPORTS, ids=lambda v: f"{v[0]}px")
 def page(browser, request):
     context = browser.new_context(viewport={"width": request.param[0], "height": request.param[1]})
     pg = context.new_page()
     yield pg
     context.close()
-
-
-def _open(page, url: str) -> None:
-    page.goto(url)
-    try:
-        page.wait_for_selector("body[data-ready]", timeout=20000)
-    except Exception as e:
-        raise AssertionError(f"{url[:120]} never got ready: {page.inner_text('main')[:500]}") from e
 
 
 def _fits(page) -> None:
@@ -112,8 +87,8 @@ def _long_chips(page, scope: str) -> int:
     return page.evaluate(f"[...document.querySelectorAll('{scope} .chip')].filter(c => c.title.length > 1000).length")
 
 
-def test_index_keeps_every_column_on_screen(page, world):
-    _open(page, (world["site"] / "index.html").as_uri())
+def test_index_keeps_every_column_on_screen(page, world, open_ready):
+    open_ready(page, (world["site"] / "index.html").as_uri())
     page.select_option("#filter", "all")
     assert _long_chips(page, "#rows") > 0, "the long tokens should be among the top tokens"
     _fits(page)
@@ -125,8 +100,8 @@ def test_index_keeps_every_column_on_screen(page, world):
     assert "a long explanation" in page.inner_text("#rows")
 
 
-def test_feature_page_keeps_long_tokens_inside_the_logit_table(page, world):
-    _open(page, (world["site"] / "feature.html").as_uri() + "?i=0")
+def test_feature_page_keeps_long_tokens_inside_the_logit_table(page, world, open_ready):
+    open_ready(page, (world["site"] / "feature.html").as_uri() + "?i=0")
     assert _long_chips(page, "#logits") > 0, "the long tokens should lead the logit effects"
     card = page.locator("#logits").bounding_box()
     rights = page.evaluate("[...document.querySelectorAll('#logits td, #logits .chip')]"
@@ -135,7 +110,7 @@ def test_feature_page_keeps_long_tokens_inside_the_logit_table(page, world):
     _fits(page)
 
 
-def test_served_prompt_view_and_feature_page_fit_the_window(page, world):
+def test_served_prompt_view_and_feature_page_fit_the_window(page, world, open_ready):
     from interp.site.serve import make_server
 
     expl = {i: {"text": e["explanation"], "scores": e["scores"]} for i, e in world["expl"].items()}
@@ -147,12 +122,13 @@ def test_served_prompt_view_and_feature_page_fit_the_window(page, world):
         host, port = server.server_address[:2]
         from urllib.parse import quote
 
-        _open(page, f"http://{host}:{port}/prompt.html?text=" + quote("def f(x):\n    return " + LONG[0] + LONG[1]))
+        text = quote("def f(x):\n    return " + LONG[0] + LONG[1])
+        open_ready(page, f"http://{host}:{port}/prompt.html?text={text}")
         assert page.locator("#tokens .tok").count() > 3
         _fits(page)
         page.click("#tokens .tok >> nth=-1")
         _fits(page)
-        _open(page, f"http://{host}:{port}/feature.html?i=1")
+        open_ready(page, f"http://{host}:{port}/feature.html?i=1")
         _fits(page)
     finally:
         server.shutdown()
