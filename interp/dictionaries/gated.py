@@ -39,6 +39,7 @@ class GatedSAE(LinearSAE):
         "l1_warmup": 0.0,
         "resample": True,
     }
+    derived = ("l1_coeff_",)
     l1_coeff_: torch.Tensor
     """() buffer: the L1 coefficient in use (-1 until derived from the data)."""
 
@@ -49,19 +50,10 @@ class GatedSAE(LinearSAE):
         given = self.p["l1_coeff"]
         self.register_buffer("l1_coeff_", torch.tensor(-1.0 if given is None else float(given)))
 
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        state_dict.setdefault(prefix + "l1_coeff_", self.l1_coeff_.clone())  # saved before it was derived
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     @torch.no_grad()
-    def init_from_data(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
-        super().init_from_data(x, y, generator)
-        self._derive(y)
-
-    @torch.no_grad()
-    def _derive(self, y: torch.Tensor) -> None:
+    def derive(self, y: torch.Tensor) -> None:
         if self.p["l1_coeff"] is None:
-            self.l1_coeff_.fill_(float(self.p["sparsity"]) * float((y - self.b_dec).pow(2).sum(1).mean().sqrt()))
+            self.l1_coeff_.fill_(float(self.p["sparsity"]) * self.centred_energy(y) ** 0.5)
 
     def _paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xc = x - self.input_bias()
@@ -75,7 +67,7 @@ class GatedSAE(LinearSAE):
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
         if self.l1_coeff_ < 0:  # trained without init_from_data
-            self._derive(batch.y)
+            self.derive(batch.y)
         gate, mag = self._paths(batch.x)
         f = (gate > 0) * F.relu(mag)
         y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)

@@ -81,6 +81,7 @@ class JumpReluSAE(LinearSAE):
         "sparsity": 0.02,
         "l0_warmup": 0.1,
     }
+    derived = ("l0_coeff_", "bandwidth_")
     l0_coeff_: torch.Tensor
     """() buffer: the L0 coefficient in use (-1 until derived from the data)."""
     bandwidth_: torch.Tensor
@@ -94,25 +95,14 @@ class JumpReluSAE(LinearSAE):
         self.register_buffer("l0_coeff_", torch.tensor(unset if self.p["l0_coeff"] is None else self.p["l0_coeff"]))
         self.register_buffer("bandwidth_", torch.tensor(unset if self.p["bandwidth"] is None else self.p["bandwidth"]))
 
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        for name in ("l0_coeff_", "bandwidth_"):  # dictionaries saved before these were derived from data
-            state_dict.setdefault(prefix + name, getattr(self, name).clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     @property
     def threshold(self) -> torch.Tensor:
         return self.log_threshold.exp()
 
     @torch.no_grad()
-    def init_from_data(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
-        super().init_from_data(x, y, generator)
-        self._derive(y)
-
-    @torch.no_grad()
-    def _derive(self, y: torch.Tensor) -> None:
-        """Fill the settings left to the data from a sample of targets ``y`` (normalised coordinates)."""
+    def derive(self, y: torch.Tensor) -> None:
         if self.p["l0_coeff"] is None:
-            self.l0_coeff_.fill_(float(self.p["sparsity"]) * float((y - self.b_dec).pow(2).sum(1).mean()))
+            self.l0_coeff_.fill_(float(self.p["sparsity"]) * self.centred_energy(y))
         theta = self.p["threshold_init"] or float(self.l0_coeff_.sqrt().clamp_min(1e-6))
         if self.p["threshold_init"] is None:
             self.log_threshold.fill_(math.log(theta))
@@ -125,7 +115,7 @@ class JumpReluSAE(LinearSAE):
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
         if self.l0_coeff_ < 0 or self.bandwidth_ < 0:  # trained without init_from_data
-            self._derive(batch.y)
+            self.derive(batch.y)
         pi = self.pre_acts(batch.x)
         theta, eps = self.threshold, float(self.bandwidth_)
         f = _JumpReLU.apply(pi, theta, eps)
