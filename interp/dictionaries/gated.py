@@ -51,7 +51,7 @@ class GatedSAE(LinearSAE):
         self.register_buffer("l1_coeff_", torch.tensor(-1.0 if given is None else float(given)))
 
     @torch.no_grad()
-    def derive(self, y: torch.Tensor) -> None:
+    def derive(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.p["l1_coeff"] is None:
             self.l1_coeff_.fill_(float(self.p["sparsity"]) * self.centred_energy(y) ** 0.5)
 
@@ -67,7 +67,7 @@ class GatedSAE(LinearSAE):
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
         if self.l1_coeff_ < 0:  # trained without init_from_data
-            self.derive(batch.y)
+            self.derive(batch.x, batch.y)
         gate, mag = self._paths(batch.x)
         f = (gate > 0) * F.relu(mag)
         y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)

@@ -100,7 +100,7 @@ class JumpReluSAE(LinearSAE):
         return self.log_threshold.exp()
 
     @torch.no_grad()
-    def derive(self, y: torch.Tensor) -> None:
+    def derive(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.p["l0_coeff"] is None:
             self.l0_coeff_.fill_(float(self.p["sparsity"]) * self.centred_energy(y))
         theta = self.p["threshold_init"] or float(self.l0_coeff_.sqrt().clamp_min(1e-6))
@@ -115,7 +115,7 @@ class JumpReluSAE(LinearSAE):
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
         if self.l0_coeff_ < 0 or self.bandwidth_ < 0:  # trained without init_from_data
-            self.derive(batch.y)
+            self.derive(batch.x, batch.y)
         pi = self.pre_acts(batch.x)
         theta, eps = self.threshold, float(self.bandwidth_)
         f = _JumpReLU.apply(pi, theta, eps)

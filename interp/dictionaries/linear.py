@@ -118,11 +118,11 @@ class LinearSAE(Dictionary):
         self.b_dec.copy_(center(y))
         if self.b_in is not None:
             self.b_in.copy_(center(x))
-        self.derive(y)
+        self.derive(x, y)
 
-    def derive(self, y: torch.Tensor) -> None:
-        """Set the scale-dependent settings left to the data (the ``derived`` buffers) from a sample of targets
-        ``y`` in normalised coordinates, after ``b_dec`` is set. Nothing by default."""
+    def derive(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set the scale-dependent settings left to the data (the ``derived`` buffers) from a sample of inputs
+        ``x`` and targets ``y`` in normalised coordinates, after ``b_dec`` is set. Nothing by default."""
 
     def centred_energy(self, y: torch.Tensor) -> float:
         """E ||y - b_dec||^2 over the rows of ``y``: the scale of the squared error."""
