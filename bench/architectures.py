@@ -9,6 +9,7 @@ its CE loss recovered splices every MLP at once (bench/clt.py compares it with p
 Prints a markdown table (the one in docs/dictionaries.md).
 
 Usage: python bench/architectures.py [--model demo] [--layer 0] [--n-tokens 131072] [--train-tokens 524288]
+       [--only jumprelu,gated]
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def configs(layer: int, k: int, common: dict) -> list[TrainConfig]:
         "matryoshka": dict(hook=resid, k=k),
         "relu": dict(hook=resid, params={"l1_coeff": 5.0}),
         "relu_normweighted": dict(hook=resid, params={"l1_coeff": 5.0}),
-        "jumprelu": dict(hook=resid, params={"threshold_init": 0.5, "bandwidth": 0.1, "l0_coeff": 0.3}),
-        "gated": dict(hook=resid, params={"l1_coeff": 5.0}),
+        "jumprelu": dict(hook=resid),  # registry defaults: l0_coeff, threshold, bandwidth from the data
+        "gated": dict(hook=resid),  # registry defaults: l1_coeff from the data
         "mp": dict(hook=resid, k=k),
         "gsae": dict(hook=resid, k=k),
         "codebook": dict(hook=resid, k=8),
@@ -64,6 +65,7 @@ def main() -> None:
     p.add_argument("--n-tokens", type=int, default=131_072)
     p.add_argument("--train-tokens", type=int, default=524_288)
     p.add_argument("--out", default="runs/architectures")
+    p.add_argument("--only", default=None, help="comma-separated dictionary names to train (default: all)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
@@ -75,7 +77,8 @@ def main() -> None:
                              out / "store", model=model)
     common = dict(expansion=args.expansion, n_tokens=args.train_tokens, batch_size=1024, seed=0)
     t = time.perf_counter()
-    result = train_dictionary(configs(args.layer, args.k, common), store, out / "dicts")
+    cfgs = [c for c in configs(args.layer, args.k, common) if not args.only or c.name in args.only.split(",")]
+    result = train_dictionary(cfgs, store, out / "dicts")
     train_s = time.perf_counter() - t
     print(f"model {args.model} (d_model={model.info.d_model}), layer {args.layer}, {store.n_rows} cached rows, "
           f"{args.train_tokens} training tokens each, all trained in one pass of {train_s:.0f} s\n")

@@ -14,6 +14,9 @@ from cli.config_flags import add_config_flags, config_kwargs
 CONFIG = ("interp.activations.cache", "CacheConfig")
 RENAME = {"corpus.source": "corpus"}
 
+RESUMABLE = True
+"""Run again after an interruption, the job resumes (see ``cli.main``)."""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("cache", help="cache activations to a store", description=__doc__)

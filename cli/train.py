@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 CONFIG = ("interp.training.config", "TrainConfig")
 
+RESUMABLE = True
+"""Run again after an interruption, the job resumes (see ``cli.main``)."""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from interp.dictionaries import REGISTRY

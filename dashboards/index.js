@@ -74,7 +74,7 @@
   root.replaceChildren(title,
     el("div", { class: "card" },
       el("div", { class: "controls" }, search, filter, count),
-      el("table", { class: "index" }, el("thead", {}, headRow), tbody),
+      el("div", { class: "scroll-x" }, el("table", { class: "index" }, el("thead", {}, headRow), tbody)),
       el("div", { class: "pager" }, prev, next, pageInfo)));
 
   let view = [];

@@ -265,7 +265,9 @@ def test_hand_written_sparsify_coder_reproduces_the_reference(tmp_path, transcod
         "d_in": D_IN,
     }
     d = import_dictionary(_write(tmp_path / "layers.3.mlp", cfg, tensors, "sae.safetensors"), "sparsify")
-    assert d.cfg.hook_in == "layers.3.mlp" and d.cfg.architecture == ("skip_transcoder" if transcode else "topk")
+    assert d.cfg.hook_in == ("layers.3.mlp" if transcode else "blocks.3.hook_mlp_out")
+    assert d.cfg.hook_out == ("blocks.3.hook_mlp_out" if transcode else None)
+    assert d.cfg.architecture == ("skip_transcoder" if transcode else "topk")
     x = torch.randn(20, D_IN)
     centred = x if transcode else x - tensors["b_dec"]
     top = F.relu(centred @ tensors["encoder.weight"].T + tensors["encoder.bias"]).topk(6, dim=1)

@@ -45,7 +45,6 @@ PARAMS = {
     "mp": {"k": 4},
     "codebook": {"k": 2},
     "skip_transcoder": {"k": 4},
-    "jumprelu": {"params": {"threshold_init": 1.0, "bandwidth": 0.1, "l0_coeff": 3.0}},
     "transcoder": {"params": {"l1_coeff": 1.0}},
     "clt": {"params": {"sparsity_coeff": 0.3}},
 }

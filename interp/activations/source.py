@@ -64,6 +64,11 @@ class ActivationSource(Protocol):
     @property
     def path(self) -> Path | None: ...
 
+    @property
+    def ctx_len(self) -> int | None:
+        """Tokens per context the rows were computed in (BOS included); None when rows are not from contexts."""
+        ...
+
     def d(self, hook: str) -> int:
         """Row width of ``hook`` (its per-token activation flattened)."""
         ...

@@ -30,7 +30,7 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,6 +63,8 @@ class ShardInfo:
     contexts: int
     bytes: int
     sha256: str
+    contexts_sha256: str | None = None
+    """sha256 of the shard's tokens, doc and pos columns (what the corpus gave it); None in older stores."""
 
 
 class Chunk(NamedTuple):
@@ -177,7 +179,11 @@ class ActivationStore(RowSource):
             raise InterpError(f"{self.path / MANIFEST} is not an interp activation store manifest.")
         if self.manifest.get("version", 0) > VERSION:
             raise InterpError(f"Store {self.path} has format version {self.manifest['version']}; upgrade interp.")
-        self.shards = [ShardInfo(**s) for s in self.manifest["shards"]]
+        known = {f.name for f in fields(ShardInfo)}
+        self.shards = [ShardInfo(**{k: v for k, v in s.items() if k in known}) for s in self.manifest["shards"]]
+        if not self.complete:
+            log.warning("store %s is incomplete (being written, or interrupted): reading its %d complete shards; "
+                        "run the same interp cache command to finish it", self.path, len(self.shards))
         self.verify = verify
         self._verified: set[str] = set()
 

@@ -30,14 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from interp.autointerp.explanations import load_explanations
 from interp.errors import InterpError
 from interp.features.store import KINDS, FeatureStore, load_feature_store
-from interp.io import atomic_directory
+from interp.io import atomic_directory, disk_full_errors
+from interp.progress import progress_bar
 
 log = logging.getLogger(__name__)
+
+DISK_FULL_HINT = (
+    "The site is written beside its directory and swapped in only when complete, so the old site (if any) is "
+    "unchanged. Free space there and run the same interp dashboard command again."
+)
 
 INDEX_CHUNK = 4096
 _BLOCK = 512
@@ -72,7 +77,7 @@ def build_dashboard(
     out = Path(out_dir)
     if out.exists() and not (out / "index.html").exists() and any(out.iterdir()):
         raise InterpError(f"{out} is not empty and holds no dashboard; choose a new directory.")
-    with atomic_directory(out) as tmp:
+    with disk_full_errors(DISK_FULL_HINT), atomic_directory(out) as tmp:
         _write_site(fs, expl, tmp, progress)
     log.info("dashboard for %d features at %s", fs.n_features, out)
     return out / "index.html"
@@ -92,7 +97,7 @@ def _write_site(fs: FeatureStore, expl: dict[int, dict[str, Any]], tmp: Path, pr
             + safe_json(_index_chunk(fs, a, min(a + INDEX_CHUNK, fs.n_features), tops, expl, score_name))
             + ");\n",
         )
-    bar = tqdm(total=fs.n_features, unit="feat", desc="dashboard", disable=not progress)
+    bar = progress_bar(fs.n_features, "dashboard", "feat", enabled=progress, unit_scale=False)
     for a in range(0, fs.n_features, _BLOCK):
         for rec in feature_payloads(fs, range(a, min(a + _BLOCK, fs.n_features)), tops, expl):
             _write(tmp / "data" / "features" / f"{rec['i']}.js", js_assign("INTERP_FEATURE", rec))

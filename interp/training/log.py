@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.configs import config_to_dict
+from interp.progress import progress_bar as make_bar
 from interp.training.slot import Slot
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,5 @@ class TrainLog:
 
 
 def progress_bar(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc="train", dynamic_ncols=True)
+    """The training bar (see ``interp.progress``), or None when disabled."""
+    return make_bar(total, "train", initial=initial) if enabled else None

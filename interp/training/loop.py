@@ -34,6 +34,7 @@ from interp.dictionaries import Dictionary, StepOutput, TrainBatch, TrainState, 
 from interp.dictionaries.linear import release_workspaces
 from interp.distributed import any_rank, check_same_everywhere, gather_json
 from interp.errors import InterpError
+from interp.io import disk_full_errors
 from interp.training.checkpoint import remove_checkpoint, reset_moments, resume_slots, save_slots
 from interp.training.config import AUTOCAST, TrainConfig
 from interp.training.distributed import (
@@ -89,7 +90,14 @@ def train_dictionary(
     plan = make_plan([slot_cost(c, source) for c in cfgs], cfgs[0].batch_size)
     slots = [make_slot(c, source, i) for i, c in enumerate(cfgs) if plan.mine(i)]
     hooks = sorted({h for c in cfgs for h in slot_hooks(c, source)})
-    return run_loop(slots, cfgs, source, Path(out_dir), progress, plan, hooks, names)
+    with disk_full_errors(DISK_FULL_HINT):
+        return run_loop(slots, cfgs, source, Path(out_dir), progress, plan, hooks, names)
+
+
+DISK_FULL_HINT = (
+    "The last complete checkpoint (checkpoint/state.json in the output directory) stays valid. Free space there "
+    "and run the same interp train command again: it resumes from that checkpoint."
+)
 
 
 def _describe(source: ActivationSource) -> dict[str, Any]:
@@ -330,6 +338,8 @@ def _finish(
             **config_to_dict(s.cfg),
             "store": str(source.path) if source.path is not None else None,
             "source": type(source).__name__,
+            "ctx_len": source.ctx_len,
+            "model": source.model,
             "n_steps": s.cfg.n_steps,
             "lr_resolved": s.lr,
             "dead_tokens": s.dead_tokens,
