@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from interp.autointerp import explanations as fmt
+from interp.autointerp.allatonce import simulation_mode
 from interp.autointerp.client import LLMClient, LLMConfig, Usage
 from interp.autointerp.config import AutointerpConfig, parse_features
 from interp.autointerp.examples import SampleConfig, n_activating, sample_feature
@@ -68,6 +69,7 @@ class _Run:
     path: Path
     client: LLMClient | None
     local: LocalModels
+    simulation: str = "chat"
     failures: Counter[str] = field(default_factory=Counter)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -151,6 +153,8 @@ async def _main(fs: Any, cfg: AutointerpConfig, sample: SampleConfig, llm: LLMCo
     run = _Run(fs, cfg, sample, path, client, LocalModels(fs, local))
     slots = cfg.feature_slots or (2 * client.cfg.concurrency if client else 4)
     try:
+        if do_score and "simulation" in cfg.scorer_list():
+            run.simulation = await simulation_mode(client, cfg)  # checks the server before any work
         if do_explain:
             await _explain_phase(run, features, slots, progress, count_skips=not do_score)
         if do_score:
@@ -212,7 +216,7 @@ async def _score_phase(run: _Run, features: list[int], slots: int, progress: boo
     if not todo:
         return
     hard = await asyncio.to_thread(_hard_negatives, run, todo)
-    scoring = Scoring(run.client, run.cfg, run.local, scorers)
+    scoring = Scoring(run.client, run.cfg, run.local, scorers, run.simulation)
     await asyncio.to_thread(scoring.prepare)
     controls = _controls(run, records, features)
 

@@ -56,11 +56,38 @@ def _chat_logprobs(lp: Any) -> list[TokenLogprob] | None:
 
 
 def _completion_logprobs(lp: Any) -> list[TokenLogprob] | None:
-    if not lp or not lp.get("tokens"):
+    """The legacy completions format (``tokens``, ``token_logprobs``, ``top_logprobs``), read leniently: a
+    missing or odd entry (null, a list instead of a mapping, a value that is not a number) gives a token
+    with no alternatives instead of an unreadable answer, so the scorers count it rather than retry it."""
+    if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list) or not lp["tokens"]:
         return None
-    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
-    return [TokenLogprob(tok, float(v if v is not None else 0.0), {k: float(x) for k, x in (top or {}).items()})
-            for tok, v, top in zip(lp["tokens"], lp.get("token_logprobs") or [], tops)]
+    tokens = lp["tokens"]
+    values: list[Any] = lp["token_logprobs"] if isinstance(lp.get("token_logprobs"), list) else []
+    tops: list[Any] = lp["top_logprobs"] if isinstance(lp.get("top_logprobs"), list) else []
+    out = []
+    for k, tok in enumerate(tokens):
+        value = _number(values[k]) if k < len(values) else None
+        top = _alternatives(tops[k] if k < len(tops) else None)
+        out.append(TokenLogprob(str(tok), 0.0 if value is None else value, top))
+    return out
+
+
+def _alternatives(top: Any) -> dict[str, float]:
+    """token -> logprob from a mapping (OpenAI, vLLM) or a list of {token, logprob} (llama.cpp); odd entries dropped."""
+    pairs = top.items() if isinstance(top, dict) else (
+        [(a.get("token"), a.get("logprob")) for a in top if isinstance(a, dict)] if isinstance(top, list) else [])
+    out = {}
+    for tok, value in pairs:
+        v = _number(value)
+        if isinstance(tok, str) and v is not None:
+            out[tok] = v
+    return out
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if value == value else None  # NaN is no log-probability
 
 
 def messages_as_prompt(messages: Sequence[dict[str, str]]) -> str:
