@@ -129,6 +129,8 @@ def read_slots(c: Completion, prompt: SimulationPrompt) -> list[dict[int, float]
     out: list[dict[int, float]] = []
     tabs = 0
     for j, t in enumerate(c.logprobs):
+        if "\t" not in t.token:
+            continue
         for pos in (p for p, ch in enumerate(t.token) if ch == "\t"):
             if tabs in wanted:
                 if pos != len(t.token) - 1 or j + 1 >= len(c.logprobs):

@@ -64,16 +64,20 @@ def _completion_logprobs(lp: Any) -> list[TokenLogprob] | None:
     tokens = lp["tokens"]
     values: list[Any] = lp["token_logprobs"] if isinstance(lp.get("token_logprobs"), list) else []
     tops: list[Any] = lp["top_logprobs"] if isinstance(lp.get("top_logprobs"), list) else []
-    out = []
-    for k, tok in enumerate(tokens):
-        value = _number(values[k]) if k < len(values) else None
-        top = _alternatives(tops[k] if k < len(tops) else None)
-        out.append(TokenLogprob(str(tok), 0.0 if value is None else value, top))
-    return out
+    n = len(tokens)
+    values = [v if type(v) is float else _number(v) for v in values[:n]] + [None] * (n - len(values))
+    tops = [_alternatives(t) for t in tops[:n]] + [{}] * (n - len(tops))
+    return [TokenLogprob(tok if type(tok) is str else str(tok), 0.0 if v is None else v, t)
+            for tok, v, t in zip(tokens, values, tops)]
 
 
 def _alternatives(top: Any) -> dict[str, float]:
     """token -> logprob from a mapping (OpenAI, vLLM) or a list of {token, logprob} (llama.cpp); odd entries dropped."""
+    if isinstance(top, dict):
+        try:  # the common case, fast (an echoed prompt has hundreds of these)
+            return {k: float(v) for k, v in top.items()}
+        except (TypeError, ValueError):  # a null or text value: the careful path below drops it
+            pass
     pairs = top.items() if isinstance(top, dict) else (
         [(a.get("token"), a.get("logprob")) for a in top if isinstance(a, dict)] if isinstance(top, list) else [])
     out = {}
