@@ -70,8 +70,8 @@ TOY_TOKEN = re.compile(r"\t|\n| ?[A-Za-z]{1,4}|[A-Za-z]{1,4}|\d| +|.", re.S)
 
 
 def toy_tokens(text: str, merge_tab: bool = False) -> list[str]:
-    """A toy tokenizer that splits words into pieces of up to 4 letters (" ImportError" -> " Imp", "ortE",
-    "rror"), a space before a word in its first piece; with ``merge_tab``, a tab is glued to the
+    """A toy tokenizer that splits words into pieces of up to 4 letters (" ImportError" -> " Impo", "rtEr",
+    "ror"), a space before a word in its first piece; with ``merge_tab``, a tab is glued to the
     character after it (as a BPE vocabulary with "\t?" would)."""
     toks = TOY_TOKEN.findall(text)
     assert "".join(toks) == text

@@ -6,11 +6,12 @@ computation, unreadable answers counted, and the server check that stops a run b
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 
 import pytest
-from llm_server import LLMServer, Reply, answer, echo_body
+from llm_server import LLMServer, Reply, answer, echo_body, toy_tokens
 
 from interp.autointerp import AutointerpConfig, LLMClient, LLMConfig, SampleConfig, run_autointerp
 from interp.autointerp.allatonce import SHOTS, SLOT, simulation_mode, simulation_prompt
@@ -81,6 +82,7 @@ def test_prompt_lists_every_token_with_an_escaped_slot():
 
 
 def test_slot_logprobs_give_hand_computed_expected_values():
+    assert toy_tokens(" ImportError\t?") == [" Impo", "rtEr", "ror", "\t", "?"]  # a token in several pieces
     result, requests = simulate(scripted, feature())
     ex = feature()
     body = requests[0]["body"]
@@ -211,3 +213,24 @@ def test_llm_run_all_at_once_end_to_end(demo_features):
     sim = s.summary["simulation"]
     assert sim["explanation"]["mean"] > sim["control"]["mean"] + 0.2
     assert s.usage["by_purpose"]["simulation_check"]["requests"] == 1
+
+
+def test_unreadable_slots_are_counted_in_the_run(demo_features):
+    """Every other simulation request is answered by a tokenizer that merges tabs with the slot: those texts
+    are counted as slot_merged in the records and in run.json, and the run finishes."""
+    def script(body, n):
+        if body.get("echo") and n > 0 and n % 2:
+            return Reply(body=echo_body(body["prompt"], lambda line: None, merge_tab=True))
+        return answer(body, n)
+
+    with LLMServer(script) as server:
+        cfg = AutointerpConfig(explainer="llm", run_name="sim-merged", max_features=4, scorers="simulation",
+                               simulation="all_at_once")
+        s = run_autointerp(demo_features, cfg, SampleConfig(hard_negatives=0),
+                           LLMConfig(base_url=server.url, llm="fixture"), progress=False)
+        n_bad = sum(1 for k, r in enumerate(server.requests) if r["body"].get("echo") and k > 0 and k % 2)
+    assert n_bad > 4 and s.scored == 4 and s.failures == {"slot_merged": n_bad}
+    recs = list(iter_records(s.run_dir))
+    mine = sum(r["scores"]["simulation"]["metrics"]["n_failed"] for r in recs)
+    assert sum(r["scores"]["simulation"]["failures"].get("slot_merged", 0) for r in recs) == n_bad >= mine
+    assert json.loads((s.run_dir / "run.json").read_text())["failures"] == {"slot_merged": n_bad}
