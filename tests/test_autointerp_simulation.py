@@ -196,7 +196,7 @@ def test_run_checks_the_server_before_explaining(demo_features):
     assert list(iter_records(demo_features / "explanations" / "sim-refused")) == []
 
 
-def test_llm_run_all_at_once_end_to_end(demo_features):
+def test_llm_run_all_at_once_end_to_end(demo_features, caplog):
     with LLMServer() as server:
         cfg = AutointerpConfig(explainer="llm", run_name="sim-all", max_features=6, scorers="simulation",
                                simulation="all_at_once")
@@ -213,6 +213,15 @@ def test_llm_run_all_at_once_end_to_end(demo_features):
     sim = s.summary["simulation"]
     assert sim["explanation"]["mean"] > sim["control"]["mean"] + 0.2
     assert s.usage["by_purpose"]["simulation_check"]["requests"] == 1
+    with LLMServer() as server, caplog.at_level(logging.WARNING):  # resumed on chat: the 6 are kept, and said so
+        again = run_autointerp(demo_features, AutointerpConfig(**{**cfg.__dict__, "max_features": 8,
+                                                                  "simulation": "chat"}),
+                               SampleConfig(hard_negatives=0), LLMConfig(base_url=server.url, llm="fixture"),
+                               progress=False)
+        assert not any(r["body"].get("echo") for r in server.requests)
+    assert again.scored == 2 and "6 features of run sim-all were simulated all_at_once, not chat" in caplog.text
+    modes = [r["scores"]["simulation"]["mode"] for r in iter_records(s.run_dir)]
+    assert sorted(modes) == ["all_at_once"] * 6 + ["chat"] * 2
 
 
 def test_unreadable_slots_are_counted_in_the_run(demo_features):

@@ -213,6 +213,13 @@ async def _score_phase(run: _Run, features: list[int], slots: int, progress: boo
     records = {i: r for i in features if (r := fmt.read_record(run.path, i)) and r.get("explanation") is not None}
     todo = [i for i, r in records.items() if any(s not in r.get("scores", {}) for s in scorers)]
     run.counts["skipped"] += len(records) - len(todo)
+    if "simulation" in scorers:
+        other = Counter(m for r in records.values() if (m := r.get("scores", {}).get("simulation", {}).get("mode"))
+                        and m != run.simulation)
+        if other:
+            log.warning("%s of run %s were simulated %s, not %s; they are kept (start a new run with --run-name "
+                        "to simulate every feature one way)", _count(sum(other.values()), "feature"), run.path.name,
+                        " / ".join(sorted(other)), run.simulation)
     if not todo:
         return
     hard = await asyncio.to_thread(_hard_negatives, run, todo)
@@ -235,6 +242,10 @@ async def _score_phase(run: _Run, features: list[int], slots: int, progress: boo
         run.counts["scored"] += 1
 
     await _each(run, todo, "score", one, slots, progress)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _hard_negatives(run: _Run, features: list[int]) -> dict[int, list]:
