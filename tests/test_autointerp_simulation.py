@@ -190,7 +190,7 @@ def test_run_checks_the_server_before_explaining(demo_features):
         with pytest.raises(InterpError, match="echo"):
             run_autointerp(demo_features, AutointerpConfig(explainer="llm", run_name="sim-refused", max_features=4,
                                                            scorers="detection,simulation", simulation="all_at_once"),
-                           SampleConfig(hard_negatives=0), LLMConfig(base_url=server.url, llm="fixture"),
+                           SampleConfig(hard_negatives=0), LLMConfig(base_url=server.url, llm="fixture", cache=False),
                            progress=False)
         assert len(server.requests) == 1 and server.requests[0]["body"]["echo"] is True
     assert list(iter_records(demo_features / "explanations" / "sim-refused")) == []
@@ -201,7 +201,7 @@ def test_llm_run_all_at_once_end_to_end(demo_features, caplog):
         cfg = AutointerpConfig(explainer="llm", run_name="sim-all", max_features=6, scorers="simulation",
                                simulation="all_at_once")
         s = run_autointerp(demo_features, cfg, SampleConfig(hard_negatives=0),
-                           LLMConfig(base_url=server.url, llm="fixture", concurrency=8), progress=False)
+                           LLMConfig(base_url=server.url, llm="fixture", concurrency=8, cache=False), progress=False)
         paths = [r["path"] for r in server.requests]
     assert s.scored == 6 and s.failures == {}
     recs = list(iter_records(s.run_dir))
@@ -214,10 +214,9 @@ def test_llm_run_all_at_once_end_to_end(demo_features, caplog):
     assert sim["explanation"]["mean"] > sim["control"]["mean"] + 0.2
     assert s.usage["by_purpose"]["simulation_check"]["requests"] == 1
     with LLMServer() as server, caplog.at_level(logging.WARNING):  # resumed on chat: the 6 are kept, and said so
-        again = run_autointerp(demo_features, AutointerpConfig(**{**cfg.__dict__, "max_features": 8,
-                                                                  "simulation": "chat"}),
-                               SampleConfig(hard_negatives=0), LLMConfig(base_url=server.url, llm="fixture"),
-                               progress=False)
+        more = AutointerpConfig(**{**cfg.__dict__, "max_features": 8, "simulation": "chat"})
+        again = run_autointerp(demo_features, more, SampleConfig(hard_negatives=0),
+                               LLMConfig(base_url=server.url, llm="fixture", cache=False), progress=False)
         assert not any(r["body"].get("echo") for r in server.requests)
     assert again.scored == 2 and "6 features of run sim-all were simulated all_at_once, not chat" in caplog.text
     modes = [r["scores"]["simulation"]["mode"] for r in iter_records(s.run_dir)]
@@ -236,7 +235,7 @@ def test_unreadable_slots_are_counted_in_the_run(demo_features):
         cfg = AutointerpConfig(explainer="llm", run_name="sim-merged", max_features=4, scorers="simulation",
                                simulation="all_at_once")
         s = run_autointerp(demo_features, cfg, SampleConfig(hard_negatives=0),
-                           LLMConfig(base_url=server.url, llm="fixture"), progress=False)
+                           LLMConfig(base_url=server.url, llm="fixture", cache=False), progress=False)
         n_bad = sum(1 for k, r in enumerate(server.requests) if r["body"].get("echo") and k > 0 and k % 2)
     assert n_bad > 4 and s.scored == 4 and s.failures == {"slot_merged": n_bad}
     recs = list(iter_records(s.run_dir))
