@@ -179,6 +179,14 @@ def demo_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "features"
 
 
+@pytest.fixture
+def own_demo_features(demo_features: Path, tmp_path: Path) -> Path:
+    """A private copy of ``demo_features`` without explanation runs, for tests that write runs of their own."""
+    import shutil
+
+    return Path(shutil.copytree(demo_features, tmp_path / "features", ignore=shutil.ignore_patterns("explanations")))
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -185,22 +185,22 @@ def test_fallback_to_chat_only_when_asked(caplog):
     assert mode == "chat" and len(requests) == 1 and "Falling back to chat simulation" in caplog.text
 
 
-def test_run_checks_the_server_before_explaining(demo_features):
+def test_run_checks_the_server_before_explaining(own_demo_features):
     with LLMServer(lambda b, n: Reply(400, VLLM_REFUSAL)) as server:
         with pytest.raises(InterpError, match="echo"):
-            run_autointerp(demo_features, AutointerpConfig(explainer="llm", run_name="sim-refused", max_features=4,
+            run_autointerp(own_demo_features, AutointerpConfig(explainer="llm", run_name="sim-refused", max_features=4,
                                                            scorers="detection,simulation", simulation="all_at_once"),
                            SampleConfig(hard_negatives=0), LLMConfig(base_url=server.url, llm="fixture", cache=False),
                            progress=False)
         assert len(server.requests) == 1 and server.requests[0]["body"]["echo"] is True
-    assert list(iter_records(demo_features / "explanations" / "sim-refused")) == []
+    assert list(iter_records(own_demo_features / "explanations" / "sim-refused")) == []
 
 
-def test_llm_run_all_at_once_end_to_end(demo_features, caplog):
+def test_llm_run_all_at_once_end_to_end(own_demo_features, caplog):
     with LLMServer() as server:
         cfg = AutointerpConfig(explainer="llm", run_name="sim-all", max_features=6, scorers="simulation",
                                simulation="all_at_once")
-        s = run_autointerp(demo_features, cfg, SampleConfig(hard_negatives=0),
+        s = run_autointerp(own_demo_features, cfg, SampleConfig(hard_negatives=0),
                            LLMConfig(base_url=server.url, llm="fixture", concurrency=8, cache=False), progress=False)
         paths = [r["path"] for r in server.requests]
     assert s.scored == 6 and s.failures == {}
@@ -215,7 +215,7 @@ def test_llm_run_all_at_once_end_to_end(demo_features, caplog):
     assert s.usage["by_purpose"]["simulation_check"]["requests"] == 1
     with LLMServer() as server, caplog.at_level(logging.WARNING):  # resumed on chat: the 6 are kept, and said so
         more = AutointerpConfig(**{**cfg.__dict__, "max_features": 8, "simulation": "chat"})
-        again = run_autointerp(demo_features, more, SampleConfig(hard_negatives=0),
+        again = run_autointerp(own_demo_features, more, SampleConfig(hard_negatives=0),
                                LLMConfig(base_url=server.url, llm="fixture", cache=False), progress=False)
         assert not any(r["body"].get("echo") for r in server.requests)
     assert again.scored == 2 and "6 features of run sim-all were simulated all_at_once, not chat" in caplog.text
@@ -223,7 +223,7 @@ def test_llm_run_all_at_once_end_to_end(demo_features, caplog):
     assert sorted(modes) == ["all_at_once"] * 6 + ["chat"] * 2
 
 
-def test_unreadable_slots_are_counted_in_the_run(demo_features):
+def test_unreadable_slots_are_counted_in_the_run(own_demo_features):
     """Every other simulation request is answered by a tokenizer that merges tabs with the slot: those texts
     are counted as slot_merged in the records and in run.json, and the run finishes."""
     def script(body, n):
@@ -234,7 +234,7 @@ def test_unreadable_slots_are_counted_in_the_run(demo_features):
     with LLMServer(script) as server:
         cfg = AutointerpConfig(explainer="llm", run_name="sim-merged", max_features=4, scorers="simulation",
                                simulation="all_at_once")
-        s = run_autointerp(demo_features, cfg, SampleConfig(hard_negatives=0),
+        s = run_autointerp(own_demo_features, cfg, SampleConfig(hard_negatives=0),
                            LLMConfig(base_url=server.url, llm="fixture", cache=False), progress=False)
         n_bad = sum(1 for k, r in enumerate(server.requests) if r["body"].get("echo") and k > 0 and k % 2)
     assert n_bad > 4 and s.scored == 4 and s.failures == {"slot_merged": n_bad}
