@@ -249,7 +249,7 @@ def trace(model: Model, tokens: torch.Tensor | str, transcoders: TranscoderSet |
                           "processing='default'.")
     if model.parallel_blocks:
         raise InterpError("This model runs attention and MLP in parallel; transcoder circuits need sequential blocks.")
-    toks = model.to_tokens(tokens) if isinstance(tokens, str) else tokens.reshape(1, -1)
+    toks = model.to_tokens(tokens, truncate=False) if isinstance(tokens, str) else tokens.reshape(1, -1)
     if toks.shape[1] > model.info.n_ctx:
         raise InterpError(f"The prompt has {toks.shape[1]} tokens; the model reads at most {model.info.n_ctx}.")
     L = model.info.n_layers
