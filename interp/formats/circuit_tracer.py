@@ -42,31 +42,30 @@ def cantor(a: int, b: int) -> int:
 
 
 def _ct_node(node: Node, n_layers: int, target: bool) -> dict[str, Any]:
-    """One interp node as a circuit-tracer node."""
+    """One interp node as a circuit-tracer node (fields and ids as circuit-tracer's ``Node`` builders make them)."""
     pos = int(node.position or 0)
-    feature: int | None = None
-    influence = node.attrs.get("cumulative_influence")
+    prob, clerp = 0.0, ""
     if node.kind == "feature":
         index = int(node.feature or 0)
-        node_id, layer, feature = f"{node.layer}_{index}_{pos}", str(node.layer), cantor(node.layer, index)
-        js, clerp = f"{node.layer}_{index}-0", ""
+        node_id, layer, feature, js = f"{node.layer}_{index}_{pos}", str(node.layer), cantor(node.layer, index), \
+            f"{node.layer}_{index}-0"
     elif node.kind == "error":
-        node_id, layer, js, clerp = f"0_{node.layer}_{pos}", str(node.layer), f"0_{node.layer}_{pos}-0", ""
+        node_id, layer, feature, js = f"0_{node.layer}_{pos}", str(node.layer), -1, f"{node.layer}_{pos}-0"
     elif node.kind == "token":
         tok = int(node.attrs["token"])
-        node_id, layer, js, clerp = f"E_{tok}_{pos}", "E", f"E_{tok}-{pos}", node.label
+        node_id, layer, feature, js = f"E_{tok}_{pos}", "E", pos, f"E_{tok}-{pos}"
     elif node.kind == "logit":
         tok = int(node.attrs["token"])
         prob = float(node.attrs.get("probability", 0.0))
-        node_id, layer = f"{n_layers + 1}_{tok}_{pos}", str(n_layers + 1)
-        js, clerp = f"L_{tok}-{pos}", f'Output "{node.label}" (p={prob:.3f})'
+        node_id, layer, feature, js = f"{n_layers + 1}_{tok}_{pos}", str(n_layers + 1), tok, f"L_{tok}-{pos}"
+        clerp = f'Output "{node.label}" (p={prob:.3f})'
     else:
         raise InterpError(f"Node {node.id} has kind {node.kind!r}; circuit-tracer graphs hold features, errors, "
                           "embeddings and logits (export an attribution graph).")
     return {"node_id": node_id, "feature": feature, "layer": layer, "ctx_idx": pos,
-            "feature_type": _TYPES[node.kind], "token_prob": float(node.attrs.get("probability", 0.0)),
-            "is_target_logit": target, "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": js, "clerp": clerp,
-            "influence": influence, "activation": node.attrs.get("activation")}
+            "feature_type": _TYPES[node.kind], "token_prob": prob, "is_target_logit": target, "run_idx": 0,
+            "reverse_ctx_idx": 0, "jsNodeId": js, "clerp": clerp,
+            "influence": node.attrs.get("cumulative_influence"), "activation": node.attrs.get("activation")}
 
 
 def to_circuit_tracer(graph: CircuitGraph, slug: str, scan: str | None = None) -> dict[str, Any]:
