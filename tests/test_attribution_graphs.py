@@ -107,6 +107,20 @@ def test_rows_sum_exactly_and_logits_are_the_models(tiny_model, setup):
     assert checked > 0
 
 
+def test_recomputed_attention_patterns_give_the_same_rows(tiny_model, monkeypatch):
+    import interp.circuits.attribution as attribution
+
+    monkeypatch.setattr(attribution, "_CHUNK_ROWS", 5)  # several blocks of query rows per layer
+    ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
+    kept, lean = trace(tiny_model, PROMPT, ts), trace(tiny_model, PROMPT, ts, patterns=False)
+    assert not any("hook_pattern" in h for h in lean.acts)
+    nodes = active_nodes(tiny_model, kept)
+    targets = _all_targets(Linearised(tiny_model, kept, nodes), nodes)
+    want = Linearised(tiny_model, kept, nodes).rows(targets)
+    got = Linearised(tiny_model, lean, nodes).rows(targets)
+    torch.testing.assert_close(got.edges, want.edges, rtol=1e-4, atol=1e-6)
+
+
 def test_graph_keeps_exact_bookkeeping_and_scores(tiny_model, tmp_path):
     ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
     cfg = AttributionGraphConfig(prompt=PROMPT, max_feature_nodes=40, row_batch_size=8)

@@ -35,6 +35,8 @@ from interp.model import Model
 
 _CHUNK = 1 << 15
 """Active features contracted at once (bounds the (B, chunk, d_model) gather)."""
+_CHUNK_ROWS = 256
+"""Query positions of an attention pattern held at once (bounds it to n_heads x 256 x P)."""
 
 
 @dataclass(frozen=True)
@@ -228,9 +230,36 @@ class Linearised:
         return bias
 
     def _attention_transpose(self, g: torch.Tensor, m: int, T: int) -> torch.Tensor:
-        """What ``g`` at block ``m``'s attention output sends to its input (frozen patterns and LayerNorm)."""
-        A = self.tr.acts[f"blocks.{m}.attn.hook_pattern"][:, :T, :T]  # (H, t, s)
-        gz = torch.einsum("btd,hfd->bhtf", g, self.W_O[m])
-        gv = torch.einsum("hts,bhtf->bhsf", A, gz)
+        """What ``g`` at block ``m``'s attention output sends to its input (frozen patterns and LayerNorm); the
+        pattern is read (or recomputed) ``_CHUNK_ROWS`` query positions at a time."""
+        gz = torch.einsum("btd,hfd->bhtf", g, self.W_O[m])  # (B, H, T, d_head)
+        gv = torch.zeros_like(gz)
+        for t0 in range(0, T, _CHUNK_ROWS):
+            t1 = min(T, t0 + _CHUNK_ROWS)
+            A = attention_pattern(self.model, self.tr, m, t0, t1, T)  # (H, t1 - t0, T)
+            gv += torch.einsum("hts,bhtf->bhsf", A, gz[:, :, t0:t1])
         gx = torch.einsum("bhsf,hdf->bsd", gv, self.W_V[m])
         return ln_pullback(self.model, self.tr, gx, "pre", m, slice(0, T))
+
+
+def attention_pattern(model: Model, tr: Trace, layer: int, t0: int, t1: int, T: int) -> torch.Tensor:
+    """(n_heads, t1 - t0, T) block ``layer``'s attention pattern for query positions [t0, t1) over keys [0, T):
+    from the trace when it kept the patterns, else recomputed from the traced residual stream and LayerNorm scale
+    (models with learned position embeddings; rotary models need a trace with patterns)."""
+    kept = tr.acts.get(f"blocks.{layer}.attn.hook_pattern")
+    if kept is not None:
+        return kept[:, t0:t1, :T]
+    if model.W_pos is None:
+        raise InterpError("Recomputing attention patterns needs learned position embeddings; trace this (rotary) "
+                          "model with patterns=True.")
+    H = model.info.n_heads
+    x = ln_pullback(model, tr, tr.resid("pre", layer)[:T], "pre", layer, slice(0, T))  # = ln1.hook_normalized
+    W_Q, W_K, b_Q, b_K = model.W_Q[layer].float(), model.W_K[layer].float(), model.b_Q[layer].float(), \
+        model.b_K[layer].float()
+    if W_K.shape[0] != H:
+        W_K, b_K = W_K.repeat_interleave(H // W_K.shape[0], 0), b_K.repeat_interleave(H // b_K.shape[0], 0)
+    q = torch.einsum("td,hdf->htf", x[t0:t1], W_Q) + b_Q[:, None]
+    k = torch.einsum("sd,hdf->hsf", x, W_K) + b_K[:, None]
+    scores = q @ k.transpose(1, 2) / q.shape[-1] ** 0.5
+    future = torch.arange(T)[None, :] > torch.arange(t0, t1)[:, None]
+    return scores.masked_fill(future, float("-inf")).softmax(-1)

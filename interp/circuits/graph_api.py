@@ -141,7 +141,7 @@ def attribution_graph(model: Model, transcoders: TranscoderSet, cfg: Attribution
     started = time.perf_counter()
     if transcoders.model.info.fingerprint != model.info.fingerprint:
         raise InterpError("These transcoders were loaded for another model; load them with this one.")
-    tr = trace(model, cfg.prompt, transcoders)
+    tr = trace(model, cfg.prompt, transcoders, patterns=model.W_pos is None)  # else recomputed in blocks
     nodes = active_nodes(model, tr, cfg.max_n_logits, cfg.desired_logit_prob)
     engine = Linearised(model, tr, nodes, demean=cfg.demean_logits)
     selected, feature_rows, logit_rows = select_features(engine, cfg)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from interp.circuits.attribution import attention_pattern
 from interp.circuits.decompose import Component, ln_pullback
 from interp.circuits.replacement import Trace
 from interp.errors import InterpError
@@ -112,7 +113,8 @@ def qk_attribution(model: Model, tr: Trace, layer: int, head: int, query_positio
     (q_comps, Q), (k_comps, K) = sides
     pairs = Q @ K.T / Q.shape[1] ** 0.5
     score = float(Q.sum(0) @ K.sum(0)) / Q.shape[1] ** 0.5
-    pattern = float(tr.acts[f"blocks.{layer}.attn.hook_pattern"][head, query_position, key_position])
+    pattern = float(attention_pattern(model, tr, layer, query_position, query_position + 1,
+                                      query_position + 1)[head, 0, key_position])
     return QKAttribution(layer, head, query_position, key_position, score, pattern, q_comps, k_comps, pairs)
 
 
