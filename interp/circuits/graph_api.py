@@ -135,13 +135,16 @@ def select_features(engine: Linearised, cfg: AttributionGraphConfig) -> tuple[to
     return picked[order], merged, logit_rows
 
 
-def attribution_graph(model: Model, transcoders: TranscoderSet, cfg: AttributionGraphConfig) -> AttributionGraph:
-    """Trace ``cfg.prompt``, compute the rows of the logits and the most influential features, prune, and build the
-    graph (InterpError for transcoders of another model, a wrong hook pair, or a prompt longer than the context)."""
+def attribution_graph(model: Model, transcoders: TranscoderSet, cfg: AttributionGraphConfig,
+                      tokens: torch.Tensor | None = None) -> AttributionGraph:
+    """Trace ``cfg.prompt`` (or the token ids ``tokens`` (P,), BOS included, when given), compute the rows of the
+    logits and the most influential features, prune, and build the graph (InterpError for transcoders of another
+    model, a wrong hook pair, or a prompt longer than the context)."""
     started = time.perf_counter()
     if transcoders.model.info.fingerprint != model.info.fingerprint:
         raise InterpError("These transcoders were loaded for another model; load them with this one.")
-    tr = trace(model, cfg.prompt, transcoders, patterns=model.W_pos is None)  # else recomputed in blocks
+    prompt = cfg.prompt if tokens is None else tokens
+    tr = trace(model, prompt, transcoders, patterns=model.W_pos is None)  # else recomputed in blocks
     nodes = active_nodes(model, tr, cfg.max_n_logits, cfg.desired_logit_prob)
     engine = Linearised(model, tr, nodes, demean=cfg.demean_logits)
     selected, feature_rows, logit_rows = select_features(engine, cfg)
