@@ -111,6 +111,7 @@ def test_recomputed_attention_patterns_give_the_same_rows(tiny_model, monkeypatc
     import interp.circuits.attribution as attribution
 
     monkeypatch.setattr(attribution, "_CHUNK_ROWS", 5)  # several blocks of query rows per layer
+    monkeypatch.setattr(attribution, "_GATHER", 1000)  # and of active features
     ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
     kept, lean = trace(tiny_model, PROMPT, ts), trace(tiny_model, PROMPT, ts, patterns=False)
     assert not any("hook_pattern" in h for h in lean.acts)

@@ -33,8 +33,8 @@ from interp.circuits.replacement import Trace
 from interp.errors import InterpError
 from interp.model import Model
 
-_CHUNK = 1 << 15
-"""Active features contracted at once (bounds the (B, chunk, d_model) gather)."""
+_GATHER = 1 << 22
+"""Elements of the (rows, features, d_model) gather of residual gradients at once (16 MiB in float32)."""
 _CHUNK_ROWS = 256
 """Query positions of an attention pattern held at once (bounds it to n_heads x 256 x P)."""
 
@@ -217,8 +217,9 @@ class Linearised:
             cols, pos, feat = cols[keep], pos[keep], feat[keep]
             D = self.tc.decoder(layer, m).float()
             acts = self.nodes.activations[cols]
-            for i in range(0, len(cols), _CHUNK):
-                s = slice(i, i + _CHUNK)
+            chunk = max(1, _GATHER // (len(g) * g.shape[-1]))
+            for i in range(0, len(cols), chunk):
+                s = slice(i, i + chunk)
                 edges[:, cols[s]] += torch.einsum("bnd,nd->bn", g[:, pos[s]], D[feat[s]]) * acts[s]
         bias = g.sum(1) @ self.tc.bias(m).float()
         S = self.tc.skip(m)
