@@ -115,10 +115,9 @@ def active_nodes(model: Model, tr: Trace, max_n_logits: int = 10, desired_logit_
     tc = tr.transcoders
     if tc is None:
         raise InterpError("Trace the prompt with transcoders to build an attribution graph.")
-    rows = [torch.cat([torch.full((len(nz), 1), layer), nz], 1)
-            for layer in tc.layers for nz in [tr.features[layer].nonzero()]]
-    feats = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long)
-    acts = torch.stack([tr.features[int(l)][int(p), int(f)] for l, p, f in feats]) if len(feats) else torch.zeros(0)
+    found = [(layer, tr.features[layer].nonzero()) for layer in tc.layers]
+    feats = torch.cat([torch.cat([torch.full((len(nz), 1), layer), nz], 1) for layer, nz in found])
+    acts = torch.cat([tr.features[layer][nz[:, 0], nz[:, 1]] for layer, nz in found])
     probs = _final_logits(model, tr).softmax(-1)
     top = probs.sort(descending=True)
     n = int((top.values.cumsum(0) < desired_logit_prob).sum()) + 1
