@@ -4,8 +4,9 @@
 model's tokenizer) with random per-layer skip transcoders (TopK, ``--k`` active features per token and layer,
 ``--d-sae`` features), one prompt of stdlib source cut to each length. Each length runs in its own process, so
 its peak resident memory is its own. Per length: active features, feature rows computed, transposed passes
-(backward passes), wall time, the share spent in the passes, peak RSS (and above the model's baseline), the
-adjacency's size, and the kept graph.
+(backward passes), wall time, the share spent in the passes, peak RSS, the graph's own peak (peak RSS minus the
+resident memory after a 16-token warm-up graph, which loads the weights), the trace's tensors, the adjacency's
+size, and the kept graph.
 
 ``peer``: the same tiny GPT-2 and per-layer ReLU transcoders given to interp and to circuit-tracer (its side venv,
 ``--venv``): circuit-tracer's pydantic graph models validate interp's exported JSON, and both tools' adjacency
@@ -31,7 +32,16 @@ import torch
 
 
 def _rss_mb() -> float:
+    """Peak resident memory of this process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_mb() -> float:
+    """Resident memory now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def gpt2_small_shaped(out: Path, n_layers: int, n_ctx: int) -> Path:
@@ -82,7 +92,9 @@ def one(args: argparse.Namespace) -> None:
         tcs.append(d)
     ts = TranscoderSet(tcs, model)
     tokens = stdlib_tokens(model, args.length)
-    baseline = _rss_mb()
+    warm = AttributionGraphConfig(prompt="(tokens)", max_feature_nodes=8, row_batch_size=args.row_batch_size)
+    attribution_graph(model, ts, warm, tokens=tokens[:16])  # weights loaded, allocator warm
+    baseline = _current_mb()
     spent = {"passes": 0, "seconds": 0.0}
     rows = attribution.Linearised.rows
 
@@ -105,6 +117,9 @@ def one(args: argparse.Namespace) -> None:
         "length": args.length, "active_features": meta["n_active_features"], "feature_rows": meta["n_feature_rows"],
         "rows": meta["n_backward_rows"], "passes": spent["passes"], "seconds": total,
         "backward_share": spent["seconds"] / total, "peak_rss_mb": _rss_mb(), "above_baseline_mb": _rss_mb() - baseline,
+        "trace_mb": sum(t.numel() * t.element_size() for part in (result.trace.acts, result.trace.features,
+                                                                  result.trace.reconstruction, result.trace.error)
+                        for t in part.values()) / 2**20,
         "adjacency_mb": result.rows.edges.numel() * 4 / 2**20, "kept_nodes": len(result.graph.nodes),
         "kept_edges": len(result.graph.edges), "replacement": meta["replacement_score"],
     }))
@@ -115,9 +130,9 @@ def scaling(args: argparse.Namespace) -> None:
         model_dir = gpt2_small_shaped(Path(tmp) / "model", args.layers, max(args.lengths))
         print(f"GPT-2-small-shaped, {args.layers} layers, skip transcoders d_sae {args.d_sae} TopK k={args.k}; "
               f"max_feature_nodes {args.max_feature_nodes}, row batch {args.row_batch_size}, {args.threads} thread(s)")
-        print("| tokens | active features | rows | passes | time (s) | in passes | peak RSS (MB) | above model "
-              "(MB) | adjacency (MB) | kept nodes / edges |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| tokens | active features | rows | passes | time (s) | in passes | peak RSS (MB) | graph's peak "
+              "(MB) | trace (MB) | adjacency (MB) | kept nodes / edges |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for n in args.lengths:
             cmd = [sys.executable, __file__, "one", "--model-dir", str(model_dir), "--length", str(n),
                    "--d-sae", str(args.d_sae), "--k", str(args.k), "--max-feature-nodes", str(args.max_feature_nodes),
@@ -129,7 +144,8 @@ def scaling(args: argparse.Namespace) -> None:
             r = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"| {n} | {r['active_features']} | {r['rows']} | {r['passes']} | {r['seconds']:.1f} | "
                   f"{100 * r['backward_share']:.0f}% | {r['peak_rss_mb']:.0f} | {r['above_baseline_mb']:.0f} | "
-                  f"{r['adjacency_mb']:.1f} | {r['kept_nodes']} / {r['kept_edges']} |", flush=True)
+                  f"{r['trace_mb']:.0f} | {r['adjacency_mb']:.1f} | {r['kept_nodes']} / {r['kept_edges']} |",
+                  flush=True)
 
 
 PEER_SCRIPT = r"""
