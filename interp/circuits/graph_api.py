@@ -6,8 +6,9 @@ Feature rows are computed in the order of their influence on the logits, estimat
 estimated influence, until ``max_feature_nodes`` rows exist or no unvisited feature has influence. The graph keeps
 those features (the others are dropped with their edges), every error and embedding node and the logits, then is
 pruned by influence (:func:`interp.circuits.influence.prune`). Memory: the adjacency is (rows x sources), linear in
-the prompt length for a fixed ``max_feature_nodes``; the trace holds every layer's attention pattern (n_heads x
-P x P per layer), the one term quadratic in the prompt.
+the prompt length for a fixed ``max_feature_nodes``; the trace keeps no attention pattern (models with learned
+positions; the rows recompute them a block of query positions at a time); what is left quadratic is transient
+(the traced forward's own attention, one pattern block per pass). Measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
