@@ -275,6 +275,27 @@ class Model:
         return self.bridge.b_V
 
     @property
+    def W_Q(self) -> torch.Tensor:
+        """Query weights per head, (n_layers, n_heads, d_model, d_head): ``q = ln1(resid_pre) @ W_Q[l, h] + b_Q``
+        (before rotary embeddings, where the model has them)."""
+        return self.bridge.W_Q
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        """Key weights per head, (n_layers, n_heads or n_kv_heads, d_model, d_head), like :attr:`W_Q`."""
+        return self.bridge.W_K
+
+    @property
+    def b_Q(self) -> torch.Tensor:
+        """Query biases, (n_layers, n_heads, d_head)."""
+        return self.bridge.b_Q
+
+    @property
+    def b_K(self) -> torch.Tensor:
+        """Key biases, (n_layers, n_heads or n_kv_heads, d_head)."""
+        return self.bridge.b_K
+
+    @property
     def b_O(self) -> torch.Tensor:
         """Attention output bias, (n_layers, d_model): ``attn_out = sum_h z_h W_O[l, h] + b_O[l]``."""
         return self.bridge.b_O
@@ -313,9 +334,10 @@ class Model:
         frozen = {id(p) for module in head for p in module.parameters()}
         return [p for p in self.bridge.parameters() if p.is_floating_point() and id(p) not in frozen]
 
-    def to_tokens(self, text: str | list[str], prepend_bos: bool = True) -> torch.Tensor:
-        """Token ids (batch, pos) for a string or list of strings."""
-        return self.bridge.to_tokens(text, prepend_bos=prepend_bos)
+    def to_tokens(self, text: str | list[str], prepend_bos: bool = True, truncate: bool = True) -> torch.Tensor:
+        """Token ids (batch, pos) for a string or list of strings; cut to the context length unless ``truncate``
+        is False."""
+        return self.bridge.to_tokens(text, prepend_bos=prepend_bos, truncate=truncate)
 
     def token_strings(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
         """Each id decoded on its own (byte-level pieces may be partial characters)."""
