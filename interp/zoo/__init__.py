@@ -3,6 +3,8 @@
 ``DEMO_DIR`` is the shipped checkpoint, in Hugging Face format, loadable like any local model.
 ``train_demo(ZooConfig(), out_dir)`` rebuilds it; ``zoo_card.json`` in the directory records the
 config and the measured quality (held-out loss, unigram baseline, induction scores).
+``write_planted_model(out_dir)`` writes a tiny hand-set model whose circuit is known by construction
+(``PLANTED``), the ground truth that probes and circuit discovery are tested against.
 """
 
 from __future__ import annotations
@@ -11,9 +13,20 @@ from pathlib import Path
 
 from interp.zoo.corpus import iter_stdlib_documents, stdlib_files
 from interp.zoo.induction import induction_score
+from interp.zoo.planted import PLANTED, PlantedCircuit, write_planted_model
 from interp.zoo.recipe import ZooConfig, train_demo
 
 DEMO_DIR: Path = Path(__file__).resolve().parent / "demo"
 """The shipped demo checkpoint (config.json, model.safetensors, tokenizer files, zoo_card.json)."""
 
-__all__ = ["DEMO_DIR", "ZooConfig", "induction_score", "iter_stdlib_documents", "stdlib_files", "train_demo"]
+__all__ = [
+    "DEMO_DIR",
+    "PLANTED",
+    "PlantedCircuit",
+    "ZooConfig",
+    "induction_score",
+    "iter_stdlib_documents",
+    "stdlib_files",
+    "train_demo",
+    "write_planted_model",
+]
