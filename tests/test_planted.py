@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 
 import interp
 from interp.models import next_token_loss
-from interp.zoo.induction import repeated_random_tokens
 from interp.zoo.planted import N_CTX, N_HEADS, N_LAYERS, PLANTED, VOCAB, write_planted_model
+from interp.zoo.probes import repeated_random_tokens
 
 N = 50
 

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from cli import zoo as zoo_cli
 from interp.errors import InterpError
 from interp.zoo import DEMO_DIR, ZooConfig, induction_score, iter_stdlib_documents, stdlib_files, train_demo
-from interp.zoo.induction import induction_pattern_score, repeated_random_tokens
+from interp.zoo.probes import induction_pattern_score, repeated_random_tokens
 from interp.zoo.recipe import pack, repeat_spans
 
 # The aim for the shipped model is an induction head scoring >= 0.3 (the circuit work needs one). The
@@ -60,13 +60,13 @@ def _tiny_gpt2() -> GPT2LMHeadModel:
 
 def test_induction_score_shape_range_and_model_state() -> None:
     model = _tiny_gpt2().train()
-    scores = induction_score(model, vocab_size=50, seq_len=8, batch=3)
+    scores = induction_score(model, seq_len=8, batch=3)
     assert scores.shape == (2, 2) and scores.dtype == torch.float32
     assert ((scores >= 0) & (scores <= 1)).all()
     assert model.training and model.config._attn_implementation != "eager"
-    assert torch.equal(scores, induction_score(model, vocab_size=50, seq_len=8, batch=3))
+    assert torch.equal(scores, induction_score(model, seq_len=8, batch=3))
     with pytest.raises(InterpError, match="positions"):
-        induction_score(model, vocab_size=50, seq_len=20)
+        induction_score(model, seq_len=20)
 
 
 def test_probe_tokens_repeat_and_avoid_bos() -> None:
@@ -195,6 +195,6 @@ def test_shipped_demo_checkpoint_matches_its_card() -> None:
     tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR)
     assert model.config.bos_token_id == tokenizer.bos_token_id
     best, probe = card["best_induction_head"], card["induction_probe"]
-    scores = induction_score(model, len(tokenizer), probe["seq_len"], probe["batch"], probe["seed"])
+    scores = induction_score(model, probe["seq_len"], probe["batch"], probe["seed"])
     assert abs(scores[best["layer"], best["head"]].item() - best["score"]) <= 0.02
     assert torch.allclose(scores, torch.tensor(card["induction_scores"]), atol=0.02)

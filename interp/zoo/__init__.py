@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp.zoo.corpus import iter_stdlib_documents, stdlib_files
-from interp.zoo.induction import induction_score
 from interp.zoo.planted import PLANTED, PlantedCircuit, write_planted_model
+from interp.zoo.probes import CopyingGap, HeadScores, copying_gap, head_scores, induction_score
 from interp.zoo.recipe import ZooConfig, train_demo
 
 DEMO_DIR: Path = Path(__file__).resolve().parent / "demo"
@@ -21,9 +21,13 @@ DEMO_DIR: Path = Path(__file__).resolve().parent / "demo"
 
 __all__ = [
     "DEMO_DIR",
+    "CopyingGap",
+    "HeadScores",
     "PLANTED",
     "PlantedCircuit",
     "ZooConfig",
+    "copying_gap",
+    "head_scores",
     "induction_score",
     "iter_stdlib_documents",
     "stdlib_files",

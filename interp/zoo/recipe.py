@@ -38,7 +38,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from interp.errors import InterpError
 from interp.zoo.corpus import Split, corpus_fingerprint, stdlib_files
-from interp.zoo.induction import induction_score
+from interp.zoo.probes import induction_score
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def train_model(cfg: ZooConfig, model: GPT2LMHeadModel, batches: Iterator[torch.
         tokens_per_s = (step + 1) * tokens_per_step / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}")
         if (step + 1) % max(1, cfg.steps // 20) == 0 or step + 1 == cfg.steps:
-            best = induction_score(model, model.config.vocab_size, cfg.induction_seq_len, 4, cfg.seed).max()
+            best = induction_score(model, cfg.induction_seq_len, 4, cfg.seed).max()
             logger.info(
                 "step %d/%d loss %.4f lr %.2e %.0f tok/s, best induction score %.3f",
                 step + 1,
@@ -402,7 +402,7 @@ def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
         loss, unigram, n_heldout = heldout_losses(
             model, heldout, unigram_log_probs(train_docs, len(tokenizer)), cfg.batch_size
         )
-        scores = induction_score(model, len(tokenizer), cfg.induction_seq_len, cfg.induction_batch, cfg.seed)
+        scores = induction_score(model, cfg.induction_seq_len, cfg.induction_batch, cfg.seed)
         best = int(scores.argmax())
         layer, head = divmod(best, scores.shape[1])
         logger.info(
