@@ -295,3 +295,31 @@ def copying_gap(model: ProbeTarget, n: int = 50, batch: int = 16, seed: int = 0)
     logp = torch.log_softmax(logits[:, :-1], dim=-1)
     loss = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, 2n): loss[:, i] predicts token i + 1
     return CopyingGap(first=loss[:, 1:n].mean().item(), second=loss[:, n + 1 :].mean().item(), n=n)
+
+
+@torch.no_grad()
+def next_token_predictions(
+    model: ProbeTarget, contexts: torch.Tensor, batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position next-token loss (N, T - 1) float32 and top-1 prediction (N, T - 1) int64 of ``contexts``
+    (N, T), computed ``batch_size`` contexts at a time (the full logits are never held for all of them)."""
+    losses, tops = [], []
+    for start in range(0, len(contexts), batch_size):
+        batch = contexts[start : start + batch_size]
+        logits = _logits(model, batch)[:, :-1]  # (B, T - 1, V)
+        losses.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none"))
+        tops.append(logits.argmax(-1))
+    return torch.cat(losses), torch.cat(tops)
+
+
+def _logits(model: ProbeTarget, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, V) float32 on CPU, with no pattern hooks attached."""
+    if _is_interp_model(model):
+        return model.forward(tokens.to(model.device)).float().cpu()
+    _model_facts(model)
+    was_training = model.training
+    model.eval()
+    try:
+        return model(tokens.to(next(model.parameters()).device)).logits.float().cpu()
+    finally:
+        model.train(was_training)
