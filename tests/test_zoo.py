@@ -16,7 +16,7 @@ from cli import zoo as zoo_cli
 from interp.errors import InterpError
 from interp.zoo import DEMO_DIR, ZooConfig, induction_score, iter_stdlib_documents, stdlib_files, train_demo
 from interp.zoo.probes import induction_pattern_score, repeated_random_tokens
-from interp.zoo.recipe import pack, repeat_spans
+from interp.zoo.recipe import copy_spans, pack, random_repeats, repeat_spans, training_batches
 
 # The aim for the shipped model is an induction head scoring >= 0.3 (the circuit work needs one). The
 # checkpoint shipped now does not reach it (README, "The embedded demo model"); the test checks that the
@@ -109,6 +109,44 @@ def test_repeat_spans_tiles_a_sample_of_the_row() -> None:
         assert set(body[:span].tolist()) <= set(contexts[i, 1:].tolist())
 
 
+def test_copy_spans_copies_earlier_text_forward() -> None:
+    contexts = torch.arange(1, 1 + 40 * 129).reshape(40, 129)  # every token distinct
+    contexts[:, 0] = 0
+    out = copy_spans(contexts, 0.5, np.random.default_rng(0))
+    assert torch.equal(out, copy_spans(contexts, 0.5, np.random.default_rng(0))) and (out[:, 0] == 0).all()
+    changed = [i for i in range(40) if not torch.equal(out[i], contexts[i])]
+    assert 10 <= len(changed) <= 30
+    for i in changed:
+        moved = (out[i] != contexts[i]).nonzero().flatten()
+        assert len(moved) >= 16  # at least a quarter of the row, give or take overwritten copies
+        first_seen = {int(t): int(p) for p, t in reversed(list(enumerate(contexts[i])))}
+        # every overwritten token is an original token of the row, from an earlier position
+        assert all(first_seen[int(out[i, p])] < p for p in moved.tolist())
+
+
+def test_random_repeats_copy_segments_not_periods() -> None:
+    rows = random_repeats(64, 64, vocab_size=50_000, bos_token_id=7, rng=np.random.default_rng(0))
+    assert rows.shape == (64, 64) and (rows[:, 0] == 7).all() and not (rows[:, 1:] == 7).any()
+    repeats = 0
+    for row in rows.tolist():
+        seen, periods = {}, set()
+        for p, t in enumerate(row[1:]):
+            if t in seen:  # with 50,000 ids, a repeated token is a copied segment
+                repeats += 1
+                periods.add(p - seen[t])
+            seen[t] = p
+        assert len(periods) != 1  # copies come back at varying distances, not with one period
+    assert 0.25 < repeats / (64 * 63) < 0.75
+    assert torch.equal(rows, random_repeats(64, 64, 50_000, 7, np.random.default_rng(0)))
+
+
+def test_curriculum_batches_are_short_random_repeats() -> None:
+    cfg = ZooConfig(seq_len=64, batch_size=4, curriculum_steps=2, curriculum_seq_len=16, random_fraction=0.5)
+    documents = [np.arange(1, 2000, dtype=np.int32)]
+    batches = training_batches(cfg, documents, bos_token_id=0, vocab_size=4096)
+    assert [tuple(next(batches).shape) for _ in range(3)] == [(16, 16), (16, 16), (4, 64)]
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -118,7 +156,11 @@ def test_repeat_spans_tiles_a_sample_of_the_row() -> None:
         {"warmup_steps": 5, "steps": 5},
         {"lr": 0.0},
         {"max_files": 0},
-        {"induction_seq_len": 200},
+        {"probe_seq_len": 200},
+        {"random_fraction": 1.0},
+        {"curriculum_steps": 600},
+        {"curriculum_seq_len": 4},
+        {"copy_fraction": -0.1},
         {"save_dtype": "int8"},
         {"vocab_size": 100},
         {"repeat_fraction": 1.0},
@@ -141,8 +183,10 @@ TINY = ZooConfig(
     steps=3,
     warmup_steps=1,
     max_files=3,
-    induction_seq_len=8,
-    induction_batch=2,
+    probe_seq_len=8,
+    probe_batch=2,
+    curriculum_steps=1,
+    random_fraction=0.5,
     num_threads=1,
 )
 

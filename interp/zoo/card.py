@@ -22,6 +22,7 @@ from interp.zoo.probes import CopyingGap, HeadScores, copying_gap, head_scores, 
 from interp.zoo.tasks import (
     TASKS,
     HeldoutText,
+    TaskItems,
     baseline_accuracies,
     encode_documents,
     find_items,
@@ -31,7 +32,8 @@ from interp.zoo.tasks import (
 )
 
 NATURAL_CONTEXTS, NATURAL_SEQ_LEN = 16, 128
-"""Natural text of the previous-token and BOS scores: this many held-out contexts of this many tokens."""
+"""Natural text of the previous-token and BOS scores: this many held-out contexts of this many tokens
+(fewer tokens when the evaluation contexts are shorter)."""
 
 
 class Evaluation(NamedTuple):
@@ -45,8 +47,8 @@ class Evaluation(NamedTuple):
     """The four scores of every head (``interp.zoo.probes``)."""
     copying: CopyingGap
     """Mean losses on the two copies of ``[BOS] r r``."""
-    tasks: dict[str, float]
-    """Task name -> the model's top-1 accuracy."""
+    tasks: dict[str, float | None]
+    """Task name -> the model's top-1 accuracy (None when the held-out text has no item of the task)."""
 
 
 class BaselineEvaluation(NamedTuple):
@@ -54,8 +56,8 @@ class BaselineEvaluation(NamedTuple):
 
     unigram_loss: float
     """Loss of add-one smoothed train-split token frequencies on the same held-out targets."""
-    tasks: dict[str, tuple[int, float, float]]
-    """Task name -> (number of items, unigram accuracy, bigram accuracy)."""
+    tasks: dict[str, tuple[int, float | None, float | None]]
+    """Task name -> (number of items, unigram accuracy, bigram accuracy); None where there is no item."""
 
 
 def heldout_text(tokenizer: Any, seq_len: int) -> HeldoutText:
@@ -69,13 +71,13 @@ def evaluate_model(
 ) -> Evaluation:
     """Measure ``model`` (an ``interp.Model`` or a Hugging Face causal LM) on ``text`` and the probes."""
     nll, top = next_token_predictions(model, text.contexts, batch_size)
-    natural = stdlib_contexts(tokenizer, NATURAL_CONTEXTS, NATURAL_SEQ_LEN)
+    natural = stdlib_contexts(tokenizer, NATURAL_CONTEXTS, min(NATURAL_SEQ_LEN, text.contexts.shape[1]))
     return Evaluation(
         heldout_loss=float(nll.double().mean()),
         heldout_tokens=nll.numel(),
         heads=head_scores(model, natural, probe_seq_len, probe_batch, seed),
         copying=copying_gap(model, probe_seq_len, probe_batch, seed),
-        tasks={name: model_accuracy(find_items(text, name), top) for name in TASKS},
+        tasks={name: model_accuracy(items, top) if len(items.target) else None for name, items in _items(text)},
     )
 
 
@@ -84,11 +86,15 @@ def evaluate_baselines(train_ids: list[np.ndarray], text: HeldoutText, vocab_siz
     counts = np.bincount(np.concatenate(train_ids), minlength=vocab_size).astype(np.float64) + 1.0
     logp = torch.from_numpy(np.log(counts / counts.sum()))
     baselines = ngram_baselines(train_ids, vocab_size)
-    tasks = {}
-    for name in TASKS:
-        items = find_items(text, name)
-        tasks[name] = (len(items.target), *baseline_accuracies(items, text.contexts, baselines))
+    tasks: dict[str, tuple[int, float | None, float | None]] = {}
+    for name, items in _items(text):
+        found = baseline_accuracies(items, text.contexts, baselines) if len(items.target) else (None, None)
+        tasks[name] = (len(items.target), *found)
     return BaselineEvaluation(float(-logp[text.contexts[:, 1:]].mean()), tasks)
+
+
+def _items(text: HeldoutText) -> list[tuple[str, TaskItems]]:
+    return [(name, find_items(text, name)) for name in TASKS]
 
 
 def card_sections(evaluation: Evaluation, baselines: BaselineEvaluation) -> dict[str, Any]:

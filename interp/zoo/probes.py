@@ -233,7 +233,8 @@ def stdlib_contexts(tokenizer: Any, n_contexts: int = 16, seq_len: int = 128, sp
     bos, eos, body = tokenizer.bos_token_id, tokenizer.eos_token_id, seq_len - 1
     stream: list[int] = []
     for text in iter_stdlib_documents(split):  # type: ignore[arg-type]
-        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        stream += ids + ([eos] if eos is not None else [])
         if len(stream) >= n_contexts * body:
             break
     if len(stream) < n_contexts * body:

@@ -37,8 +37,10 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from interp.errors import InterpError
+from interp.zoo.card import NATURAL_CONTEXTS, NATURAL_SEQ_LEN, card_sections, evaluate_baselines, evaluate_model
 from interp.zoo.corpus import Split, corpus_fingerprint, stdlib_files
-from interp.zoo.probes import induction_score
+from interp.zoo.probes import attention_patterns, induction_score, previous_token_pattern_score
+from interp.zoo.tasks import encode_documents, pack_documents
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ SPECIAL_TOKEN = "<|endoftext|>"
 """The one special token: BOS at the start of every context and EOS after every document."""
 
 CARD_NAME = "zoo_card.json"
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -80,21 +82,32 @@ class ZooConfig:
     weight_decay: float = 0.1
     """AdamW weight decay, applied to matrices only (not to biases, layer norms)."""
     repeat_fraction: float = 0.25
-    """Fraction of training contexts that are a random span of corpus tokens repeated (``repeat_spans``).
-
-    They reward copying from earlier in the context, so induction heads form within a CPU budget of a
-    few million tokens; on natural code alone a model this small had formed none after that budget.
-    Held-out loss is always measured on natural text."""
+    """Fraction of natural training contexts replaced by a random span of corpus tokens repeated
+    (``repeat_spans``). Held-out loss is always measured on natural text."""
+    copy_fraction: float = 0.0
+    """Fraction of natural training contexts in which spans are copied forward (``copy_spans``): code
+    that repeats itself, so that predicting it rewards induction, while it keeps code's local structure."""
+    random_fraction: float = 0.0
+    """Fraction of training contexts (after the curriculum) replaced by a sequence of uniformly random
+    tokens repeated (``random_repeats``): only copying from the earlier copy predicts them."""
+    curriculum_steps: int = 0
+    """Optimizer steps at the start that see only ``random_repeats`` contexts, so that the circuit that
+    copies (a previous-token head and an induction head) forms before natural text is learnt."""
+    curriculum_seq_len: int = 16
+    """Tokens per curriculum context. Short contexts make the circuit form in far fewer steps (the signal
+    that a head reads the previous token is diluted by the context length); each curriculum step has
+    ``batch_size * seq_len // curriculum_seq_len`` contexts, so it costs about what a main step costs."""
     grad_clip: float = 1.0
     """Maximum global gradient norm."""
     seed: int = 0
     """Seed of every random choice: weight init, data order, repeated spans, induction probe."""
     max_files: int | None = None
     """If set, use at most this many files of each split (for quick tests); None uses them all."""
-    induction_seq_len: int = 64
-    """Length of the random sequence repeated in the induction probe; ``2 * it + 1 <= n_ctx``."""
-    induction_batch: int = 16
-    """Number of random sequences in the induction probe."""
+    probe_seq_len: int = 50
+    """Length n of the random sequence r of the ``[BOS] r r`` probe (induction and duplicate-token
+    scores, copying gap); ``2 * n + 1 <= n_ctx``."""
+    probe_batch: int = 16
+    """Number of random sequences in the ``[BOS] r r`` probe."""
     num_threads: int = 2
     """CPU threads torch may use while training."""
     save_dtype: Literal["float32", "float16"] = "float32"
@@ -111,8 +124,9 @@ class ZooConfig:
             "seq_len",
             "batch_size",
             "steps",
-            "induction_seq_len",
-            "induction_batch",
+            "probe_seq_len",
+            "probe_batch",
+            "curriculum_seq_len",
             "num_threads",
         )
         for name in positive:
@@ -124,12 +138,21 @@ class ZooConfig:
             raise InterpError(f"ZooConfig.d_model={self.d_model} must be a multiple of n_head={self.n_head}")
         if not 8 <= self.seq_len <= self.n_ctx:
             raise InterpError(f"ZooConfig.seq_len must be in [8, n_ctx={self.n_ctx}], got {self.seq_len}")
-        if not 0 <= self.repeat_fraction < 1:
-            raise InterpError(f"ZooConfig.repeat_fraction must be in [0, 1), got {self.repeat_fraction}")
-        if 2 * self.induction_seq_len + 1 > self.n_ctx:
+        for name in ("repeat_fraction", "copy_fraction", "random_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise InterpError(f"ZooConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 8 <= self.curriculum_seq_len <= self.seq_len:
             raise InterpError(
-                f"ZooConfig.induction_seq_len must be at most {(self.n_ctx - 1) // 2} for "
-                f"n_ctx={self.n_ctx}, got {self.induction_seq_len}"
+                f"ZooConfig.curriculum_seq_len must be in [8, seq_len={self.seq_len}], got {self.curriculum_seq_len}"
+            )
+        if not 0 <= self.curriculum_steps < self.steps:
+            raise InterpError(
+                f"ZooConfig.curriculum_steps must be in [0, steps={self.steps}), got {self.curriculum_steps}"
+            )
+        if 2 * self.probe_seq_len + 1 > self.n_ctx:
+            raise InterpError(
+                f"ZooConfig.probe_seq_len must be at most {(self.n_ctx - 1) // 2} for "
+                f"n_ctx={self.n_ctx}, got {self.probe_seq_len}"
             )
         if not 0 <= self.warmup_steps < self.steps:
             raise InterpError(
@@ -221,15 +244,81 @@ def repeat_spans(contexts: torch.Tensor, fraction: float, rng: np.random.Generat
     return out
 
 
-def training_batches(
-    cfg: ZooConfig, documents: list[np.ndarray], bos_token_id: int
-) -> Iterator[torch.Tensor]:
-    """Endless (batch_size, seq_len) int64 batches.
+def copy_spans(contexts: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """A copy of ``contexts`` (N, T) where in about ``fraction`` of the rows spans are copied forward.
 
-    Each epoch reshuffles the documents, packs them, shuffles the contexts and applies
-    :func:`repeat_spans` with ``cfg.repeat_fraction``; all randomness comes from ``cfg.seed``.
+    In a chosen row, spans of 4 to 16 tokens are copied from a random earlier place of the row to a
+    random later one (overwriting what was there) until about a quarter of the row is copies. BOS stays.
+    Each copy keeps natural code's n-grams; its tokens after the first are predicted by finding the
+    previous occurrence of the current token and reading what followed it.
+    """
+    out = contexts.clone()
+    t = contexts.shape[1]
+    for row in np.flatnonzero(rng.random(len(contexts)) < fraction):
+        copied = 0
+        while copied < (t - 1) // 4:
+            length = int(rng.integers(4, 17))
+            if 1 + 2 * length > t:
+                break
+            source = int(rng.integers(1, t - 2 * length + 1))
+            target = int(rng.integers(source + length, t - length + 1))
+            out[row, target : target + length] = out[row, source : source + length]
+            copied += length
+    return out
+
+
+def random_repeats(
+    rows: int, seq_len: int, vocab_size: int, bos_token_id: int, rng: np.random.Generator
+) -> torch.Tensor:
+    """(rows, seq_len) int64: BOS, then segments of uniformly random non-BOS tokens, half of them copies.
+
+    Each row is built from segments of 2 to 8 tokens; a segment is fresh random tokens or, with
+    probability 1/2 (once the row has one), a copy of an earlier segment of the row chosen at random.
+    Inside a copy every token after the first is predicted only by finding the previous occurrence of the
+    current token and reading what followed it (an induction head). Recency, bag-of-words and fixed-offset
+    rules do not predict it, which they would for a sequence tiled with a fixed period.
+    """
+    body = seq_len - 1
+    out = torch.full((rows, seq_len), bos_token_id, dtype=torch.long)
+    for row in range(rows):
+        segments: list[np.ndarray] = []
+        filled = 0
+        while filled < body:
+            if segments and rng.random() < 0.5:
+                segment = segments[int(rng.integers(len(segments)))]
+            else:
+                segment = rng.integers(0, vocab_size - 1, int(rng.integers(2, 9)))
+                segment = segment + (segment >= bos_token_id)  # uniform over every id but BOS
+                segments.append(segment)
+            out[row, 1 + filled : 1 + min(body, filled + len(segment))] = torch.from_numpy(segment[: body - filled])
+            filled += len(segment)
+    return out
+
+
+def training_batches(
+    cfg: ZooConfig, documents: list[np.ndarray], bos_token_id: int, vocab_size: int
+) -> Iterator[torch.Tensor]:
+    """Endless int64 batches: (batch_size, seq_len) once the curriculum is over.
+
+    The first ``cfg.curriculum_steps`` batches are all :func:`random_repeats` of ``cfg.curriculum_seq_len``
+    tokens (``batch_size * seq_len // curriculum_seq_len`` rows). After them, each epoch
+    reshuffles the documents, packs them, shuffles the contexts and applies :func:`repeat_spans` with
+    ``cfg.repeat_fraction`` and :func:`copy_spans` with ``cfg.copy_fraction``; then each batch has about
+    ``cfg.random_fraction`` of its rows replaced by :func:`random_repeats`. All randomness comes from ``cfg.seed``.
     """
     rng = np.random.default_rng(cfg.seed)
+    rows = cfg.batch_size * cfg.seq_len // cfg.curriculum_seq_len
+    for _ in range(cfg.curriculum_steps):
+        yield random_repeats(rows, cfg.curriculum_seq_len, vocab_size, bos_token_id, rng)
+    for batch in _natural_batches(cfg, documents, bos_token_id, rng):
+        rows = np.flatnonzero(rng.random(cfg.batch_size) < cfg.random_fraction)
+        batch[rows] = random_repeats(len(rows), cfg.seq_len, vocab_size, bos_token_id, rng)
+        yield batch
+
+
+def _natural_batches(
+    cfg: ZooConfig, documents: list[np.ndarray], bos_token_id: int, rng: np.random.Generator
+) -> Iterator[torch.Tensor]:
     while True:
         order = rng.permutation(len(documents))
         contexts = pack([documents[i] for i in order], cfg.seq_len, bos_token_id, drop_last=True)
@@ -239,9 +328,9 @@ def training_batches(
                 f"batch_size={cfg.batch_size}; lower batch_size or seq_len, or raise max_files"
             )
         stacked = torch.stack(contexts)[torch.from_numpy(rng.permutation(len(contexts)))]  # (N, T)
-        stacked = repeat_spans(stacked, cfg.repeat_fraction, rng)
+        stacked = copy_spans(repeat_spans(stacked, cfg.repeat_fraction, rng), cfg.copy_fraction, rng)
         for start in range(0, len(stacked) - cfg.batch_size + 1, cfg.batch_size):
-            yield stacked[start : start + cfg.batch_size]
+            yield stacked[start : start + cfg.batch_size].clone()
 
 
 def build_model(cfg: ZooConfig, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
@@ -280,8 +369,14 @@ def lr_factor(cfg: ZooConfig, step: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_model(cfg: ZooConfig, model: GPT2LMHeadModel, batches: Iterator[torch.Tensor]) -> float:
-    """Run ``cfg.steps`` optimizer steps on ``batches``; returns the mean loss of the last 10% of steps."""
+def train_model(
+    cfg: ZooConfig, model: GPT2LMHeadModel, batches: Iterator[torch.Tensor], natural: torch.Tensor
+) -> float:
+    """Run ``cfg.steps`` optimizer steps on ``batches``; returns the mean loss of the last 10% of steps.
+
+    Twenty times per run it logs the loss and the best previous-token (on ``natural``, (B, T) token ids)
+    and induction scores, so a run shows when the circuit forms.
+    """
     optimizer = _optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
     model.train()
@@ -301,48 +396,15 @@ def train_model(cfg: ZooConfig, model: GPT2LMHeadModel, batches: Iterator[torch.
         tokens_per_s = (step + 1) * tokens_per_step / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}")
         if (step + 1) % max(1, cfg.steps // 20) == 0 or step + 1 == cfg.steps:
-            best = induction_score(model, cfg.induction_seq_len, 4, cfg.seed).max()
+            previous = previous_token_pattern_score(attention_patterns(model, natural)).max().item()
+            induction = induction_score(model, cfg.probe_seq_len, 4, cfg.seed).max().item()
             logger.info(
-                "step %d/%d loss %.4f lr %.2e %.0f tok/s, best induction score %.3f",
-                step + 1,
-                cfg.steps,
-                loss.item(),
-                scheduler.get_last_lr()[0],
-                tokens_per_s,
-                best.item(),
+                "step %d/%d loss %.4f lr %.2e %.0f tok/s; best previous-token score %.3f, induction %.3f",
+                step + 1, cfg.steps, loss.item(), scheduler.get_last_lr()[0], tokens_per_s, previous, induction,
             )
     bar.close()
     model.eval()
     return float(np.mean(recent))
-
-
-@torch.no_grad()
-def heldout_losses(
-    model: GPT2LMHeadModel, contexts: list[torch.Tensor], unigram_logp: torch.Tensor, batch_size: int
-) -> tuple[float, float, int]:
-    """(model loss, unigram loss, number of tokens): mean nats per predicted token of ``contexts``.
-
-    Both losses are over exactly the same targets: every token of every context except its first.
-    """
-    model_nll, unigram_nll, count = 0.0, 0.0, 0
-    for length in sorted({len(c) for c in contexts}):
-        same = [c for c in contexts if len(c) == length]
-        for start in range(0, len(same), batch_size):
-            batch = torch.stack(same[start : start + batch_size])  # (B, T)
-            logits = model(batch).logits[:, :-1].float()  # (B, T-1, V)
-            targets = batch[:, 1:]
-            model_nll += torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), reduction="sum"
-            ).item()
-            unigram_nll -= unigram_logp[targets].sum().item()
-            count += targets.numel()
-    return model_nll / count, unigram_nll / count, count
-
-
-def unigram_log_probs(documents: list[np.ndarray], vocab_size: int) -> torch.Tensor:
-    """Add-one smoothed log-probabilities (vocab_size,) of the tokens in ``documents``."""
-    counts = np.bincount(np.concatenate(documents), minlength=vocab_size).astype(np.float64) + 1.0
-    return torch.from_numpy(np.log(counts / counts.sum()))
 
 
 def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
@@ -389,46 +451,29 @@ def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
         logger.info("corpus: %d train files, %d held-out files", len(train_files), len(heldout_files))
         tokenizer = train_tokenizer(cfg, train_files)
         train_docs = tokenize_documents(tokenizer, train_files)
-        heldout_docs = tokenize_documents(tokenizer, heldout_files)
-        bos = tokenizer.bos_token_id
         logger.info("tokenizer: %d tokens; train split %d tokens", len(tokenizer), sum(map(len, train_docs)))
         model = build_model(cfg, tokenizer)
         n_params = sum(p.numel() for p in model.parameters())
         logger.info("model: %d parameters", n_params)
-        train_loss = train_model(cfg, model, training_batches(cfg, train_docs, bos))
+        heldout = pack_documents(
+            encode_documents(tokenizer, list(_read(heldout_files))), cfg.seq_len, tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+        )
+        batches = training_batches(cfg, train_docs, tokenizer.bos_token_id, len(tokenizer))
+        train_loss = train_model(cfg, model, batches, heldout.contexts[:4])
         if cfg.save_dtype == "float16":
             model.half().float()  # evaluate exactly the weights that are saved
-        heldout = pack(heldout_docs, cfg.seq_len, bos, drop_last=False)
-        loss, unigram, n_heldout = heldout_losses(
-            model, heldout, unigram_log_probs(train_docs, len(tokenizer)), cfg.batch_size
-        )
-        scores = induction_score(model, cfg.induction_seq_len, cfg.induction_batch, cfg.seed)
-        best = int(scores.argmax())
-        layer, head = divmod(best, scores.shape[1])
-        logger.info(
-            "held-out loss %.4f (unigram %.4f); best induction head L%dH%d = %.3f",
-            loss,
-            unigram,
-            layer,
-            head,
-            scores[layer, head].item(),
-        )
+        evaluation = evaluate_model(model, tokenizer, heldout, cfg.probe_seq_len, cfg.probe_batch, cfg.seed)
+        baselines = evaluate_baselines(train_docs, heldout, len(tokenizer))
         card = {
             "schema_version": CARD_SCHEMA_VERSION,
             "config": dataclasses.asdict(cfg),
             "parameter_count": n_params,
             "training_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
             "final_train_loss": train_loss,
-            "heldout_loss": loss,
-            "unigram_loss": unigram,
-            "heldout_tokens": n_heldout,
-            "best_induction_head": {"layer": layer, "head": head, "score": scores[layer, head].item()},
-            "induction_scores": scores.tolist(),
-            "induction_probe": {
-                "seq_len": cfg.induction_seq_len,
-                "batch": cfg.induction_batch,
-                "seed": cfg.seed,
-            },
+            **card_sections(evaluation, baselines),
+            "probes": {"seq_len": cfg.probe_seq_len, "batch": cfg.probe_batch, "seed": cfg.seed,
+                       "natural_contexts": NATURAL_CONTEXTS, "natural_seq_len": NATURAL_SEQ_LEN},
             "corpus": {
                 "train_files": len(train_files),
                 "heldout_files": len(heldout_files),
@@ -440,6 +485,11 @@ def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
             "transformers_version": transformers.__version__,
             "tokenizers_version": tokenizers.__version__,
         }
+        logger.info(
+            "held-out loss %.4f (unigram %.4f); best previous-token head %s, induction head %s; copying gap %.2f",
+            card["heldout_loss"], card["unigram_loss"], card["best_previous_token_head"],
+            card["best_induction_head"], card["copying_gap"]["gap"],
+        )
 
         def write(tmp: Path) -> None:
             model.to(getattr(torch, cfg.save_dtype)).save_pretrained(tmp, safe_serialization=True)
