@@ -27,6 +27,7 @@ chromium:
 
 lint: $(STAMP)
 	$(BIN)/ruff check interp cli tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -26,12 +26,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 
 def synthetic_store(path: Path, n_rows: int, d: int, ctx_len: int, vocab: int) -> None:
+    from interp.activations.store import FORMAT, VERSION, shard_name
     from interp.io import atomic_write_json, save_tensors
-    from interp.store import FORMAT, VERSION, shard_name
 
     g = torch.Generator().manual_seed(0)
     shards, per_shard = [], 64 * ctx_len * 16
@@ -104,17 +102,24 @@ def _encode_seconds(sae, store, chunk_rows: int = 4096) -> float:
 
 
 def _dictionary(d: int, features: int):
-    from test_features import StandInSAE
+    """A ReLU SAE with seeded random weights on rows of norm about sqrt(d): pre-activations are about
+    N(0, 1), and biases from -2 to -4.1 make it sparse (a few dozen active latents per token, common to
+    rare features)."""
+    from interp.dictionaries import create
 
-    sae = StandInSAE(d, features, "h", "synthetic")
-    sae.b_enc.data -= 1.5  # sparse: a few dozen active latents per token
+    torch.manual_seed(0)
+    sae = create("relu", d, features, hook_in="h", model_fingerprint="synthetic")
+    with torch.no_grad():
+        sae.W_enc_.copy_(torch.randn(d, features) / d**0.5)
+        sae.b_dec.zero_()
+        sae.b_enc.copy_(-torch.linspace(2.0, 4.1, features))
     return sae
 
 
 def throughput(args: argparse.Namespace, tmp: Path) -> Path:
+    from interp.activations.store import ActivationStore
     from interp.features import AnalyzeConfig, analyze_features
     from interp.io import read_json
-    from interp.store import ActivationStore
 
     (tmp / "store").mkdir()
     synthetic_store(tmp / "store", args.rows, args.d, 128, 4096)
@@ -223,7 +228,7 @@ def main() -> None:
 
 
 def dashboard(args: argparse.Namespace, out: Path, tmp: Path) -> None:
-    from interp.dashboards import build_dashboard
+    from interp.site.build import build_dashboard
 
     t0 = time.perf_counter()
     index = build_dashboard(out, tmp / "site", progress=False)

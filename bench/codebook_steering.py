@@ -34,16 +34,19 @@ from pathlib import Path
 
 import torch
 
-from interp.codebook_finetune import CodebookFinetuneConfig, config_dict, finetune_codebooks, load_run
-from interp.codebook_steering import (
+from interp.codebooks import (
+    CodebookFinetuneConfig,
     CodeUsage,
     code_usage,
+    finetune_codebooks,
     fire_mask,
     generate_with_codes,
+    load_run,
     target_mass,
     token_counts,
 )
-from interp.data import iter_contexts
+from interp.configs import config_to_dict
+from interp.model.corpus import iter_contexts
 
 SITES = ("blocks.0.attn.hook_z", "blocks.1.hook_mlp_out")
 
@@ -62,7 +65,7 @@ def ensure_run(run_dir: Path, cfg: CodebookFinetuneConfig) -> None:
     cfg_file = run_dir / "codebooks" / "codebooks.json"
     if (run_dir / "metrics.json").is_file() and cfg_file.is_file():
         saved = json.loads(cfg_file.read_text()).get("config") or {}
-        wanted = config_dict(cfg)
+        wanted = config_to_dict(cfg)
         diff = {f: (saved.get(f), wanted[f]) for f in CHECKED_FIELDS if saved.get(f) != wanted[f]}
         if diff:
             raise SystemExit(f"{run_dir} was finetuned with other settings (saved, requested): {diff}; "

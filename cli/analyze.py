@@ -10,7 +10,7 @@ import argparse
 
 from cli.config_flags import add_config_flags, config_kwargs
 
-CONFIG = ("interp.features", "AnalyzeConfig")
+CONFIG = ("interp.features.config", "AnalyzeConfig")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     dictionary = load_dictionary(args.dictionary).to(cfg.device).eval()
     model = None
     if args.model:
-        from interp.models import load_model
+        from interp.model.model import load_model
 
         model = load_model(args.model)
     out = analyze_features(

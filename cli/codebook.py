@@ -11,7 +11,7 @@ import argparse
 
 from cli.config_flags import add_config_flags, config_kwargs
 
-_CONFIG = ("interp.codebook_finetune", "CodebookFinetuneConfig")
+_CONFIG = ("interp.codebooks.finetune", "CodebookFinetuneConfig")
 _BY_HAND = ("sites", "corpus", "heldout")
 
 
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ft.add_argument("--no-progress", action="store_true")
     ft.add_argument("--sites", nargs="+", default=["blocks.0.attn.hook_z", "blocks.1.hook_mlp_out"],
                     help="hook sites: blocks.L.attn.hook_z (a codebook per head) or a (batch, pos, d) hook")
-    ft.add_argument("--corpus", default="stdlib:train", help="training corpus (see interp.data)")
+    ft.add_argument("--corpus", default="stdlib:train", help="training corpus (see interp.model.corpus)")
     ft.add_argument("--heldout", default="stdlib:heldout",
                     help="held-out corpus; 'none' holds out the first contexts of --corpus")
     add_config_flags(ft, *_CONFIG, skip=_BY_HAND)
@@ -45,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from interp.codebook_finetune import CodebookFinetuneConfig, finetune_codebooks
-    from interp.data import CorpusConfig
+    from interp.codebooks.finetune import CodebookFinetuneConfig, finetune_codebooks
+    from interp.model.corpus import CorpusConfig
 
     values = config_kwargs(args, *_CONFIG, skip=_BY_HAND)
     values["sites"] = tuple(args.sites)
@@ -61,8 +61,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_steer(args: argparse.Namespace) -> int:
-    from interp.codebook_finetune import load_run
-    from interp.codebook_steering import generate_with_codes, next_token_shift
+    from interp.codebooks.finetune import load_run
+    from interp.codebooks.steer import generate_with_codes, next_token_shift
 
     model, codebooks = load_run(args.run_dir)
     positions = args.positions if args.positions in ("all", "last") else [int(p) for p in args.positions.split(",")]

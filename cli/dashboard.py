@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.dashboards import build_dashboard
+    from interp.site.build import build_dashboard
 
     index = build_dashboard(args.features, args.out, args.explanations, progress=not args.no_progress)
     print(f"open file://{index.resolve()}")

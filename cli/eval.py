@@ -23,15 +23,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from interp.activations.store import ActivationStore
     from interp.dictionaries import load_dictionary
-    from interp.evals import evaluate
     from interp.io import atomic_write_json
-    from interp.store import ActivationStore
+    from interp.training.evals import evaluate
 
     d = load_dictionary(args.dictionary, device=args.device)
     model = None
     if args.model:
-        from interp.models import load_model
+        from interp.model.model import load_model
 
         model = load_model(args.model, device=args.device)
     result = evaluate(

@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.neuronpedia import export_neuronpedia
+    from interp.formats.neuronpedia import export_neuronpedia
 
     files = export_neuronpedia(
         args.features,

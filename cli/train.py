@@ -1,10 +1,27 @@
-"""``interp train``: train one dictionary on an activation store, or on activations computed on the fly
-from a model (``--model`` and ``--corpus`` instead of ``--store``). A config file plus flags."""
+"""``interp train``: train dictionaries on an activation store, or on activations computed on the fly from a
+model (``--model`` and ``--corpus`` instead of ``--store``). Under ``torchrun`` one dictionary trains with DDP
+on every process, several are spread over the processes (see docs/scaling.md).
+
+Every field of ``interp.training.TrainConfig`` is a flag (generated from the dataclass). ``--config`` reads a
+JSON object of TrainConfig fields, or a list of them trained as a sweep in one pass over the data; flags
+given on the command line override every entry.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+from cli.config_flags import add_config_flags, config_kwargs
+
+if TYPE_CHECKING:
+    from interp.activations import ModelSource
+
+CONFIG = ("interp.training.config", "TrainConfig")
+
+RESUMABLE = True
+"""Run again after an interruption, the job resumes (see ``cli.main``)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -15,59 +32,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--store", help="activation store directory (from interp cache)")
     src.add_argument("--model", help="compute activations on the fly from this model (demo, a local HF "
                      "directory or a hub name) instead of reading a store; needs --hook")
-    p.add_argument("--corpus", default="stdlib:train", help="with --model: corpus source (see interp.data)")
+    p.add_argument("--corpus", default="stdlib:train", help="with --model: corpus source (see interp.model.corpus)")
     p.add_argument("--ctx-len", type=int, default=128, help="with --model: tokens per context")
     p.add_argument("--model-batch", type=int, default=32, help="with --model: contexts per forward pass")
     p.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
     p.add_argument("--config", help="JSON file of TrainConfig fields, or a list of them to train a sweep in one "
                    "pass over the data (give each a distinct 'name'); flags override every entry")
-    p.add_argument("--architecture", choices=sorted(REGISTRY), help="dictionary architecture")
-    p.add_argument("--hook", help="input hook (default: the store's only hook)")
-    p.add_argument("--hook-out", help="target hook, for transcoders")
-    p.add_argument("--expansion", type=int, help="d_sae = expansion * d_in")
-    p.add_argument("--d-sae", type=int, help="number of latents (overrides --expansion)")
-    p.add_argument("-k", "--k", type=int, help="active latents / steps / codes per token")
-    p.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=JSON",
-        help="architecture parameter, e.g. --param l1_coeff=5.0 (repeatable)",
-    )
-    p.add_argument("--normalization", choices=["none", "scalar", "standardize"])
-    p.add_argument("--n-tokens", type=int, help="training tokens")
-    p.add_argument("--batch-size", type=int, help="tokens per step")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default: scaled by d_sae)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--autocast", choices=["bfloat16"], help="train under bf16 autocast (weights stay fp32)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    p.add_argument("--nan-policy", choices=["stop", "skip"])
-    p.add_argument("--wandb-project")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
+                   help="architecture parameter, e.g. --param l1_coeff=5.0 (repeatable)")
     p.add_argument("--no-progress", action="store_true")
+    add_config_flags(p.add_argument_group("training (TrainConfig; flags override --config)"), *CONFIG,
+                     overrides=True, choices={"architecture": sorted(REGISTRY)}, aliases={"k": ["-k"]})
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.errors import InterpError
-    from interp.io import read_json
-    from interp.train import TrainConfig, train_dictionary
+    from interp.distributed import init_from_env, rank_and_world
+    from interp.training import load_train_configs, train_dictionary
 
-    loaded = read_json(args.config, "training config") if args.config else {}
-    entries = loaded if isinstance(loaded, list) else [loaded]
-    if not entries or not all(isinstance(e, dict) for e in entries):
-        raise InterpError(f"{args.config}: a training config is a JSON object of TrainConfig fields, or a list "
-                          "of them (a sweep trained in one pass over the data).")
-    cfgs = []
-    for entry in entries:
-        fields = {**entry, **{k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}}
-        params = {**fields.pop("params", {}), **_params(args.param)}
-        try:
-            cfgs.append(TrainConfig(**fields, params=params))
-        except TypeError as e:
-            raise InterpError(f"Bad training config: {e}") from e
+    overrides = {**config_kwargs(args, *CONFIG), "params": parse_params(args.param)}
+    cfgs = load_train_configs(args.config, overrides)
+    init_from_env(cfgs[0].device)  # under torchrun: join the process group
     source = args.store if args.store else _model_source(args, cfgs)
     result = train_dictionary(cfgs, source, args.out, progress=not args.no_progress)
+    if rank_and_world()[0] != 0:
+        return 0
     for path in result.dictionaries:
         m = result.metrics[path.name]
         print(
@@ -77,12 +66,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_FLAGS = ("architecture", "hook", "hook_out", "expansion", "d_sae", "k", "normalization", "n_tokens", "batch_size",
-          "lr", "seed", "device", "checkpoint_every", "nan_policy", "wandb_project", "autocast")
-"""Flags that override the config file's fields (every entry of a sweep)."""
-
-
-def _params(items: list[str]) -> dict[str, object]:
+def parse_params(items: list[str]) -> dict[str, object]:
+    """``NAME=JSON`` items as a dict; a value that is not JSON stays a string."""
     params: dict[str, object] = {}
     for item in items:
         name, _, value = item.partition("=")
@@ -93,9 +78,9 @@ def _params(items: list[str]) -> dict[str, object]:
     return params
 
 
-def _model_source(args: argparse.Namespace, cfgs: list) -> object:
+def _model_source(args: argparse.Namespace, cfgs: list) -> ModelSource:
+    from interp.activations import ModelSource
     from interp.errors import InterpError
-    from interp.stream import ModelSource
 
     if not all(c.hook for c in cfgs):
         raise InterpError("--model computes activations on the fly and needs --hook (e.g. blocks.0.hook_resid_post).")

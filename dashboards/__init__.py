@@ -1,4 +1,4 @@
-"""Static assets of interp's dashboards: HTML pages, JavaScript and CSS (shipped as package data).
+"""Static assets of interp's dashboards: one HTML page template, JavaScript and CSS (shipped as package data).
 
 Pages build their DOM with ``createElement``/``textContent`` only, so every string that came from a
 tokenizer, a corpus or an LLM is shown as text. Data arrives as ``data/*.js`` files that assign JSON to
@@ -8,16 +8,17 @@ a global, because ``fetch`` of ``file://`` URLs is blocked and the site must ope
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent
-"""Directory holding the asset files that :func:`interp.dashboards.build_dashboard` copies."""
+"""Directory holding the asset files that :func:`interp.site.build_dashboard` copies."""
 
-ASSET_FILES = (
-    "index.html",
-    "feature.html",
-    "prompt.html",
-    "style.css",
-    "common.js",
-    "index.js",
-    "feature.js",
-    "prompt.js",
-)
-"""The files copied into every site (plotly.min.js is written from the installed plotly package)."""
+ASSET_FILES = ("style.css", "common.js", "index.js", "feature.js", "autointerp.js", "prompt.js")
+"""The files copied into every site as they are (plotly.min.js is written from the installed plotly package)."""
+
+PAGE_TEMPLATE = "page.html"
+"""Every page's HTML; its ``<!-- scripts -->`` line becomes the page's script tags."""
+
+PAGES: dict[str, tuple[str, ...]] = {
+    "index.html": ("common.js", "index.js"),
+    "feature.html": ("plotly.min.js", "common.js", "autointerp.js", "feature.js"),
+    "prompt.html": ("common.js", "prompt.js"),
+}
+"""Page name -> the scripts it loads, in order."""

@@ -3,15 +3,10 @@
 
 (async function () {
   const { el, fmt, fmtDensity, tokenSpan, featureHref, chip } = Interp;
-  const root = document.getElementById("app");
   const raw = new URLSearchParams(location.search).get("i") || "";
-  try {
-    await Interp.loadScript("data/meta.js");
-  } catch (e) {
-    return Interp.fail(root, "No dashboard data found next to this page (data/meta.js).");
-  }
-  const meta = window.INTERP_META;
-  Interp.header(meta, "");
+  const page = await Interp.boot("");
+  if (!page) return;
+  const { root, meta } = page;
   if (!/^\d+$/.test(raw) || parseInt(raw, 10) >= meta.n_features) {
     return Interp.fail(root, `No feature ${JSON.stringify(raw)}: pick one from 0 to ${meta.n_features - 1}.`);
   }
@@ -115,8 +110,9 @@
       table(F.nbrs.dec, "decoder cosine"), el("div", { style: "height:10px" }), table(F.nbrs.cooc,
         "co-occurrence (Jaccard)")));
   }
-  root.replaceChildren(head, el("div", { class: "grid side" },
-    el("div", {}, histCard, exCard, quantCard, randCard), side));
+  const scored = F.expl && F.expl.results && Object.keys(F.expl.results).length ? InterpAutointerp.card(F.expl) : null;
+  root.replaceChildren(...[head, scored, el("div", { class: "grid side" },
+    el("div", {}, histCard, exCard, quantCard, randCard), side)].filter(Boolean));
 
   // Bars on a log10 axis: x = log10 of the bin centre, width = log10(hi / lo).
   const h = F.hist;

@@ -3,14 +3,9 @@
 
 (async function () {
   const { el, fmt, tokenSpan, featureHref } = Interp;
-  const root = document.getElementById("app");
-  try {
-    await Interp.loadScript("data/meta.js");
-  } catch (e) {
-    return Interp.fail(root, "No dashboard data found next to this page (data/meta.js).");
-  }
-  const meta = window.INTERP_META;
-  Interp.header(meta, "Prompt");
+  const page = await Interp.boot("Prompt");
+  if (!page) return;
+  const { root, meta } = page;
   if (location.protocol === "file:") {
     return Interp.fail(root, "The prompt view runs the model live: open it through `interp serve`.");
   }

@@ -8,44 +8,44 @@ The public API is the names in ``__all__``; each is imported on first use, so ``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from interp.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "InterpError": "interp.errors",
-    "Model": "interp.models",
-    "ModelInfo": "interp.models",
-    "load_model": "interp.models",
-    "CorpusConfig": "interp.data",
-    "CacheConfig": "interp.cache",
-    "cache_activations": "interp.cache",
-    "ActivationStore": "interp.store",
+    "Model": "interp.model",
+    "ModelInfo": "interp.model",
+    "load_model": "interp.model",
+    "CorpusConfig": "interp.model",
+    "CacheConfig": "interp.activations",
+    "cache_activations": "interp.activations",
+    "ActivationStore": "interp.activations",
     "Dictionary": "interp.dictionaries",
     "REGISTRY": "interp.dictionaries",
     "create": "interp.dictionaries",
     "load_dictionary": "interp.dictionaries",
     "save_dictionary": "interp.dictionaries",
-    "TrainConfig": "interp.train",
-    "train_dictionary": "interp.train",
-    "evaluate": "interp.evals",
+    "TrainConfig": "interp.training",
+    "load_train_configs": "interp.training",
+    "train_dictionary": "interp.training",
+    "evaluate": "interp.training",
     "AnalyzeConfig": "interp.features",
     "analyze_features": "interp.features",
-    "load_feature_store": "interp.featurestore",
-    "build_dashboard": "interp.dashboards",
+    "load_feature_store": "interp.features",
+    "build_dashboard": "interp.site",
+    "Task": "interp.circuits",
+    "make_task": "interp.circuits",
+    "CircuitConfig": "interp.circuits",
+    "find_circuit": "interp.circuits",
+    "CircuitGraph": "interp.circuits",
+    "save_graph": "interp.circuits",
+    "load_graph": "interp.circuits",
+    "ground_truth": "interp.circuits",
+    "evaluate_graph": "interp.circuits",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'interp' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

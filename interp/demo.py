@@ -25,7 +25,7 @@ class DemoConfig:
     model: str = "demo"
     """The model to take apart (the embedded demo model by default)."""
     corpus: str = "stdlib"
-    """The corpus (see ``interp.data``): the standard library's own source by default."""
+    """The corpus (see ``interp.model.corpus``): the standard library's own source by default."""
     hook: str | None = None
     """Where the dictionary reads the model; None: the residual stream after the middle block."""
     n_tokens: int = 262_144
@@ -55,14 +55,14 @@ class DemoResult(NamedTuple):
 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, progress: bool = True) -> DemoResult:
     """Run the pipeline into ``out`` and return the dashboard path and the SAE's metrics."""
-    from interp.cache import CacheConfig, cache_activations
-    from interp.dashboards import build_dashboard
-    from interp.data import CorpusConfig
+    from interp.activations.cache import CacheConfig, cache_activations
     from interp.dictionaries import load_dictionary
-    from interp.evals import evaluate
     from interp.features import AnalyzeConfig, analyze_features
-    from interp.models import load_model
-    from interp.train import TrainConfig, train_dictionary
+    from interp.model.corpus import CorpusConfig
+    from interp.model.model import load_model
+    from interp.site.build import build_dashboard
+    from interp.training import TrainConfig, train_dictionary
+    from interp.training.evals import evaluate
 
     cfg = cfg or DemoConfig()
     out = Path(out)

@@ -1,13 +1,30 @@
-"""Shared fixtures: a tiny random GPT-2 with its own BPE tokenizer, and a small text corpus on disk."""
+"""Shared fixtures: a tiny random GPT-2 with its own BPE tokenizer, a small text corpus on disk, a stand-in
+dictionary with controlled weights, and a feature store made from them.
+
+Thread count: every test runs with ``TORCH_THREADS`` threads, taken from its module (default 2) and restored
+after, so no module changes it for the others at import time.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
-torch.set_num_threads(2)
+RESID = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads(request: pytest.FixtureRequest):
+    before = torch.get_num_threads()
+    torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 2))
+    yield
+    torch.set_num_threads(before)
 
 CORPUS_LINES = [
     "def add(a, b):\n    return a + b\n",
@@ -50,9 +67,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
-    from interp.models import load_model
+    from interp.model.model import load_model
 
     return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The shipped demo model, loaded once per session."""
+    from interp.model import load_model
+
+    return load_model("demo")
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +88,157 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         body = "".join(CORPUS_LINES[(i + j) % len(CORPUS_LINES)] for j in range(3))
         (d / f"doc{i:03d}.txt").write_text(f"# document {i}\n{body}")
     return d
+
+
+@dataclass
+class StandInCfg:
+    """The fields of ``interp.dictionaries`` configs that analysis reads."""
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    d_out: int
+    hook_in: str
+    hook_out: str | None = None
+    model_name: str | None = None
+    model_fingerprint: str | None = None
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+class StandInSAE(nn.Module):
+    """A test double of the dictionary interface: a plain ReLU SAE with seeded random weights."""
+
+    def __init__(self, d_in: int, d_sae: int, hook: str, fingerprint: str | None, seed: int = 0,
+                 signed: bool = False):
+        super().__init__()
+        self.signed = signed
+        g = torch.Generator().manual_seed(seed)
+        self.cfg = StandInCfg("relu", d_in, d_sae, d_in, hook, model_fingerprint=fingerprint)
+        self.W_enc = nn.Parameter(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        self.b_enc = nn.Parameter(-torch.linspace(0.5, 2.6, d_sae))  # common to rare features
+        self.W_dec = nn.Parameter(torch.randn(d_sae, d_in, generator=g) / d_in**0.5)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.signed:  # both signs, as matching pursuit or a linear dictionary give
+            pre = x @ self.W_enc + self.b_enc + 1.5
+            return pre * (pre.abs() > 1.0)
+        x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6) * self.cfg.d_in**0.5  # scale-free firing
+        return torch.relu(x @ self.W_enc + self.b_enc)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec
+
+
+@pytest.fixture(scope="session")
+def stand_in_sae() -> type[StandInSAE]:
+    """The stand-in dictionary class (a ReLU SAE with seeded weights and scale-free firing)."""
+    return StandInSAE
+
+
+@pytest.fixture(scope="session")
+def make_feature_store() -> Callable[..., tuple[StandInSAE, Any]]:
+    """``make(model_dir, corpus_dir, out, model, n_features, cfg, n_tokens)``: cache ``RESID`` of the model
+    over the corpus, analyze a stand-in SAE of ``n_features`` on it; returns (sae, feature store)."""
+    from interp.activations import CacheConfig, cache_activations
+    from interp.features import analyze_features, load_feature_store
+    from interp.model import CorpusConfig
+
+    def make(model_dir: Path, corpus_dir: Path, out: Path, model: Any, n_features: int, cfg: Any,
+             n_tokens: int = 512) -> tuple[StandInSAE, Any]:
+        store = cache_activations(
+            CacheConfig(model=str(model_dir), hooks=(RESID,), n_tokens=n_tokens, ctx_len=32,
+                        corpus=CorpusConfig(source=str(corpus_dir))),
+            out / "store", progress=False)
+        sae = StandInSAE(32, n_features, RESID, store.model["fingerprint"])
+        return sae, load_feature_store(analyze_features(sae, store, out / "features", cfg, model, progress=False))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory() -> Callable[..., Path]:
+    """:func:`make_tiny_model`, for tests that need a tiny model with options of their own."""
+    return make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def corpus_lines() -> list[str]:
+    return list(CORPUS_LINES)
+
+
+@pytest.fixture(scope="session")
+def demo_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Feature store directory of a TopK SAE (512 latents, k=8) trained on 32k cached demo-model tokens."""
+    from interp.demo import DemoConfig, run_demo
+
+    out = tmp_path_factory.mktemp("autointerp-demo")
+    run_demo(out, DemoConfig(n_tokens=32_768, train_tokens=131_072, expansion=4, k=8), progress=False)
+    return out / "features"
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (never ``playwright install``); skips without it. Module-scoped:
+    Playwright's sync API keeps an event loop running while it is open, and ``asyncio.run`` (the LLM client)
+    cannot run inside it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh 1280 x 900 page; script errors and dialogs are collected in ``page.errors``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("dialog", lambda d: (pg.errors.append("dialog: " + d.message), d.dismiss()))
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def open_ready() -> Callable[[Any, str], None]:
+    """``open_ready(page, url)``: load a dashboard page and wait until it has drawn itself."""
+    def open_page(page: Any, url: str) -> None:
+        page.goto(url)
+        page.wait_for_selector("body[data-ready]", timeout=20000)
+
+    return open_page
+
+
+class _Interrupting:
+    """A source that raises KeyboardInterrupt after ``after`` batches of the training order (the first call
+    of ``batches`` is the init sample and is let through)."""
+
+    def __init__(self, inner: Any, after: int):
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def batches(self, *args: Any, **kw: Any):
+        self.calls += 1
+        for i, b in enumerate(self.inner.batches(*args, **kw)):
+            if self.calls > 1 and i >= self.after:
+                raise KeyboardInterrupt
+            yield b
+
+
+@pytest.fixture(scope="session")
+def interrupting() -> Callable[[Any, int], Any]:
+    """``interrupting(source, after)``: ``source`` that stops training with KeyboardInterrupt after ``after``
+    batches, as Ctrl-C would."""
+    return _Interrupting

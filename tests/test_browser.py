@@ -4,67 +4,41 @@ that hostile tokens, corpus text and explanations are shown as text and never ru
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS_LINES, make_tiny_model
-from test_features import RESID, StandInSAE
 
-from interp.dashboards import build_dashboard
+from interp.site.build import build_dashboard
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAYLOADS = [
     "<script>window.__pwned=1</script>",
     '<img src=x onerror="window.__pwned=1">',
     "\"'><svg onload=window.__pwned=1>",
 ]
+RESID = "blocks.0.hook_resid_post"  # the hook conftest's feature store reads
 EXPLANATION = '</script><script>window.__pwned=1</script><img src=x onerror=window.__pwned=1> & "q"'
 SPY = "[typeof window.__pwned, document.querySelectorAll('main img, main svg[onload], main script').length]"
 CLEAN = ["undefined", 0]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, make_feature_store, tiny_model_factory, corpus_lines):
     """A model whose tokenizer has hostile tokens, a corpus full of them, its features and their site."""
-    from interp.cache import CacheConfig, cache_activations
-    from interp.data import CorpusConfig
-    from interp.features import AnalyzeConfig, analyze_features, load_feature_store
-    from interp.models import load_model
+    from interp.features import AnalyzeConfig
+    from interp.model import load_model
 
     base = tmp_path_factory.mktemp("browser")
-    model_dir = make_tiny_model(base / "model", extra_tokens=PAYLOADS)
+    model_dir = tiny_model_factory(base / "model", extra_tokens=PAYLOADS)
     corpus = base / "corpus"
     corpus.mkdir()
     for i in range(12):
         (corpus / f"d{i}.txt").write_text(
-            f"x = '{PAYLOADS[i % 3]}'\n" + CORPUS_LINES[i % 5] + PAYLOADS[(i + 1) % 3]
+            f"x = '{PAYLOADS[i % 3]}'\n" + corpus_lines[i % 5] + PAYLOADS[(i + 1) % 3]
         )
-    store = cache_activations(
-        CacheConfig(
-            model=str(model_dir),
-            hooks=(RESID,),
-            n_tokens=640,
-            ctx_len=32,
-            corpus=CorpusConfig(source=str(corpus)),
-        ),
-        base / "store",
-        progress=False,
-    )
     model = load_model(str(model_dir))
-    sae = StandInSAE(32, 16, RESID, store.model["fingerprint"])
     cfg = AnalyzeConfig(n_top=6, quantile_pool=20, n_quantiles=3, per_quantile=2, window=16, n_random=2)
-    fs = load_feature_store(analyze_features(sae, store, base / "features", cfg, model, progress=False))
+    sae, fs = make_feature_store(model_dir, corpus, base, model, 16, cfg, n_tokens=640)
     expl = {
         i: {"explanation": EXPLANATION if i % 2 else f"feature {i} plain", "scores": {"fuzz": i / 16}}
         for i in range(16)
@@ -75,37 +49,9 @@ def world(tmp_path_factory):
     return {"model": model, "sae": sae, "fs": fs, "site": index.parent, "expl": expl, "hostile": hostile}
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("dialog", lambda d: (pg.errors.append("dialog: " + d.message), d.dismiss()))
-    yield pg
-    context.close()
-
-
-def _open(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector("body[data-ready]", timeout=20000)
-
-
-def test_index_search_and_feature_page_offline(page, world):
+def test_index_search_and_feature_page_offline(page, world, open_ready):
     site = world["site"]
-    _open(page, (site / "index.html").as_uri())
+    open_ready(page, (site / "index.html").as_uri())
     page.select_option("#filter", "all")
     assert page.locator("#rows tr").count() == 16
     page.fill("#search", "7")
@@ -129,9 +75,9 @@ def test_index_search_and_feature_page_offline(page, world):
     assert page.errors == []
 
 
-def test_hostile_strings_are_shown_as_text(page, world):
+def test_hostile_strings_are_shown_as_text(page, world, open_ready):
     assert world["hostile"], "the corpus should put hostile tokens into top examples"
-    _open(page, (world["site"] / "index.html").as_uri())
+    open_ready(page, (world["site"] / "index.html").as_uri())
     title = page.title()
     page.select_option("#filter", "all")
     body = page.inner_text("#rows")
@@ -139,18 +85,18 @@ def test_hostile_strings_are_shown_as_text(page, world):
     page.fill("#search", "<img")
     page.wait_for_function("document.querySelectorAll('#rows tr').length > 0")
     for i in world["hostile"][:3] + [1]:
-        _open(page, (world["site"] / "feature.html").as_uri() + f"?i={i}")
+        open_ready(page, (world["site"] / "feature.html").as_uri() + f"?i={i}")
         text = page.inner_text("main")
         assert any(p in text for p in PAYLOADS) or EXPLANATION in text
         assert page.evaluate(SPY) == CLEAN
-    _open(page, (world["site"] / "feature.html").as_uri() + "?i=<img src=x onerror=window.__pwned=1>")
+    open_ready(page, (world["site"] / "feature.html").as_uri() + "?i=<img src=x onerror=window.__pwned=1>")
     assert page.evaluate(SPY) == CLEAN and "No feature" in page.inner_text("main")
     assert page.title() != "pwned" and title.endswith("interp features")
     assert not [e for e in page.errors if "pwned" in e or "dialog" in e]
 
 
-def test_served_prompt_view(page, world):
-    from interp.serve import make_server
+def test_served_prompt_view(page, world, open_ready):
+    from interp.site.serve import make_server
 
     server = make_server(
         world["site"],
@@ -166,7 +112,7 @@ def test_served_prompt_view(page, world):
         from urllib.parse import quote
 
         prompt = "def add(a, b):\n    return a + b " + PAYLOADS[0] + PAYLOADS[1]
-        _open(page, f"http://{host}:{port}/prompt.html?text={quote(prompt)}")
+        open_ready(page, f"http://{host}:{port}/prompt.html?text={quote(prompt)}")
         toks = page.locator("#tokens .tok")
         want = world["model"].token_strings(world["model"].to_tokens(prompt)[0])
         assert toks.count() == len(want)

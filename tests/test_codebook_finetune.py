@@ -1,4 +1,4 @@
-"""Codebook finetuning and steering on the tiny fixture model (interp.codebook_finetune / _steering)."""
+"""Codebook finetuning and steering on the tiny fixture model (interp.codebooks.finetune / _steering)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.codebook_finetune import (
+from interp.codebooks import (
     CodebookBottleneck,
     CodebookFinetuneConfig,
     CodeForce,
     apply_force,
+    code_usage,
     codebook_hooks,
     evaluate_lm,
-    load_codebooks,
-    load_run,
-    load_token_data,
-    save_codebooks,
-)
-from interp.codebook_steering import (
-    code_usage,
     fire_mask,
     generate_with_codes,
+    load_codebooks,
+    load_run,
     next_token_shift,
+    save_codebooks,
     token_counts,
 )
-from interp.data import CorpusConfig
+from interp.codebooks.finetune import load_token_data
 from interp.errors import InterpError
-from interp.models import next_token_loss
+from interp.model.corpus import CorpusConfig
+from interp.model.model import next_token_loss
 
 SITES = ("blocks.0.attn.hook_z", "blocks.1.hook_mlp_out")
 
@@ -40,12 +38,13 @@ def _cfg(model_dir: Path, corpus_dir: Path, **kw) -> CodebookFinetuneConfig:
     base.update(kw)
     return CodebookFinetuneConfig(**base)
 
+TORCH_THREADS = 1  # see conftest.py
+
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir: Path, corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from interp.codebook_finetune import finetune_codebooks
+    from interp.codebooks.finetune import finetune_codebooks
 
-    torch.set_num_threads(1)
     cfg = _cfg(tiny_model_dir, corpus_dir)
     return cfg, finetune_codebooks(cfg, tmp_path_factory.mktemp("cbft"), progress=False)
 
@@ -75,8 +74,8 @@ def test_k1_snaps_to_the_code_with_highest_normalised_inner_product():
 
 
 def test_straight_through_gradient_reaches_codes_input_and_model(tiny_model_dir: Path, corpus_dir: Path):
-    from interp.codebook_finetune import init_codebooks
-    from interp.models import load_model
+    from interp.codebooks.finetune import init_codebooks
+    from interp.model.model import load_model
 
     model = load_model(str(tiny_model_dir))
     cfg = _cfg(tiny_model_dir, corpus_dir)

@@ -5,41 +5,25 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_features import RESID, StandInSAE
 
 from cli.main import main
-from interp.dashboards import (
+from interp.autointerp import load_explanations
+from interp.errors import InterpError
+from interp.features import AnalyzeConfig
+from interp.site.build import (
     build_dashboard,
     feature_payloads,
-    load_explanations,
     safe_json,
     top_tokens,
 )
-from interp.errors import InterpError
-from interp.features import AnalyzeConfig, analyze_features, load_feature_store
+
+RESID = "blocks.0.hook_resid_post"  # the hook conftest's feature store reads
 
 
 @pytest.fixture(scope="module")
-def fs(tiny_model_dir, tiny_model, corpus_dir, tmp_path_factory):
-    from interp.cache import CacheConfig, cache_activations
-    from interp.data import CorpusConfig
-
-    store = cache_activations(
-        CacheConfig(
-            model=str(tiny_model_dir),
-            hooks=(RESID,),
-            n_tokens=512,
-            ctx_len=32,
-            corpus=CorpusConfig(source=str(corpus_dir)),
-        ),
-        tmp_path_factory.mktemp("ds") / "s",
-        progress=False,
-    )
-    sae = StandInSAE(32, 20, RESID, store.model["fingerprint"])
+def fs(tiny_model_dir, tiny_model, corpus_dir, tmp_path_factory, make_feature_store):
     cfg = AnalyzeConfig(n_top=4, quantile_pool=20, n_quantiles=4, per_quantile=2, window=10, n_random=2)
-    return load_feature_store(
-        analyze_features(sae, store, tmp_path_factory.mktemp("dfs") / "f", cfg, tiny_model, progress=False)
-    )
+    return make_feature_store(tiny_model_dir, corpus_dir, tmp_path_factory.mktemp("ds"), tiny_model, 20, cfg)[1]
 
 
 def _js_payload(path, name):
@@ -142,7 +126,7 @@ def test_cli_dashboard_and_neuronpedia_export(fs, tmp_path, capsys):
 
 
 def test_neuronpedia_explanations_file(fs, tmp_path):
-    from interp.neuronpedia import export_neuronpedia
+    from interp.formats.neuronpedia import export_neuronpedia
 
     files = export_neuronpedia(fs, tmp_path, {3: {"text": "loops", "scores": {"fuzz": 0.5}}}, model_id="m")
     assert [p.name for p in files] == ["batch-0.json"]

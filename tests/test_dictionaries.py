@@ -15,11 +15,10 @@ from interp.dictionaries import (
     save_dictionary,
 )
 from interp.dictionaries.linear import auxk_loss, geometric_median, normalized_mse
-from interp.dictionaries.sparse import sparse_code, sparse_decode, topk_indices
+from interp.dictionaries.sparse import LinearCode, sparse_code, sparse_decode, topk_indices
 from interp.errors import InterpError
-from interp.synthetic import TensorStore
 
-torch.set_num_threads(1)
+TORCH_THREADS = 1  # see conftest.py
 D_IN, D_SAE = 12, 48
 
 
@@ -86,7 +85,7 @@ def test_sparse_code_value_and_gradients_equal_dense_autograd(use_csr):
     z = (x - b_in) @ W + b
     dense = torch.zeros(n, d_sae).scatter(1, idx, torch.relu(z.gather(1, idx))) @ W_dec
     expected = torch.autograd.grad(dense, [x, b_in, W, b, W_dec], gy)
-    y, vals = sparse_code(z.detach(), x, b_in, W, b, W_dec, idx, use_csr=use_csr)
+    y, vals = sparse_code(LinearCode(z.detach(), x, b_in, W, b, W_dec), idx, use_csr=use_csr)
     torch.testing.assert_close(y, dense)
     torch.testing.assert_close(vals, torch.relu(z.detach().gather(1, idx)))
     for got, want in zip(torch.autograd.grad(y, [x, b_in, W, b, W_dec], gy), expected):
@@ -109,7 +108,7 @@ def test_auxk_loss_and_gradients_equal_dense_autograd(n_dead, k_aux):
     idx = z.detach().masked_fill(~dead, float("-inf")).topk(k_aux, dim=1).indices
     f = torch.zeros(n, d_sae).scatter(1, idx, torch.relu(z.gather(1, idx)))
     want = normalized_mse(f @ W_dec, y - y_hat)
-    got = auxk_loss(z.detach(), x, b_in, W, b, W_dec, y, y_hat, dead, k_aux)
+    got = auxk_loss(LinearCode(z.detach(), x, b_in, W, b, W_dec), y, y_hat, dead, k_aux)
     torch.testing.assert_close(got, want)
     for g_got, g_want in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
         torch.testing.assert_close(g_got, g_want)
@@ -214,4 +213,4 @@ def test_check_compatible_refuses_other_models_and_widths():
     with pytest.raises(InterpError, match="trained on model 'a'"):
         check_compatible(d, {"name": "b", "fingerprint": "f2"})
     with pytest.raises(InterpError, match="width 7"):
-        check_compatible(d, TensorStore({"h": torch.zeros(4, 7)}, model={"fingerprint": "f1"}))
+        check_compatible(d, {"fingerprint": "f1"}, {"h": 7})

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from interp.cache import CacheConfig, cache_activations
-from interp.data import CorpusConfig
+from interp.activations.cache import CacheConfig, cache_activations
 from interp.dictionaries import create
 from interp.errors import InterpError
-from interp.evals import density_histogram_figure, evaluate, frontier_figure, mmcs
-from interp.train import TrainConfig, train_dictionary
+from interp.model.corpus import CorpusConfig
+from interp.training import TrainConfig, train_dictionary
+from interp.training.evals import density_histogram_figure, evaluate, frontier_figure, mmcs
 
-torch.set_num_threads(1)
+TORCH_THREADS = 1  # see conftest.py
 RESID, LN2, MLP = "blocks.0.hook_resid_post", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
 
 
@@ -97,7 +98,7 @@ def test_dictionary_for_another_model_is_refused(store, trained):
     from interp.dictionaries import load_dictionary
 
     d = load_dictionary(trained)
-    d.cfg.model_fingerprint = "0" * 16
+    d.cfg = dataclasses.replace(d.cfg, model_fingerprint="0" * 16)
     with pytest.raises(InterpError, match="trained on model"):
         evaluate(d, store)
 

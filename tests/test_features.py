@@ -3,56 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
-from interp.cache import CacheConfig, cache_activations
-from interp.data import CorpusConfig
+from interp.activations.cache import CacheConfig, cache_activations
+from interp.activations.store import ActivationStore
 from interp.errors import InterpError
-from interp.features import AnalyzeConfig, analyze_features, hash_keys, load_feature_store
-from interp.store import ActivationStore
+from interp.features import AnalyzeConfig, analyze_features, load_feature_store
+from interp.features.stats import hash_keys
+from interp.model.corpus import CorpusConfig
 
-RESID = "blocks.0.hook_resid_post"
+RESID = "blocks.0.hook_resid_post"  # the stand-in SAEs of conftest.py read it
 HOOK_Z = "blocks.1.attn.hook_z"
-
-
-@dataclass
-class StandInCfg:
-    """The fields of ``interp.dictionaries`` configs that analysis reads."""
-
-    architecture: str
-    d_in: int
-    d_sae: int
-    d_out: int
-    hook_in: str
-    hook_out: str | None = None
-    model_name: str | None = None
-    model_fingerprint: str | None = None
-    params: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-
-
-class StandInSAE(nn.Module):
-    """A test double of the dictionary interface: a plain ReLU SAE with seeded random weights."""
-
-    def __init__(self, d_in: int, d_sae: int, hook: str, fingerprint: str | None, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.cfg = StandInCfg("relu", d_in, d_sae, d_in, hook, model_fingerprint=fingerprint)
-        self.W_enc = nn.Parameter(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
-        self.b_enc = nn.Parameter(-torch.linspace(0.5, 2.6, d_sae))  # common to rare features
-        self.W_dec = nn.Parameter(torch.randn(d_sae, d_in, generator=g) / d_in**0.5)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6) * self.cfg.d_in**0.5  # scale-free firing
-        return torch.relu(x @ self.W_enc + self.b_enc)
-
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return f @ self.W_dec
 
 
 CFG = AnalyzeConfig(
@@ -85,13 +50,13 @@ def store(tiny_model_dir, corpus_dir, tmp_path_factory) -> ActivationStore:
 
 
 @pytest.fixture(scope="module")
-def analyzed(store, tiny_model, tmp_path_factory):
-    sae = StandInSAE(32, 24, RESID, store.model["fingerprint"])
+def analyzed(store, tiny_model, tmp_path_factory, stand_in_sae):
+    sae = stand_in_sae(32, 24, RESID, store.model["fingerprint"])
     path = analyze_features(sae, store, tmp_path_factory.mktemp("fs") / "f", CFG, tiny_model, progress=False)
     return sae, load_feature_store(path)
 
 
-def _brute(sae: StandInSAE, store: ActivationStore, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _brute(sae: Any, store: ActivationStore, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Every row's activations (BOS rows zeroed), and per-context (max, argmax), in one big encode."""
     x = torch.cat([store.read(f"act/{hook}", i) for i in range(len(store.shards))])
     with torch.no_grad():
@@ -183,8 +148,8 @@ def test_weight_statistics(analyzed, tiny_model, store):
     assert "head_attr" not in rec
 
 
-def test_attention_sae_head_attribution_and_resume(store, tiny_model, tmp_path):
-    sae = StandInSAE(32, 8, HOOK_Z, store.model["fingerprint"], seed=1)
+def test_attention_sae_head_attribution_and_resume(store, tiny_model, tmp_path, stand_in_sae):
+    sae = stand_in_sae(32, 8, HOOK_Z, store.model["fingerprint"], seed=1)
     cfg = AnalyzeConfig(n_top=2, quantile_pool=10, window=8, n_logits=3, cooc_rows=64, max_rows=256)
     out = analyze_features(sae, store, tmp_path / "z", cfg, tiny_model, progress=False)
     fs = load_feature_store(out)
@@ -197,13 +162,13 @@ def test_attention_sae_head_attribution_and_resume(store, tiny_model, tmp_path):
     assert (out / "features.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_bad_inputs_fail_before_work(store, tiny_model, tmp_path):
+def test_bad_inputs_fail_before_work(store, tiny_model, tmp_path, stand_in_sae):
     with pytest.raises(InterpError, match="d_in=16"):
-        analyze_features(StandInSAE(16, 4, RESID, None), store, tmp_path / "a", CFG, tiny_model)
-    with pytest.raises(InterpError, match="fingerprints differ"):
-        analyze_features(StandInSAE(32, 4, RESID, "0" * 16), store, tmp_path / "b", CFG, tiny_model)
+        analyze_features(stand_in_sae(16, 4, RESID, None), store, tmp_path / "a", CFG, tiny_model)
+    with pytest.raises(InterpError, match="trained on model"):
+        analyze_features(stand_in_sae(32, 4, RESID, "0" * 16), store, tmp_path / "b", CFG, tiny_model)
     with pytest.raises(InterpError, match="Did you mean"):
-        analyze_features(StandInSAE(32, 4, "blocks.0.hook_resid_pst", None), store, tmp_path / "c", CFG)
+        analyze_features(stand_in_sae(32, 4, "blocks.0.hook_resid_pst", None), store, tmp_path / "c", CFG)
     with pytest.raises(InterpError, match="n_top"):
         AnalyzeConfig(n_top=0)
     assert not Path(tmp_path / "a").exists()
@@ -247,17 +212,8 @@ def test_peak_memory_does_not_grow_with_the_store():
     assert large - small < 160, out
 
 
-class SignedSAE(StandInSAE):
-    """Activations of both signs (as matching pursuit or a linear dictionary give): windows where a
-    feature never fires (> 0) still hold non-zero values, so they must be encoded."""
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = x @ self.W_enc + self.b_enc + 1.5
-        return pre * (pre.abs() > 1.0)
-
-
-def test_signed_dictionary_windows_equal_brute_force(store, tiny_model, tmp_path):
-    sae = SignedSAE(32, 6, RESID, store.model["fingerprint"], seed=2)
+def test_signed_dictionary_windows_equal_brute_force(store, tiny_model, tmp_path, stand_in_sae):
+    sae = stand_in_sae(32, 6, RESID, store.model["fingerprint"], seed=2, signed=True)
     cfg = AnalyzeConfig(n_top=3, quantile_pool=8, n_quantiles=2, per_quantile=2, n_random=3, window=8)
     fs = load_feature_store(analyze_features(sae, store, tmp_path / "s", cfg, tiny_model, progress=False))
     f, _ = _brute(sae, store, RESID)

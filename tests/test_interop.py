@@ -13,14 +13,17 @@ from safetensors.torch import save_file
 
 from interp.dictionaries import REGISTRY, TrainBatch, TrainState, create
 from interp.errors import InterpError
-from interp.interop import TO_SAELENS, TO_SPARSIFY, convert, export_dictionary, import_dictionary
+from interp.formats import convert, export_dictionary, import_dictionary
+from interp.formats.saelens import TO_SAELENS
+from interp.formats.sparsify import TO_SPARSIFY
 
-torch.set_num_threads(1)
+TORCH_THREADS = 1  # see conftest.py
 D_IN, D_SAE, D_OUT = 12, 48, 10
 # (registry name, extra create() kwargs): every mappable architecture, autoencoders and transcoders
 SAELENS_CASES = [
     ("relu", {}),
     ("relu_normweighted", {}),
+    ("relu_unitnorm", {}),
     ("transcoder", {"d_out": D_OUT}),
     ("transcoder", {"d_out": D_OUT, "skip": True}),
     ("topk", {"k": 5}),
@@ -98,12 +101,13 @@ def test_unnormalised_round_trip_is_bit_exact(tmp_path):
 
 def test_trained_topk_converts_through_every_format(tmp_path):
     """interp -> sparsify -> SAELens -> interp (via convert, as the CLI runs it) after real training."""
-    from interp.synthetic import TensorStore, toy_superposition
-    from interp.train import TrainConfig, train_dictionary
+    from interp.activations.synthetic import toy_superposition
+    from interp.activations.tensors import TensorSource
+    from interp.training import TrainConfig, train_dictionary
 
     toy = toy_superposition(4096, d=D_IN, n_features=24, seed=0)
     cfg = TrainConfig(architecture="topk", d_sae=D_SAE, k=4, n_tokens=4096 * 4, batch_size=256, lr=3e-3)
-    src = train_dictionary(cfg, TensorStore({"x": toy.x}), tmp_path / "t", progress=False).dictionaries[0]
+    src = train_dictionary(cfg, TensorSource({"x": toy.x}), tmp_path / "t", progress=False).dictionaries[0]
     convert(src, "interp", tmp_path / "x", "sparsify")  # sparsify names the directory after the hook
     convert(tmp_path / "x", "sparsify", tmp_path / "sl", "saelens")
     convert(tmp_path / "sl", "saelens", tmp_path / "back", "interp")
@@ -261,7 +265,9 @@ def test_hand_written_sparsify_coder_reproduces_the_reference(tmp_path, transcod
         "d_in": D_IN,
     }
     d = import_dictionary(_write(tmp_path / "layers.3.mlp", cfg, tensors, "sae.safetensors"), "sparsify")
-    assert d.cfg.hook_in == "layers.3.mlp" and d.cfg.architecture == ("skip_transcoder" if transcode else "topk")
+    assert d.cfg.hook_in == ("layers.3.mlp" if transcode else "blocks.3.hook_mlp_out")
+    assert d.cfg.hook_out == ("blocks.3.hook_mlp_out" if transcode else None)
+    assert d.cfg.architecture == ("skip_transcoder" if transcode else "topk")
     x = torch.randn(20, D_IN)
     centred = x if transcode else x - tensors["b_dec"]
     top = F.relu(centred @ tensors["encoder.weight"].T + tensors["encoder.bias"]).topk(6, dim=1)
@@ -274,7 +280,13 @@ def test_hand_written_sparsify_coder_reproduces_the_reference(tmp_path, transcod
 # ---- refusals ------------------------------------------------------------------------------------
 def test_architectures_without_a_counterpart_are_refused_by_name(tmp_path):
     unmapped_saelens = sorted(set(REGISTRY) - set(TO_SAELENS))
-    assert unmapped_saelens == ["codebook", "skip_transcoder"]
+    assert unmapped_saelens == ["clt", "codebook", "skip_transcoder"]
+    with pytest.raises(InterpError, match="'clt' dictionary has no SAELens counterpart"):
+        export_dictionary(create("clt", 2 * D_IN, 2 * D_SAE, hooks_in=("a.0", "a.1"), hooks_out=("b.0", "b.1")),
+                          tmp_path / "a", "saelens")
+    with pytest.raises(InterpError, match="reads several hooks"):
+        export_dictionary(create("topk", 2 * D_IN, D_SAE, k=3, hook_in="a.*", hooks_in=("a.0", "a.1")),
+                          tmp_path / "a", "sparsify")
     with pytest.raises(InterpError, match="'codebook' dictionary has no SAELens counterpart.*gated.*topk"):
         export_dictionary(create("codebook", D_IN, D_SAE), tmp_path / "a", "saelens")
     with pytest.raises(InterpError, match="'relu' dictionary has no sparsify counterpart.*skip_transcoder"):

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import interp
-from interp.models import next_token_loss
+from interp.model import next_token_loss
 from interp.zoo.planted import N_CTX, N_HEADS, N_LAYERS, PLANTED, VOCAB, write_planted_model
 from interp.zoo.probes import repeated_random_tokens
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import interp
 from interp.errors import InterpError
-from interp.zoo.corpus import iter_stdlib_documents
+from interp.model.stdlib import iter_stdlib_documents
 from interp.zoo.planted import N_HEADS, N_LAYERS, PLANTED, VOCAB, write_planted_model
 from interp.zoo.probes import (
     attention_patterns,

@@ -7,14 +7,15 @@ import json
 import pytest
 import torch
 
-from interp.cache import CacheConfig, cache_activations
-from interp.data import CorpusConfig
+from interp.activations.cache import CacheConfig, cache_activations
+from interp.activations.live import ModelSource
+from interp.activations.source import act_key, grad_key
+from interp.activations.synthetic import toy_superposition
+from interp.activations.tensors import TensorSource
 from interp.dictionaries import load_dictionary
 from interp.errors import InterpError
-from interp.store import act_key, grad_key
-from interp.stream import ModelSource
-from interp.synthetic import TensorStore, toy_superposition
-from interp.train import TrainConfig, train_dictionary
+from interp.model.corpus import CorpusConfig
+from interp.training import TrainConfig, train_dictionary
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -31,7 +32,7 @@ def test_rows_equal_the_cached_store_with_gradients(tiny_model_dir, tiny_model, 
     src = _source(tiny_model, corpus_dir, n_tokens=32 * 12)
     assert src.d(HOOK) == store.d(HOOK) and src.has_grads
     assert src.model["fingerprint"] == store.model["fingerprint"]
-    rows = {k: torch.cat([r[k] for r in src._rows([HOOK], grads=True, exclude_bos=False)])
+    rows = {k: torch.cat([r[k] for r in src._epoch([HOOK], True, 0, None, exclude_bos=False)])
             for k in (act_key(HOOK), grad_key(HOOK))}
     for key, got in rows.items():
         want = torch.cat([store.read(key, i) for i in range(len(store.shards))])
@@ -46,7 +47,7 @@ def test_batches_are_seeded_shuffled_and_drop_bos(tiny_model, corpus_dir):
     c = [b.acts[HOOK] for b in src.batches(HOOK, 64, seed=4)]
     assert len(a) == len(b) > 2 and all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    unshuffled = torch.cat([r[act_key(HOOK)] for r in src._rows([HOOK], grads=False, exclude_bos=True)])
+    unshuffled = torch.cat([r[act_key(HOOK)] for r in src._epoch([HOOK], False, 0, None, exclude_bos=True)])
     every = torch.cat(a)
     assert len(every) == len(unshuffled) - len(unshuffled) % 64
     dist = torch.cdist(every, unshuffled, compute_mode="donot_use_mm_for_euclid_dist")
@@ -54,7 +55,7 @@ def test_batches_are_seeded_shuffled_and_drop_bos(tiny_model, corpus_dir):
     assert not torch.equal(every, unshuffled[: len(every)]), "shuffled"
 
 
-def test_trains_gsae_on_the_fly_and_resumes_bit_identically(tiny_model, corpus_dir, tmp_path):
+def test_trains_gsae_on_the_fly_and_resumes_bit_identically(tiny_model, corpus_dir, tmp_path, interrupting):
     cfg = TrainConfig(architecture="gsae", hook=HOOK, d_sae=64, k=4, n_tokens=64 * 24, batch_size=64,
                       checkpoint_every=5, init_tokens=256, log_every=4)
     full = train_dictionary(cfg, _source(tiny_model, corpus_dir), tmp_path / "a", progress=False)
@@ -63,7 +64,7 @@ def test_trains_gsae_on_the_fly_and_resumes_bit_identically(tiny_model, corpus_d
     (metrics,) = full.metrics.values()
     assert metrics["l0"] <= 4 and metrics["fvu"] < 1
     with pytest.raises(KeyboardInterrupt):  # stopped after the checkpoint at step 10
-        train_dictionary(cfg, _Interrupting(_source(tiny_model, corpus_dir), after=12), tmp_path / "b",
+        train_dictionary(cfg, interrupting(_source(tiny_model, corpus_dir), after=12), tmp_path / "b",
                          progress=False)
     assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 10
     resumed = load_dictionary(
@@ -71,23 +72,6 @@ def test_trains_gsae_on_the_fly_and_resumes_bit_identically(tiny_model, corpus_d
     )
     for name, value in d.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
-
-
-class _Interrupting:
-    """A source that raises KeyboardInterrupt after ``after`` batches of the training order."""
-
-    def __init__(self, inner: ModelSource, after: int):
-        self.inner, self.after, self.calls = inner, after, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def batches(self, *args, **kw):
-        self.calls += 1
-        for i, b in enumerate(self.inner.batches(*args, **kw)):
-            if self.calls > 1 and i >= self.after:  # the first call is the init sample
-                raise KeyboardInterrupt
-            yield b
 
 
 def test_bad_model_source_input_is_refused(tiny_model, corpus_dir, tmp_path):
@@ -123,8 +107,8 @@ def test_cli_trains_from_a_model_without_a_store(tiny_model_dir, corpus_dir, tmp
 def test_bf16_autocast_trains_and_keeps_fp32_weights(arch, tmp_path):
     toy = toy_superposition(4096, d=32, n_features=64, p_active=0.04, seed=0)
     kw = dict(architecture=arch, d_sae=64, k=4, n_tokens=4096 * 4, batch_size=256, normalization="none")
-    fp32 = train_dictionary(TrainConfig(**kw), TensorStore({"x": toy.x}), tmp_path / "a", progress=False)
-    bf16 = train_dictionary(TrainConfig(**kw, autocast="bfloat16"), TensorStore({"x": toy.x}), tmp_path / "b",
+    fp32 = train_dictionary(TrainConfig(**kw), TensorSource({"x": toy.x}), tmp_path / "a", progress=False)
+    bf16 = train_dictionary(TrainConfig(**kw, autocast="bfloat16"), TensorSource({"x": toy.x}), tmp_path / "b",
                             progress=False)
     d = load_dictionary(bf16.dictionaries[0])
     assert all(p.dtype == torch.float32 for p in d.parameters())
@@ -144,8 +128,8 @@ def test_cuda_training_with_bf16_autocast_matches_cpu_quality(arch, tmp_path):
     kw = dict(architecture=arch, d_sae=64, n_tokens=4096 * 4, batch_size=256, normalization="none")
     if arch != "jumprelu":
         kw["k"] = 4
-    cpu = train_dictionary(TrainConfig(**kw), TensorStore({"x": toy.x}), tmp_path / "cpu", progress=False)
-    gpu = train_dictionary(TrainConfig(**kw, device="cuda", autocast="bfloat16"), TensorStore({"x": toy.x}),
+    cpu = train_dictionary(TrainConfig(**kw), TensorSource({"x": toy.x}), tmp_path / "cpu", progress=False)
+    gpu = train_dictionary(TrainConfig(**kw, device="cuda", autocast="bfloat16"), TensorSource({"x": toy.x}),
                            tmp_path / "gpu", progress=False)
     (m_cpu,), (m_gpu,) = cpu.metrics.values(), gpu.metrics.values()
     assert abs(m_gpu["fvu"] - m_cpu["fvu"]) < 0.1 and m_gpu["l0"] <= 1.5 * max(m_cpu["l0"], 1)

@@ -4,23 +4,11 @@ Adding an architecture is one new module here that defines a :class:`Dictionary`
 :func:`register`, plus one import line below.
 """
 
-from interp.dictionaries import codebook, gated, jumprelu, matryoshka, mp, relu, topk  # noqa: F401  (registers)
+from interp.dictionaries import clt, codebook, gated, jumprelu, matryoshka, mp, relu, topk  # noqa: F401  (registers)
 from interp.dictionaries.attention import head_attribution
-from interp.dictionaries.base import (
-    DESCRIPTIONS,
-    PRESETS,
-    REGISTRY,
-    Dictionary,
-    DictionaryConfig,
-    StepOutput,
-    TrainBatch,
-    TrainState,
-    check_compatible,
-    create,
-    load_dictionary,
-    register,
-    save_dictionary,
-)
+from interp.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, TrainBatch, TrainState
+from interp.dictionaries.registry import DESCRIPTIONS, PRESETS, REGISTRY, create, register
+from interp.dictionaries.saving import check_compatible, load_dictionary, read_metrics, save_dictionary
 
 __all__ = [
     "DESCRIPTIONS",
@@ -35,6 +23,7 @@ __all__ = [
     "create",
     "head_attribution",
     "load_dictionary",
+    "read_metrics",
     "register",
     "save_dictionary",
 ]

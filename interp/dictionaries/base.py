@@ -7,37 +7,33 @@ Constraints this module was designed under:
 - callers pass raw activations and get raw-scale reconstructions: input normalisation lives inside
   ``encode``/``forward`` and is stored in ``cfg.normalization`` plus the ``in_scale``/``out_scale`` buffers;
 - an architecture owns only its maths (``encode_normalized``, ``decode_normalized``, ``training_step``,
-  constraints, revival); the trainer in ``interp.train`` owns the loop and never asks which
+  constraints, revival); the trainer in ``interp.training.loop`` owns the loop and never asks which
   architecture it is running;
-- on disk a dictionary is ``cfg.json`` + ``weights.safetensors``, written atomically, never pickled.
+- on disk a dictionary is ``cfg.json`` + ``weights.safetensors``, written atomically, never pickled
+  (``interp.dictionaries.saving``); architectures are looked up by name (``interp.dictionaries.registry``).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from interp.errors import InterpError, close_matches
-from interp.io import atomic_write_json, load_tensors, read_json, save_tensors
+from interp.errors import InterpError
 
-FORMAT = "interp-dictionary"
-VERSION = 1
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "weights.safetensors"
 NORMALIZATIONS = ("none", "scalar", "standardize")
 _EPS = 1e-5
 
 
-@dataclass
+@dataclass(frozen=True)
 class DictionaryConfig:
-    """Everything needed to rebuild a dictionary and to check what it may be used with."""
+    """Everything needed to rebuild a dictionary and to check what it may be used with. It describes a
+    saved artefact, so it is frozen; results (training metrics) live in ``metrics.json`` beside it."""
 
     architecture: str
     """Registry name, e.g. ``topk``; loading looks the class up by this name."""
@@ -51,6 +47,12 @@ class DictionaryConfig:
     """The hook the dictionary reads, e.g. ``blocks.1.hook_resid_post``."""
     hook_out: str | None = None
     """The hook a transcoder predicts; None for autoencoders."""
+    hooks_in: tuple[str, ...] = ()
+    """Every hook the dictionary reads, in order, when it reads several (a cross-layer transcoder reads every
+    layer's MLP input). Its input row is their rows concatenated, each ``d_in // len(hooks_in)`` wide, and
+    ``hook_in`` is the pattern that matched them. Empty: it reads ``hook_in`` alone."""
+    hooks_out: tuple[str, ...] = ()
+    """Likewise, every hook a multi-hook transcoder predicts (``d_out // len(hooks_out)`` wide each)."""
     model_name: str | None = None
     """Name of the model whose activations trained it (``ModelInfo.name``)."""
     model_fingerprint: str | None = None
@@ -62,12 +64,17 @@ class DictionaryConfig:
     """Architecture-specific hyperparameters (k, l1_coeff, ...), defaults filled in."""
     training: dict[str, Any] = field(default_factory=dict)
     """The TrainConfig it was trained with, and where its data came from."""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    """Final training metrics (and evaluation results when written back)."""
 
     def __post_init__(self) -> None:
         if self.d_out == 0:
-            self.d_out = self.d_in
+            object.__setattr__(self, "d_out", self.d_in)
+        object.__setattr__(self, "hooks_in", tuple(self.hooks_in))
+        object.__setattr__(self, "hooks_out", tuple(self.hooks_out))
+        for hooks, width in ((self.hooks_in, self.d_in), (self.hooks_out, self.d_out)):
+            if hooks and width % len(hooks):
+                raise InterpError(f"A width of {width} does not split evenly over the {len(hooks)} hooks {hooks}.")
+        if self.normalization == "standardize" and len(self.hooks_in) > 1:
+            raise InterpError("Per-token standardisation is not defined over several hooks; use 'scalar'.")
         if min(self.d_in, self.d_sae, self.d_out) < 1:
             raise InterpError(f"Dictionary sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae}).")
         if self.normalization not in NORMALIZATIONS:
@@ -81,7 +88,7 @@ class DictionaryConfig:
 
     @property
     def is_transcoder(self) -> bool:
-        return self.hook_out is not None or bool(self.params.get("transcoder"))
+        return self.hook_out is not None or bool(self.hooks_out) or bool(self.params.get("transcoder"))
 
 
 class TrainBatch(NamedTuple):
@@ -134,20 +141,61 @@ class Dictionary(nn.Module, ABC):
     """Architecture hyperparameters and their defaults; ``create`` rejects other names."""
     needs_grads: bool = False
     """True when training reads LM-loss gradients from the store (``interp cache --with-grads``)."""
+    causal: bool = False
+    """With several input and output hooks: output hook i depends only on input hooks 0..i (a cross-layer
+    transcoder), so one forward pass can splice every output hook (``interp.training.evals``)."""
     in_scale: torch.Tensor
-    """() buffer: the ``scalar`` normalisation's input multiplier (1 otherwise)."""
+    """() buffer: the ``scalar`` normalisation's input multiplier (1 otherwise); (n_hooks,), one per input
+    hook, for a dictionary that reads several."""
     out_scale: torch.Tensor
-    """() buffer: the ``scalar`` normalisation's target multiplier (1 otherwise)."""
+    """() buffer: the ``scalar`` normalisation's target multiplier; (n_hooks,) like ``in_scale``."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("in_scale", torch.ones(()))
-        self.register_buffer("out_scale", torch.ones(()))
+        n_in, n_out = len(cfg.hooks_in), len(cfg.hooks_out or cfg.hooks_in)
+        self.register_buffer("in_scale", torch.ones(n_in) if n_in > 1 else torch.ones(()))
+        self.register_buffer("out_scale", torch.ones(n_out) if n_out > 1 else torch.ones(()))
 
     @property
     def p(self) -> dict[str, Any]:
         return self.cfg.params
+
+    @property
+    def input_hook(self) -> str:
+        """The hook the dictionary reads (``cfg.hook_in``); InterpError for one made without a hook, or for one
+        that reads several hooks (see :attr:`input_hooks`)."""
+        if self.cfg.hook_in is None:
+            raise InterpError(
+                f"This {self.cfg.architecture} dictionary names no input hook (cfg.hook_in); it was not made "
+                "from activations of a model. Create it with hook_in=..."
+            )
+        if len(self.cfg.hooks_in) > 1:
+            raise InterpError(
+                f"This {self.cfg.architecture} dictionary reads {len(self.cfg.hooks_in)} hooks "
+                f"({self.cfg.hook_in}); this step handles dictionaries that read one hook."
+            )
+        return self.cfg.hook_in
+
+    @property
+    def input_hooks(self) -> tuple[str, ...]:
+        """Every hook the dictionary reads, in the order their rows are concatenated into its input."""
+        return self.cfg.hooks_in or (self.input_hook,)
+
+    @property
+    def output_hooks(self) -> tuple[str, ...]:
+        """Every hook it reconstructs, in the order of its output: a transcoder's targets, else its inputs."""
+        if self.cfg.hooks_out:
+            return self.cfg.hooks_out
+        return (self.cfg.hook_out,) if self.cfg.hook_out else self.input_hooks
+
+    def input_rows(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Its input rows (N, d_in) from ``acts`` (hook -> (N, width) rows): the input hooks' rows concatenated."""
+        return _concat_rows(acts, self.input_hooks)
+
+    def output_rows(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Its target rows (N, d_out) from ``acts``: the output hooks' rows concatenated."""
+        return _concat_rows(acts, self.output_hooks)
 
     # ---- normalisation ----------------------------------------------------------------------
     def normalize_input(
@@ -159,7 +207,7 @@ class Dictionary(nn.Module, ABC):
             mu = x.mean(-1, keepdim=True)
             std = x.std(-1, keepdim=True) + _EPS
             return (x - mu) / std, (mu, std)
-        return x * self.in_scale, None
+        return x * per_column(self.in_scale, self.cfg.d_in), None
 
     def normalize_target(
         self, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
@@ -168,28 +216,31 @@ class Dictionary(nn.Module, ABC):
         y = y.to(self.out_scale.dtype)
         if stats is not None:
             return (y - stats[0]) / stats[1]
-        return y * self.out_scale
+        return y * per_column(self.out_scale, self.cfg.d_out)
 
     def normalize_grad(
         self, g: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
         """d(loss)/dx (raw) -> d(loss)/d(normalised x) (the per-token mean's dependence is ignored)."""
         g = g.to(self.in_scale.dtype)
-        return g * stats[1] if stats is not None else g / self.in_scale
+        return g * stats[1] if stats is not None else g / per_column(self.in_scale, self.cfg.d_in)
 
     def denormalize_output(
         self, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
         if stats is not None:
             return y * stats[1] + stats[0]
-        return y / self.out_scale
+        return y / per_column(self.out_scale, self.cfg.d_out)
 
     @torch.no_grad()
     def fit_normalization(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Set the ``scalar`` constants from a raw sample so that E||x|| = sqrt(d) (no-op otherwise)."""
+        """Set the ``scalar`` constants from a raw sample so that E||x|| = sqrt(d) (no-op otherwise); one
+        constant per hook for a dictionary that reads (or predicts) several."""
         if self.cfg.normalization == "scalar":
-            self.in_scale.fill_(math.sqrt(x.shape[1]) / x.norm(dim=1).mean().clamp_min(1e-12).item())
-            self.out_scale.fill_(math.sqrt(y.shape[1]) / y.norm(dim=1).mean().clamp_min(1e-12).item())
+            for scale, rows in ((self.in_scale, x), (self.out_scale, y)):
+                blocks = rows.view(len(rows), scale.numel(), -1)
+                mean_norm = blocks.norm(dim=2).mean(0).clamp_min(1e-12).double()
+                scale.copy_((math.sqrt(blocks.shape[2]) / mean_norm).view_as(scale))
 
     # ---- public inference API ---------------------------------------------------------------
     def encode(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
@@ -254,133 +305,28 @@ class Dictionary(nn.Module, ABC):
         return {}
 
 
-# ---- registry ------------------------------------------------------------------------------------
-REGISTRY: dict[str, type[Dictionary]] = {}
-"""Architecture name -> class. The single source of truth for the CLI, loading, docs and tests."""
-PRESETS: dict[str, dict[str, Any]] = {}
-"""Architecture name -> params that name fixes (several names can share one class)."""
-DESCRIPTIONS: dict[str, str] = {}
-"""Architecture name -> one-line description (docs tables, ``--help``)."""
+def _concat_rows(acts: Mapping[str, torch.Tensor], hooks: Sequence[str]) -> torch.Tensor:
+    return acts[hooks[0]] if len(hooks) == 1 else torch.cat([acts[h] for h in hooks], dim=1)
 
 
-def register(
-    name: str,
-    cls: type[Dictionary] | None = None,
-    *,
-    preset: dict[str, Any] | None = None,
-    description: str = "",
-) -> Any:
-    """Register ``cls`` under ``name``: ``@register("topk")`` or ``register("x", Cls, preset=...)``."""
-
-    def add(c: type[Dictionary]) -> type[Dictionary]:
-        if name in REGISTRY and REGISTRY[name] is not c:
-            raise InterpError(f"Architecture {name!r} is already registered to {REGISTRY[name].__name__}.")
-        REGISTRY[name] = c
-        PRESETS[name] = dict(preset or {})
-        DESCRIPTIONS[name] = description or (c.__doc__ or "").strip().splitlines()[0]
-        return c
-
-    return add(cls) if cls is not None else add
+def per_column(scale: torch.Tensor, width: int) -> torch.Tensor:
+    """A normalisation constant as a multiplier of rows ``width`` wide: a () scale as is, an (n_hooks,) scale
+    repeated over each hook's block of columns."""
+    return scale if scale.dim() == 0 else scale.repeat_interleave(width // scale.numel())
 
 
-def resolve_params(architecture: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Registered defaults, then the preset, then ``params``; unknown names raise InterpError."""
-    cls = lookup(architecture)
-    unknown = sorted(set(params) - set(cls.param_defaults))
-    if unknown:
-        raise InterpError(
-            f"Unknown parameter(s) {', '.join(unknown)} for architecture {architecture!r}; "
-            f"it takes: {', '.join(sorted(cls.param_defaults)) or 'none'}."
-        )
-    return {**copy.deepcopy(cls.param_defaults), **PRESETS[architecture], **params}
+def revive_at_rows(
+    dead: torch.Tensor,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    repoint: Callable[[torch.Tensor, torch.Tensor], dict[str, tuple[int, torch.Tensor]]],
+) -> dict[str, tuple[int, torch.Tensor]]:
+    """Revival from batch rows: draw one row of ``x`` uniformly for each ``dead`` latent and call
+    ``repoint(latent indices, their rows)``, which rewrites those atoms and returns what it rewrote (see
+    :meth:`Dictionary.revive`); ``{}`` when none is dead."""
+    idx = dead.nonzero().flatten()
+    if idx.numel() == 0:
+        return {}
+    return repoint(idx, x[torch.randint(len(x), (idx.numel(),), generator=generator)])
 
 
-def lookup(architecture: str) -> type[Dictionary]:
-    if architecture not in REGISTRY:
-        near = close_matches(architecture, REGISTRY)
-        raise InterpError(
-            f"Unknown architecture {architecture!r}. Registered: {', '.join(sorted(REGISTRY))}."
-            + (f" Did you mean {near[0]!r}?" if near else "")
-        )
-    return REGISTRY[architecture]
-
-
-_CFG_KEYS = {f.name for f in fields(DictionaryConfig)} - {"architecture", "d_in", "d_sae", "params"}
-
-
-def create(architecture: str, d_in: int, d_sae: int, **params: Any) -> Dictionary:
-    """A freshly initialised dictionary. Keyword arguments that are ``DictionaryConfig`` fields
-    (``d_out``, ``hook_in``, ``normalization`` ...) go to the config; the rest are architecture params."""
-    cfg_kw = {k: params.pop(k) for k in list(params) if k in _CFG_KEYS}
-    cfg = DictionaryConfig(
-        architecture, int(d_in), int(d_sae), params=resolve_params(architecture, params), **cfg_kw
-    )
-    return lookup(architecture)(cfg)
-
-
-# ---- save / load ---------------------------------------------------------------------------------
-def save_dictionary(d: Dictionary, path: str | Path) -> Path:
-    """Write ``cfg.json`` and ``weights.safetensors`` into directory ``path`` (atomically, weights first)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu() for k, v in d.state_dict().items()}
-    save_tensors(
-        path / WEIGHTS_FILE, tensors, metadata={"format": FORMAT, "architecture": d.cfg.architecture}
-    )
-    atomic_write_json(path / CFG_FILE, {"format": FORMAT, "version": VERSION, **asdict(d.cfg)})
-    return path
-
-
-def load_dictionary(path: str | Path, device: str = "cpu") -> Dictionary:
-    """Rebuild a dictionary saved by :func:`save_dictionary` (the class comes from ``cfg.json``)."""
-    path = Path(path)
-    raw = read_json(path / CFG_FILE, "dictionary config")
-    if raw.get("format") != FORMAT:
-        raise InterpError(
-            f"{path / CFG_FILE} is not an interp dictionary config (format {raw.get('format')!r})."
-        )
-    if raw.get("version", 0) > VERSION:
-        raise InterpError(f"Dictionary {path} has format version {raw['version']}; upgrade interp.")
-    known = {f.name for f in fields(DictionaryConfig)}
-    cfg = DictionaryConfig(**{k: v for k, v in raw.items() if k in known})
-    lookup(cfg.architecture)
-    d = REGISTRY[cfg.architecture](cfg)
-    state = load_tensors(path / WEIGHTS_FILE, device=device)
-    missing, unexpected = d.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InterpError(
-            f"Weights in {path} do not match a {cfg.architecture} dictionary "
-            f"(missing {missing}, unexpected {unexpected})."
-        )
-    return d.to(device)
-
-
-def check_compatible(d: Dictionary, source: Any, hook: str | None = None) -> None:
-    """Raise InterpError unless ``d`` was made for ``source`` (a ModelInfo, its dict, a store, or a Model).
-
-    Checks the model fingerprint (when both sides know it) and, for stores, that the dictionary's hook(s)
-    are present with the right width.
-    """
-    info: Any = getattr(source, "info", None) or getattr(source, "model", None) or source
-    if not isinstance(info, dict):
-        info = info.to_dict() if hasattr(info, "to_dict") else vars(info)
-    fp, name = info.get("fingerprint"), info.get("name")
-    if d.cfg.model_fingerprint and fp and fp != d.cfg.model_fingerprint:
-        raise InterpError(
-            f"This dictionary was trained on model {d.cfg.model_name!r} "
-            f"(fingerprint {d.cfg.model_fingerprint}) "
-            f"but is being used with {name!r} (fingerprint {fp}). Use a dictionary trained on this model."
-        )
-    hook_in = hook or d.cfg.hook_in
-    if hasattr(source, "d") and hasattr(source, "hooks"):
-        for h, width in ((hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
-            if h is None:
-                continue
-            if h not in source.hooks:
-                raise InterpError(
-                    f"The dictionary reads {h!r}, which the store does not hold ({', '.join(source.hooks)})."
-                )
-            if source.d(h) != width:
-                raise InterpError(
-                    f"Hook {h!r} has width {source.d(h)} in the store but the dictionary expects {width}."
-                )

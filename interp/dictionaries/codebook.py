@@ -19,14 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.dictionaries.base import (
-    Dictionary,
-    DictionaryConfig,
-    StepOutput,
-    TrainBatch,
-    TrainState,
-    register,
-)
+from interp.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, TrainBatch, TrainState, revive_at_rows
+from interp.dictionaries.registry import register
 from interp.dictionaries.sparse import sparse_decode
 from interp.errors import InterpError
 
@@ -111,12 +105,12 @@ class Codebook(Dictionary):
     def revive(
         self, dead: torch.Tensor, batch: TrainBatch, generator: torch.Generator
     ) -> dict[str, tuple[int, torch.Tensor]]:
-        idx = dead.nonzero().flatten()
-        if idx.numel() == 0:
-            return {}
-        xt = _layernorm(batch.x)[0]
-        rows = torch.randint(len(xt), (idx.numel(),), generator=generator)
-        noise = torch.randn(idx.numel(), self.cfg.d_in, generator=generator)
-        scale = float(self.p["replace_rho"]) * xt[rows].norm(dim=1, keepdim=True) / self.cfg.d_in**0.5
-        self.C[idx] = xt[rows] + scale * noise
-        return {"C": (0, idx)}
+        """Re-point dead codes at randomly drawn (normalised) batch rows, plus noise of relative size rho."""
+
+        def repoint(idx: torch.Tensor, rows: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
+            xt = _layernorm(rows)[0]
+            noise = torch.randn(idx.numel(), self.cfg.d_in, generator=generator)
+            self.C[idx] = xt + float(self.p["replace_rho"]) * xt.norm(dim=1, keepdim=True) / self.cfg.d_in**0.5 * noise
+            return {"C": (0, idx)}
+
+        return revive_at_rows(dead, batch.x, generator, repoint)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp.dictionaries.base import Dictionary, DictionaryConfig, TrainBatch
-from interp.dictionaries.sparse import sparse_code, topk_indices
+from interp.dictionaries.sparse import LinearCode, sparse_code, topk_indices
 
 LINEAR_DEFAULTS: dict[str, Any] = {
     "transcoder": False,
@@ -35,6 +35,9 @@ class LinearSAE(Dictionary):
 
     unit_norm_decoder: bool = True
     """Keep W_dec rows at unit norm (with the parallel gradient removed); subclasses may switch it off."""
+    derived: tuple[str, ...] = ()
+    """Buffers holding settings derived from the init sample by :meth:`derive` (-1 until then). A dictionary
+    saved before a subclass had them loads with them unset."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
@@ -115,6 +118,20 @@ class LinearSAE(Dictionary):
         self.b_dec.copy_(center(y))
         if self.b_in is not None:
             self.b_in.copy_(center(x))
+        self.derive(x, y)
+
+    def derive(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set the scale-dependent settings left to the data (the ``derived`` buffers) from a sample of inputs
+        ``x`` and targets ``y`` in normalised coordinates, after ``b_dec`` is set. Nothing by default."""
+
+    def centred_energy(self, y: torch.Tensor) -> float:
+        """E ||y - b_dec||^2 over the rows of ``y``: the scale of the squared error."""
+        return float((y - self.b_dec).pow(2).sum(1).mean())
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in self.derived:  # dictionaries saved before the buffer existed
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def constrain_grads(self) -> None:
         if self.unit_norm_decoder and self.W_dec_.grad is not None:
@@ -220,34 +237,25 @@ def normalized_mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def auxk_loss(
-    z_pre: torch.Tensor,
-    x: torch.Tensor,
-    b_in: torch.Tensor,
-    W_enc: torch.Tensor,
-    b_enc: torch.Tensor,
-    W_dec: torch.Tensor,
-    y: torch.Tensor,
-    y_hat: torch.Tensor,
-    dead: torch.Tensor,
-    k_aux: int,
+    code: LinearCode, y: torch.Tensor, y_hat: torch.Tensor, dead: torch.Tensor, k_aux: int
 ) -> torch.Tensor:
     """AuxK: the top ``k_aux`` dead latents of each row reconstruct the residual y - y_hat (detached); NMSE.
 
-    ``z_pre`` = (x - b_in) W_enc + b_enc without a graph. Zero, and nothing computed, with no dead latent.
+    Zero, and nothing computed, with no dead latent.
     With few dead latents relative to ``k_aux`` (the usual case) the codes are dense over the dead
     columns, and plain matmuls on that sub-dictionary beat N * k_aux sparse pairs about tenfold; with
     many, the sparse-pair path of the main TopK step is used."""
     n_dead = int(dead.sum())
     if n_dead == 0 or k_aux <= 0:
-        return z_pre.new_zeros(())
+        return code.z_pre.new_zeros(())
     k = min(k_aux, n_dead)
     residual = y - y_hat.detach()
     if n_dead > 12 * k:
-        idx = topk_indices(z_pre.masked_fill(~dead, float("-inf")), k)
-        recon, _ = sparse_code(z_pre, x, b_in, W_enc, b_enc, W_dec, idx)
+        idx = topk_indices(code.z_pre.masked_fill(~dead, float("-inf")), k)
+        recon, _ = sparse_code(code, idx)
         return normalized_mse(recon, residual)
     cols = dead.nonzero().squeeze(1)
-    z = torch.addmm(b_enc[cols], x - b_in, W_enc[:, cols])  # (N, n_dead), with a graph
+    z = torch.addmm(code.b_enc[cols], code.x - code.b_in, code.W_enc[:, cols])  # (N, n_dead), with a graph
     idx = topk_indices(z.detach(), k)
     f = torch.zeros_like(z).scatter(1, idx, F.relu(z.gather(1, idx)))
-    return normalized_mse(f @ W_dec[cols], residual)
+    return normalized_mse(f @ code.W_dec[cols], residual)

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
-from interp.dictionaries.linear import LINEAR_DEFAULTS, LinearSAE, normalized_mse
-from interp.dictionaries.topk import batch_topk, batch_topk_step, threshold_encode
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState
+from interp.dictionaries.linear import LinearSAE, normalized_mse
+from interp.dictionaries.registry import register
+from interp.dictionaries.topk import BATCHTOPK_DEFAULTS, batch_topk_codes, batch_topk_step, threshold_encode
 from interp.errors import InterpError
 
 DEFAULT_FRACTIONS = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
@@ -41,14 +42,7 @@ def prefix_ends(d_sae: int, group_sizes: list[int] | None) -> list[int]:
 class MatryoshkaSAE(LinearSAE):
     """Matryoshka SAE: every prefix of the dictionary must reconstruct the input on its own."""
 
-    param_defaults: dict[str, Any] = {
-        **LINEAR_DEFAULTS,
-        "k": 32,
-        "k_aux": 512,
-        "aux_coef": 1 / 32,
-        "threshold_rate": 0.01,
-        "group_sizes": None,
-    }
+    param_defaults: dict[str, Any] = {**BATCHTOPK_DEFAULTS, "group_sizes": None}
     threshold: torch.Tensor
     """() buffer: the BatchTopK inference threshold theta (-1 until the first training batch sets it)."""
 
@@ -61,8 +55,7 @@ class MatryoshkaSAE(LinearSAE):
         return threshold_encode(F.relu(self.pre_acts(x)), self.threshold)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
-        z_pre = self.pre_acts(batch.x)
-        f = batch_topk(F.relu(z_pre), int(self.p["k"]))
+        z_pre, f = batch_topk_codes(self, batch.x)
         y_hat = self.b_dec.expand_as(batch.y) + self.skip_path(batch.x)
         losses = [normalized_mse(y_hat, batch.y)]
         start = 0

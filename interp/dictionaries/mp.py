@@ -17,15 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.dictionaries.base import (
-    Dictionary,
-    DictionaryConfig,
-    StepOutput,
-    TrainBatch,
-    TrainState,
-    register,
-)
+from interp.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, TrainBatch, TrainState, revive_at_rows
 from interp.dictionaries.linear import geometric_median, remove_parallel_grad
+from interp.dictionaries.registry import register
 from interp.errors import InterpError
 
 
@@ -119,10 +113,10 @@ class MatchingPursuit(Dictionary):
         self, dead: torch.Tensor, batch: TrainBatch, generator: torch.Generator
     ) -> dict[str, tuple[int, torch.Tensor]]:
         """Point dead atoms at the residuals of randomly drawn rows of the batch."""
-        idx = dead.nonzero().flatten()
-        if idx.numel() == 0:
-            return {}
-        r = self.pursue(batch.x, int(self.p["k"]))[1]
-        rows = torch.randint(len(r), (idx.numel(),), generator=generator)
-        self.D[idx] = r[rows] / r[rows].norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return {"D": (0, idx)}
+
+        def repoint(idx: torch.Tensor, rows: torch.Tensor) -> dict[str, tuple[int, torch.Tensor]]:
+            r = self.pursue(rows, int(self.p["k"]))[1]
+            self.D[idx] = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            return {"D": (0, idx)}
+
+        return revive_at_rows(dead, batch.x, generator, repoint)

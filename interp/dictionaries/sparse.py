@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -159,25 +159,34 @@ def _scatter_rows(idx: torch.Tensor, v: torch.Tensor, dense: torch.Tensor, n_lat
         return torch.autograd.grad(bag, table, grad_outputs=dense)[0]
 
 
+class LinearCode(NamedTuple):
+    """What a linear encoder's sparse code is computed from: ``z_pre = (x - b_in) W_enc + b_enc``."""
+
+    z_pre: torch.Tensor
+    """(N, d_sae) pre-activations, computed without a graph."""
+    x: torch.Tensor
+    """(N, d_in) inputs."""
+    b_in: torch.Tensor
+    """(d_in,) bias subtracted from the input before encoding."""
+    W_enc: torch.Tensor
+    """(d_in, d_sae) encoder."""
+    b_enc: torch.Tensor
+    """(d_sae,) encoder bias."""
+    W_dec: torch.Tensor
+    """(d_sae, d_out) decoder."""
+
+
 def sparse_code(
-    z_pre: torch.Tensor,
-    x: torch.Tensor,
-    b_in: torch.Tensor,
-    W_enc: torch.Tensor,
-    b_enc: torch.Tensor,
-    W_dec: torch.Tensor,
-    idx: torch.Tensor,
-    use_csr: bool | None = None,
+    code: LinearCode, idx: torch.Tensor, use_csr: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode the pairs ``idx`` (N, m): returns y (N, d_out) and the values relu(z_pre[n, i_nj]) (N, m).
 
-    ``z_pre`` (N, d_sae) must equal (x - b_in) W_enc + b_enc, computed without a graph. y is
-    differentiable in b_in, W_enc, b_enc, W_dec (and x); the values are not. ``use_csr`` picks the
+    y is differentiable in b_in, W_enc, b_enc, W_dec (and x); the values are not. ``use_csr`` picks the
     CSR backward (default: on CPU) or the ``embedding_bag`` one.
     """
     if use_csr is None:
         use_csr = idx.device.type == "cpu"
-    return _SparseCode.apply(z_pre, x, b_in, W_enc, b_enc, W_dec, idx, use_csr)
+    return _SparseCode.apply(*code, idx, use_csr)
 
 
 def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState, register
+from interp.dictionaries.base import DictionaryConfig, StepOutput, TrainBatch, TrainState
 from interp.dictionaries.linear import (
     LINEAR_DEFAULTS,
     LinearSAE,
@@ -29,7 +29,8 @@ from interp.dictionaries.linear import (
     normalized_mse,
     scatter_dense,
 )
-from interp.dictionaries.sparse import sparse_code, topk_indices
+from interp.dictionaries.registry import register
+from interp.dictionaries.sparse import LinearCode, sparse_code, topk_indices
 
 
 @register("topk", description="TopK SAE with AuxK and tied init (Gao et al. 2024)")
@@ -73,11 +74,11 @@ class TopKSAE(LinearSAE):
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
         z_pre = self.train_preacts(batch.x)
         idx = self._select(z_pre, batch.grad)
-        enc = (batch.x, self.input_bias(), self.W_enc_, self.b_enc)
-        y_sparse, vals = sparse_code(z_pre, *enc, self.W_dec_, idx)
+        code = LinearCode(z_pre, batch.x, self.input_bias(), self.W_enc_, self.b_enc, self.W_dec_)
+        y_sparse, vals = sparse_code(code, idx)
         y_hat = y_sparse + self.b_dec + self.skip_path(batch.x)
         mse = normalized_mse(y_hat, batch.y)
-        aux = auxk_loss(z_pre, *enc, self.W_dec_, batch.y, y_hat, state.dead, int(self.p["k_aux"]))
+        aux = auxk_loss(code, batch.y, y_hat, state.dead, int(self.p["k_aux"]))
         loss = mse + float(self.p["aux_coef"]) * aux
         l0 = float((vals > 0).sum()) / len(vals)
         return StepOutput(
@@ -103,6 +104,11 @@ def update_threshold(threshold: torch.Tensor, f: torch.Tensor, rate: float = 0.0
     threshold.copy_(m if threshold < 0 else (1 - rate) * threshold + rate * m)
 
 
+BATCHTOPK_DEFAULTS: dict[str, Any] = {**LINEAR_DEFAULTS, "k": 32, "k_aux": 512, "aux_coef": 1 / 32,
+                                      "threshold_rate": 0.01}
+"""Parameters of every BatchTopK-trained architecture (BatchTopK, Matryoshka)."""
+
+
 def threshold_encode(a: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """Inference rule of BatchTopK-trained codes: keep a_i > theta (all of them before theta is set)."""
     return a * (a > threshold.clamp_min(0))
@@ -112,13 +118,7 @@ def threshold_encode(a: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
 class BatchTopKSAE(LinearSAE):
     """BatchTopK: k * batch latents per batch in training; a learned global threshold theta at inference."""
 
-    param_defaults: dict[str, Any] = {
-        **LINEAR_DEFAULTS,
-        "k": 32,
-        "k_aux": 512,
-        "aux_coef": 1 / 32,
-        "threshold_rate": 0.01,
-    }
+    param_defaults: dict[str, Any] = BATCHTOPK_DEFAULTS
     threshold: torch.Tensor
     """() buffer: the inference threshold theta (-1 until the first training batch sets it)."""
 
@@ -130,11 +130,16 @@ class BatchTopKSAE(LinearSAE):
         return threshold_encode(F.relu(self.pre_acts(x)), self.threshold)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
-        z_pre = self.pre_acts(batch.x)
-        f = batch_topk(F.relu(z_pre), int(self.p["k"]))
+        z_pre, f = batch_topk_codes(self, batch.x)
         y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)
         mse = normalized_mse(y_hat, batch.y)
         return batch_topk_step(self, batch, state, z_pre, f, y_hat, mse, {"nmse": mse.item()})
+
+
+def batch_topk_codes(sae: LinearSAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-activations (N, d_sae) of normalised inputs ``x`` and the batch's top ``k * N`` ReLU'd codes."""
+    z_pre = sae.pre_acts(x)
+    return z_pre, batch_topk(F.relu(z_pre), int(sae.p["k"]))
 
 
 def batch_topk_step(
@@ -152,8 +157,8 @@ def batch_topk_step(
     ``z_pre`` (N, d_sae) are pre-activations, ``f`` the kept codes and ``recon`` the architecture's
     reconstruction loss; ``sae.threshold`` is updated in place.
     """
-    aux = auxk_loss(z_pre.detach(), batch.x, sae.input_bias(), sae.W_enc_, sae.b_enc, sae.W_dec_,
-                    batch.y, y_hat, state.dead, int(sae.p["k_aux"]))
+    code = LinearCode(z_pre.detach(), batch.x, sae.input_bias(), sae.W_enc_, sae.b_enc, sae.W_dec_)
+    aux = auxk_loss(code, batch.y, y_hat, state.dead, int(sae.p["k_aux"]))
     threshold: torch.Tensor = sae.threshold  # type: ignore[assignment]  # a buffer of both BatchTopK kinds
     update_threshold(threshold, f.detach(), float(sae.p["threshold_rate"]))
     active = f > 0

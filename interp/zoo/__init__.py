@@ -1,23 +1,19 @@
-"""interp's embedded demo model: a small GPT-2 trained on the Python standard library's source.
+"""interp's embedded demo model: a small transformer trained on the Python standard library's source.
 
 ``DEMO_DIR`` is the shipped checkpoint, in Hugging Face format, loadable like any local model.
 ``train_demo(ZooConfig(), out_dir)`` rebuilds it; ``zoo_card.json`` in the directory records the
-config and the measured quality (held-out loss, unigram baseline, induction scores).
+config and the measured quality (held-out loss, baselines, every head's probe scores, code tasks).
 ``write_planted_model(out_dir)`` writes a tiny hand-set model whose circuit is known by construction
 (``PLANTED``), the ground truth that probes and circuit discovery are tested against.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from interp.zoo.corpus import iter_stdlib_documents, stdlib_files
+from interp.model.model import DEMO_DIR
+from interp.model.stdlib import iter_stdlib_documents, stdlib_files
 from interp.zoo.planted import PLANTED, PlantedCircuit, write_planted_model
 from interp.zoo.probes import CopyingGap, HeadScores, copying_gap, head_scores, induction_score
 from interp.zoo.recipe import ZooConfig, train_demo
-
-DEMO_DIR: Path = Path(__file__).resolve().parent / "demo"
-"""The shipped demo checkpoint (config.json, model.safetensors, tokenizer files, zoo_card.json)."""
 
 __all__ = [
     "DEMO_DIR",

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from interp.zoo.corpus import iter_stdlib_documents
+from interp.model.stdlib import iter_stdlib_documents
 from interp.zoo.probes import CopyingGap, HeadScores, copying_gap, head_scores, next_token_predictions, stdlib_contexts
 from interp.zoo.tasks import (
     TASKS,

@@ -54,7 +54,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from interp.zoo.recipe import SPECIAL_TOKEN, _write_atomically
+from interp.io import atomic_directory
+from interp.zoo.recipe import SPECIAL_TOKEN
 
 VOCAB: tuple[str, ...] = (SPECIAL_TOKEN, "<unk>", "\t", "\n", *(chr(c) for c in range(32, 127)))
 """The planted tokenizer's vocabulary, in id order: BOS/EOS, unknown, tab, newline, printable ASCII."""
@@ -288,10 +289,7 @@ def write_planted_model(out_dir: str | Path) -> Path:
     same on every call (no randomness but a fixed seed for the distractors' sign codes).
     """
     model, tokenizer = build_planted_model()
-
-    def write(tmp: Path) -> None:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-
-    _write_atomically(Path(out_dir), write)
     return Path(out_dir)

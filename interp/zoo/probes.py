@@ -32,7 +32,7 @@ from torch import nn
 from interp.errors import InterpError
 
 if TYPE_CHECKING:
-    from interp.models import Model
+    from interp.model import Model
 
 ProbeTarget = Any
 """An ``interp.Model`` or a Hugging Face causal LM (``nn.Module`` with a ``config``)."""
@@ -226,7 +226,7 @@ def repeated_random_tokens(
 def stdlib_contexts(tokenizer: Any, n_contexts: int = 16, seq_len: int = 128, split: str = "heldout") -> torch.Tensor:
     """Natural code: (n_contexts, seq_len) int64, the stdlib ``split`` files tokenized in order, each
     followed by EOS, concatenated and cut into contexts that start with BOS (the tokenizer's)."""
-    from interp.zoo.corpus import iter_stdlib_documents
+    from interp.model.stdlib import iter_stdlib_documents
 
     if seq_len < 3 or n_contexts < 1:
         raise InterpError(f"natural-text probes need n_contexts >= 1 and seq_len >= 3, got {n_contexts}, {seq_len}")

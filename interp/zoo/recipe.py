@@ -17,13 +17,10 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
 import random
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +34,9 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from interp.errors import InterpError
+from interp.io import atomic_directory
+from interp.model.stdlib import Split, corpus_fingerprint, stdlib_files
 from interp.zoo.card import NATURAL_CONTEXTS, NATURAL_SEQ_LEN, card_sections, evaluate_baselines, evaluate_model
-from interp.zoo.corpus import Split, corpus_fingerprint, stdlib_files
 from interp.zoo.probes import attention_patterns, induction_score, previous_token_pattern_score
 from interp.zoo.tasks import encode_documents, pack_documents
 
@@ -407,30 +405,6 @@ def train_model(
     return float(np.mean(recent))
 
 
-def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_dir)`` and move the result to ``out_dir``, replacing any previous content.
-
-    The temporary directory is a sibling of ``out_dir`` (same filesystem, so the rename is atomic);
-    it is removed if ``write`` fails. Permissions are made world-readable as for an ordinary checkout.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", suffix=".tmp", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -491,13 +465,11 @@ def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
             card["best_induction_head"], card["copying_gap"]["gap"],
         )
 
-        def write(tmp: Path) -> None:
+        with atomic_directory(out_dir) as tmp:
             model.to(getattr(torch, cfg.save_dtype)).save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             card["wall_time_s"] = round(time.perf_counter() - started, 1)
             (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
-
-        _write_atomically(Path(out_dir), write)
         logger.info("wrote %s in %.0f s", out_dir, card["wall_time_s"])
         return card
     finally:
