@@ -17,13 +17,8 @@ N = 50
 
 
 @pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_planted_model(tmp_path_factory.mktemp("planted") / "model")
-
-
-@pytest.fixture(scope="module")
-def planted(planted_dir: Path) -> interp.Model:
-    return interp.load_model(str(planted_dir))
+def planted(planted_model: interp.Model) -> interp.Model:
+    return planted_model
 
 
 def _probe(seed: int = 0, batch: int = 8) -> torch.Tensor:

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 import interp
 from interp.errors import InterpError
 from interp.model.stdlib import iter_stdlib_documents
-from interp.zoo.planted import N_HEADS, N_LAYERS, PLANTED, VOCAB, write_planted_model
+from interp.zoo.planted import N_HEADS, N_LAYERS, PLANTED, VOCAB
 from interp.zoo.probes import (
     attention_patterns,
     bos_pattern_score,
@@ -26,13 +26,8 @@ from interp.zoo.probes import (
 
 
 @pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_planted_model(tmp_path_factory.mktemp("planted") / "model")
-
-
-@pytest.fixture(scope="module")
-def planted(planted_dir: Path) -> interp.Model:
-    return interp.load_model(str(planted_dir))
+def planted(planted_model: interp.Model) -> interp.Model:
+    return planted_model
 
 
 def _ideal_induction(tokens: torch.Tensor, n: int) -> float:

@@ -12,6 +12,7 @@ token (every token of every context but its first).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -126,3 +127,18 @@ def card_sections(evaluation: Evaluation, baselines: BaselineEvaluation) -> dict
             for name, (n, uni, bi) in baselines.tasks.items()
         },
     }
+
+
+def measure_checkpoint(
+    model_dir: str | Path, seq_len: int, probe_seq_len: int = 50, probe_batch: int = 16, seed: int = 0
+) -> dict[str, Any]:
+    """The measured card sections (:func:`card_sections`) of the Hugging Face checkpoint in ``model_dir``:
+    held-out contexts of ``seq_len`` tokens, baselines from the train split encoded with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).float().eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = heldout_text(tokenizer, seq_len)
+    train = [d.ids for d in encode_documents(tokenizer, list(iter_stdlib_documents("train")))]
+    evaluation = evaluate_model(model, tokenizer, text, probe_seq_len, probe_batch, seed)
+    return card_sections(evaluation, evaluate_baselines(train, text, len(tokenizer)))
