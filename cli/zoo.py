@@ -20,8 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train the demo model on the Python standard library's source",
-        description="Train the demo model. With no flags other than --out it reproduces the shipped "
-        "checkpoint (interp/zoo/demo).",
+        description="Train a demo model with the zoo recipe (a small Llama on the stdlib source, see "
+        "interp/zoo/config.py). The shipped checkpoint (interp/zoo/demo) still comes from the earlier GPT-2 "
+        "recipe; its zoo_card.json records that config.",
     )
     train.add_argument("--out", required=True, help="directory to write the checkpoint to (replaced)")
     add_config_flags(train, *_RECIPE)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+import interp
 from cli import zoo as zoo_cli
 from interp.errors import InterpError
 from interp.zoo import DEMO_DIR, ZooConfig, induction_score, iter_stdlib_documents, stdlib_files, train_demo
@@ -206,6 +207,11 @@ def test_train_demo_end_to_end_and_reproducible(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "a")
     assert model.config.bos_token_id == tokenizer.bos_token_id == tokenizer.eos_token_id
     assert tokenizer.decode(tokenizer("def f(x):\n    return x")["input_ids"]) == "def f(x):\n    return x"
+    assert model.config.model_type == "llama" and model.config.num_key_value_heads == TINY.n_head
+    loaded = interp.load_model(str(tmp_path / "a"), processing="none")  # interp's model layer runs it
+    tokens = torch.tensor([[tokenizer.bos_token_id, *tokenizer("x = 1")["input_ids"]]])
+    expected = torch.log_softmax(model(tokens).logits, -1)
+    assert torch.allclose(torch.log_softmax(loaded.forward(tokens), -1), expected, atol=1e-4)
     train_demo(TINY, tmp_path / "a")  # replaces an existing checkpoint
     assert (tmp_path / "a" / "zoo_card.json").is_file()
 

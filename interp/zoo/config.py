@@ -1,4 +1,4 @@
-"""``ZooConfig``: everything that decides the demo model (its defaults produce the shipped checkpoint)."""
+"""``ZooConfig``: everything that decides a demo model trained by ``interp zoo train``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from interp.errors import InterpError
 
 @dataclass(frozen=True)
 class ZooConfig:
-    """Everything that decides the demo model. The defaults produce the checkpoint shipped in ``DEMO_DIR``."""
+    """Everything that decides the demo model (the shipped ``DEMO_DIR`` checkpoint predates this recipe: its
+    ``zoo_card.json`` records the GPT-2 recipe it came from)."""
 
     vocab_size: int = 4096
     """Tokenizer vocabulary size, the special token and the 256 byte tokens included."""
