@@ -10,7 +10,7 @@ import argparse
 
 from cli.config_flags import add_config_flags, config_kwargs
 
-_RECIPE = ("interp.zoo.recipe", "ZooConfig")
+_RECIPE = ("interp.zoo.config", "ZooConfig")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,8 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train the demo model on the Python standard library's source",
-        description="Train the demo model. With no flags other than --out it reproduces the shipped "
-        "checkpoint (interp/zoo/demo).",
+        description="Train a demo model with the zoo recipe (a small Llama on the stdlib source, see "
+        "interp/zoo/config.py). The shipped checkpoint (interp/zoo/demo) still comes from the earlier GPT-2 "
+        "recipe; its zoo_card.json records that config.",
     )
     train.add_argument("--out", required=True, help="directory to write the checkpoint to (replaced)")
     add_config_flags(train, *_RECIPE)
@@ -37,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ZooConfig(**config_kwargs(args, *_RECIPE))
     card = train_demo(cfg, args.out)
-    best = card["best_induction_head"]
+    prev, best = card["best_previous_token_head"], card["best_induction_head"]
     print(
         f"wrote {args.out}: {card['parameter_count']:,} parameters, {card['training_tokens']:,} tokens, "
         f"held-out loss {card['heldout_loss']:.3f} (unigram {card['unigram_loss']:.3f}), "
+        f"best previous-token head L{prev['layer']}H{prev['head']} = {prev['score']:.3f}, "
         f"best induction head L{best['layer']}H{best['head']} = {best['score']:.3f}, "
-        f"{card['wall_time_s']:.0f} s"
+        f"copying gap {card['copying_gap']['gap']:.2f} nats, {card['wall_time_s']:.0f} s"
     )
     return 0

@@ -83,6 +83,22 @@ def demo_model():
 
 
 @pytest.fixture(scope="session")
+def planted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-set planted model of ``interp.zoo.planted`` (known previous-token and induction heads)."""
+    from interp.zoo.planted import write_planted_model
+
+    return write_planted_model(tmp_path_factory.mktemp("planted") / "model")
+
+
+@pytest.fixture(scope="session")
+def planted_model(planted_dir: Path):
+    """The planted model loaded with ``interp.load_model``."""
+    import interp
+
+    return interp.load_model(str(planted_dir))
+
+
+@pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Forty small text documents (one per file)."""
     d = tmp_path_factory.mktemp("corpus")

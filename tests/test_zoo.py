@@ -12,15 +12,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+import interp
 from cli import zoo as zoo_cli
 from interp.errors import InterpError
 from interp.zoo import DEMO_DIR, ZooConfig, induction_score, iter_stdlib_documents, stdlib_files, train_demo
-from interp.zoo.induction import induction_pattern_score, repeated_random_tokens
-from interp.zoo.recipe import pack, repeat_spans
-
-# The aim for the shipped model is an induction head scoring >= 0.3 (the circuit work needs one). The
-# checkpoint shipped now does not reach it (README, "The embedded demo model"); the test checks that the
-# card reports what the model really does, so a better checkpoint only needs its card.
+from interp.zoo.card import Evaluation, evaluate_model, heldout_text
+from interp.zoo.data import natural_batches, period_two_rows, repeat_rows
+from interp.zoo.probes import HeadScores, induction_pattern_score, repeated_random_tokens
+from interp.zoo.trainer import training_batches
 
 
 def test_split_is_deterministic_disjoint_and_complete() -> None:
@@ -60,13 +59,13 @@ def _tiny_gpt2() -> GPT2LMHeadModel:
 
 def test_induction_score_shape_range_and_model_state() -> None:
     model = _tiny_gpt2().train()
-    scores = induction_score(model, vocab_size=50, seq_len=8, batch=3)
+    scores = induction_score(model, seq_len=8, batch=3)
     assert scores.shape == (2, 2) and scores.dtype == torch.float32
     assert ((scores >= 0) & (scores <= 1)).all()
     assert model.training and model.config._attn_implementation != "eager"
-    assert torch.equal(scores, induction_score(model, vocab_size=50, seq_len=8, batch=3))
+    assert torch.equal(scores, induction_score(model, seq_len=8, batch=3))
     with pytest.raises(InterpError, match="positions"):
-        induction_score(model, vocab_size=50, seq_len=20)
+        induction_score(model, seq_len=20)
 
 
 def test_probe_tokens_repeat_and_avoid_bos() -> None:
@@ -88,25 +87,55 @@ def test_ideal_induction_pattern_scores_one() -> None:
     assert torch.allclose(induction_pattern_score(on_bos, seq_len), torch.zeros(1, 3))
 
 
-def test_pack_starts_every_context_with_bos_and_keeps_every_token() -> None:
-    documents = [np.arange(1, 8, dtype=np.int32), np.arange(10, 15, dtype=np.int32)]
-    contexts = pack(documents, seq_len=6, bos_token_id=0, drop_last=False)
-    assert all(c[0] == 0 for c in contexts) and [len(c) for c in contexts] == [6, 6, 3]
-    assert torch.cat([c[1:] for c in contexts]).tolist() == list(range(1, 8)) + list(range(10, 15))
-    assert [len(c) for c in pack(documents, seq_len=6, bos_token_id=0, drop_last=True)] == [6, 6]
+def test_natural_batches_pack_through_the_model_layer() -> None:
+    documents = [np.arange(1, 8), np.arange(10, 15)]  # 7 + separator + 5 = 13 tokens: 4 contexts of BOS + 3
+    batches = natural_batches(documents, seq_len=4, batch_size=2, bos_token_id=0, rng=np.random.default_rng(0))
+    epoch = torch.cat([next(batches) for _ in range(2)])
+    assert epoch.shape == (4, 4) and (epoch[:, 0] == 0).all()
+    assert sorted(epoch[:, 1:].flatten().tolist()) == sorted([0, *range(1, 8), *range(10, 14)])
+    with pytest.raises(InterpError, match="batch_size"):
+        next(natural_batches(documents, 4, 8, 0, np.random.default_rng(0)))
 
 
-def test_repeat_spans_tiles_a_sample_of_the_row() -> None:
-    contexts = torch.arange(1, 1 + 40 * 33).reshape(40, 33)
-    contexts[:, 0] = 0
-    out = repeat_spans(contexts, 0.5, np.random.default_rng(0))
-    assert torch.equal(out, repeat_spans(contexts, 0.5, np.random.default_rng(0)))
-    changed = [i for i in range(40) if not torch.equal(out[i], contexts[i])]
-    assert 10 <= len(changed) <= 30 and (out[:, 0] == 0).all()
-    for i in changed:
-        body = out[i, 1:]
-        span = next(n for n in range(2, 17) if torch.equal(body[n:], body[: len(body) - n]))
-        assert set(body[:span].tolist()) <= set(contexts[i, 1:].tolist())
+def _unigram(vocab: int = 50, bos: int = 0) -> np.ndarray:
+    p = np.arange(vocab, dtype=np.float64) + 1.0
+    p[bos] = 0.0
+    return p / p.sum()
+
+
+def test_repeat_rows_are_bos_then_sequences_each_repeated_once() -> None:
+    rows = repeat_rows(32, 64, 0, _unigram(4096), 0.5, np.random.default_rng(0))
+    assert rows.shape == (32, 64) and (rows[:, 0] == 0).all() and not (rows[:, 1:] == 0).any()
+    for row in rows.tolist():
+        body, at = row[1:], 0
+        while at < len(body):  # the body parses as r r r' r' ..., each r of 8 to 31 tokens
+            rest = len(body) - at
+            n = next(n for n in range(8, 32) if n >= rest or body[at : at + n][: rest - n] == body[at + n : at + 2 * n])
+            at += 2 * n
+    assert torch.equal(rows, repeat_rows(32, 64, 0, _unigram(4096), 0.5, np.random.default_rng(0)))
+
+
+def test_period_two_rows_repeat_the_token_two_back() -> None:
+    rows = period_two_rows(32, 64, 0, _unigram(), 0.5, np.random.default_rng(0))
+    assert rows.shape == (32, 64) and (rows[:, 0] == 0).all() and not (rows[:, 1:] == 0).any()
+    two_back = (rows[:, 3:] == rows[:, 1:-2]).float().mean().item()
+    assert two_back > 0.7  # segments of 4 to 16 tokens: only the first two of each break the pattern
+
+
+def test_training_batches_mix_synthetic_rows_deterministically() -> None:
+    cfg = ZooConfig(seq_len=32, batch_size=64, steps=4, warmup_steps=0, late_attention_step=0,
+                    repeat_fraction=0.25, period_two_fraction=0.25, late_synthetic_step=2, late_synthetic_scale=0.0)
+    documents = [np.arange(100, 3000)]
+
+    def run() -> list[torch.Tensor]:
+        return list(training_batches(cfg, documents, bos_token_id=0, unigram=_unigram(4096)))
+
+    batches = run()
+    assert len(batches) == 4 and all(b.shape == (64, 32) for b in batches)
+    assert all(torch.equal(a, b) for a, b in zip(batches, run()))
+    natural = [((b[:, 1:] >= 100) & (b[:, 2:] - b[:, 1:-1] == 1).all(1, keepdim=True)).all(1) for b in batches]
+    assert 16 <= int((~natural[0]).sum()) <= 48 and 16 <= int((~natural[1]).sum()) <= 48
+    assert natural[2].all() and natural[3].all()  # late_synthetic_scale 0: natural text only
 
 
 @pytest.mark.parametrize(
@@ -118,10 +147,15 @@ def test_repeat_spans_tiles_a_sample_of_the_row() -> None:
         {"warmup_steps": 5, "steps": 5},
         {"lr": 0.0},
         {"max_files": 0},
-        {"induction_seq_len": 200},
+        {"probe_seq_len": 200},
+        {"late_attention_step": 5, "steps": 5},
+        {"repeat_fraction": 0.6, "period_two_fraction": 0.4},
+        {"uniform_fraction": 1.5},
+        {"embedding_std": 0.0},
+        {"d_model": 12, "n_head": 4},
         {"save_dtype": "int8"},
         {"vocab_size": 100},
-        {"repeat_fraction": 1.0},
+        {"repeat_fraction": -0.1},
     ],
 )
 def test_config_rejects_bad_values(bad: dict) -> None:
@@ -140,9 +174,10 @@ TINY = ZooConfig(
     batch_size=4,
     steps=3,
     warmup_steps=1,
+    late_attention_step=1,
     max_files=3,
-    induction_seq_len=8,
-    induction_batch=2,
+    probe_seq_len=8,
+    probe_batch=2,
     num_threads=1,
 )
 
@@ -172,6 +207,11 @@ def test_train_demo_end_to_end_and_reproducible(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "a")
     assert model.config.bos_token_id == tokenizer.bos_token_id == tokenizer.eos_token_id
     assert tokenizer.decode(tokenizer("def f(x):\n    return x")["input_ids"]) == "def f(x):\n    return x"
+    assert model.config.model_type == "llama" and model.config.num_key_value_heads == TINY.n_head
+    loaded = interp.load_model(str(tmp_path / "a"), processing="none")  # interp's model layer runs it
+    tokens = torch.tensor([[tokenizer.bos_token_id, *tokenizer("x = 1")["input_ids"]]])
+    expected = torch.log_softmax(model(tokens).logits, -1)
+    assert torch.allclose(torch.log_softmax(loaded.forward(tokens), -1), expected, atol=1e-4)
     train_demo(TINY, tmp_path / "a")  # replaces an existing checkpoint
     assert (tmp_path / "a" / "zoo_card.json").is_file()
 
@@ -186,15 +226,48 @@ def test_cli_flags_come_from_the_config() -> None:
     assert parser.parse_args(["zoo", "train", "--out", "x", "--max-files", "none"]).max_files is None
 
 
-def test_shipped_demo_checkpoint_matches_its_card() -> None:
+THRESHOLDS = {"previous_token": 0.5, "induction": 0.5, "copying_gap": 2.0, "heldout_loss": 3.814}
+"""Issue 9's aims for the demo model: best layer-0 previous-token score, best induction score (later
+layers), copying gap at n = 50 (nats), held-out loss (nats, at most)."""
+SHIPPED_MEETS = {"previous_token": False, "induction": False, "copying_gap": False, "heldout_loss": True}
+"""Which aims the shipped checkpoint meets (README, "The embedded demo model"). A new checkpoint that meets
+more changes this line: the test fails until it is updated, so the README cannot silently go stale."""
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple[dict, Evaluation]:
     card = json.loads((DEMO_DIR / "zoo_card.json").read_text())
-    assert sum(p.stat().st_size for p in DEMO_DIR.iterdir()) <= 25 * 2**20
-    assert card["config"] == {**ZooConfig().__dict__, "save_dtype": card["config"]["save_dtype"]}
-    assert card["heldout_loss"] < card["unigram_loss"] - 1.0
-    model = AutoModelForCausalLM.from_pretrained(DEMO_DIR).float()
+    model = AutoModelForCausalLM.from_pretrained(DEMO_DIR).float().eval()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR)
-    assert model.config.bos_token_id == tokenizer.bos_token_id
-    best, probe = card["best_induction_head"], card["induction_probe"]
-    scores = induction_score(model, len(tokenizer), probe["seq_len"], probe["batch"], probe["seed"])
-    assert abs(scores[best["layer"], best["head"]].item() - best["score"]) <= 0.02
-    assert torch.allclose(scores, torch.tensor(card["induction_scores"]), atol=0.02)
+    probes = card["probes"]
+    text = heldout_text(tokenizer, card["config"]["seq_len"])
+    return card, evaluate_model(model, tokenizer, text, probes["seq_len"], probes["batch"], probes["seed"])
+
+
+def test_shipped_demo_checkpoint_matches_its_card(shipped: tuple[dict, Evaluation]) -> None:
+    card, measured = shipped
+    assert sum(p.stat().st_size for p in DEMO_DIR.iterdir()) <= 25 * 2**20
+    assert card["schema_version"] == 2 and card["probes"]["seq_len"] == 50
+    assert measured.heldout_tokens == card["heldout_tokens"]
+    assert abs(measured.heldout_loss - card["heldout_loss"]) <= 1e-3
+    assert card["heldout_loss"] < card["unigram_loss"] - 1.0
+    n_layers, n_heads = measured.heads.induction.shape
+    assert len(card["heads"]) == n_layers * n_heads
+    for record in card["heads"]:
+        for field in HeadScores._fields:
+            assert abs(getattr(measured.heads, field)[record["layer"], record["head"]].item() - record[field]) <= 0.01
+    assert abs(measured.copying.gap - card["copying_gap"]["gap"]) <= 0.05
+    for name, task in card["tasks"].items():
+        assert task["accuracy"] is None or abs(measured.tasks[name] - task["accuracy"]) <= 1e-3
+
+
+def test_shipped_demo_checkpoint_against_the_issue_thresholds(shipped: tuple[dict, Evaluation]) -> None:
+    _, measured = shipped
+    heads = measured.heads
+    reached = {
+        "previous_token": heads.previous_token[0].max().item() >= THRESHOLDS["previous_token"],
+        "induction": heads.induction[1:].max().item() >= THRESHOLDS["induction"],
+        "copying_gap": measured.copying.gap >= THRESHOLDS["copying_gap"],
+        "heldout_loss": measured.heldout_loss <= THRESHOLDS["heldout_loss"],
+    }
+    assert reached == SHIPPED_MEETS

@@ -3,7 +3,7 @@
 transformer-lens stays behind this package: nothing outside ``interp.model`` touches the bridge.
 """
 
-from interp.model.corpus import Context, CorpusConfig, iter_contexts, iter_documents, pack_contexts
+from interp.model.corpus import Context, CorpusConfig, iter_contexts, iter_documents, pack_contexts, pack_token_ids
 from interp.model.model import DEMO_DIR, DEMO_NAME, PROCESSING, Captured, Model, ModelInfo, load_model, next_token_loss
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "load_model",
     "next_token_loss",
     "pack_contexts",
+    "pack_token_ids",
 ]

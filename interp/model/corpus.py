@@ -19,7 +19,7 @@ import glob
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -173,8 +173,17 @@ def pack_contexts(
 ) -> Iterator[Context]:
     """Pack documents into contexts of ``ctx_len`` tokens, each starting with BOS.
 
-    Documents are tokenized without special tokens and joined with BOS; when a document starts a context,
-    that context's own BOS is the separator. A trailing partial context is dropped, so every context is full.
+    Documents are tokenized without special tokens and packed by :func:`pack_token_ids`.
+    """
+    yield from pack_token_ids(_encode(docs, tokenizer, encode_batch), ctx_len, bos_token_id)
+
+
+def pack_token_ids(docs: Iterable[Sequence[int]], ctx_len: int, bos_token_id: int) -> Iterator[Context]:
+    """Pack already tokenized documents (token ids, no special tokens) into contexts of ``ctx_len`` tokens.
+
+    Documents are joined with BOS; when a document starts a context, that context's own BOS is the
+    separator. A trailing partial context is dropped, so every context is full. Empty documents are skipped
+    (they keep their index in ``Context.doc``).
     """
     if ctx_len < 2:
         raise InterpError(f"Context length must be at least 2 (BOS + one token), got {ctx_len}.")
@@ -182,8 +191,8 @@ def pack_contexts(
     buf_tok: list[int] = []
     buf_doc: list[int] = []
     buf_pos: list[int] = []
-    for doc_index, ids in enumerate(_encode(docs, tokenizer, encode_batch)):
-        if not ids:
+    for doc_index, ids in enumerate(docs):
+        if not len(ids):
             continue
         if buf_tok:  # separator between documents
             buf_tok.append(bos_token_id)

@@ -1,14 +1,15 @@
 """The recipe that trains interp's embedded demo model from the standard library's source.
 
-Designed under these constraints: a laptop CPU (two cores) retrains it in minutes, with no network;
-the result is small enough to ship in the repository; and it is good enough for interpretability
-work (held-out loss well below a unigram model, induction heads present).
+Designed under these constraints: two CPU cores retrain it within half an hour, with no network; the
+result is small enough to ship in the repository; and it has the circuits interpretability work studies
+(a previous-token head in layer 0, an induction head in layer 1, in-context copying), measured by
+:mod:`interp.zoo.probes` and written to ``zoo_card.json``.
 
-Stages, each a small function: train a byte-level BPE tokenizer on the train split; tokenize and
-pack documents into contexts that all start with BOS; train a GPT-2 architecture model with AdamW,
-linear warmup and cosine decay; evaluate on the held-out split; write the checkpoint in Hugging Face
-format plus ``zoo_card.json``, atomically. Everything is seeded: the same config, corpus and library
-versions give the same weights.
+Stages: train a byte-level BPE tokenizer on the train split (:mod:`interp.zoo.data`); build a small Llama
+and train it on natural contexts mixed with synthetic rows (:mod:`interp.zoo.trainer`); measure it on the
+held-out split and the probes (:mod:`interp.zoo.card`); write the checkpoint in Hugging Face format plus
+``zoo_card.json``, atomically. Everything is seeded: the same config, corpus and library versions give the
+same weights.
 """
 
 from __future__ import annotations
@@ -16,331 +17,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import platform
 import random
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import tokenizers
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from interp.errors import InterpError
 from interp.io import atomic_directory
 from interp.model.stdlib import Split, corpus_fingerprint, stdlib_files
-from interp.zoo.induction import induction_score
+from interp.zoo.card import NATURAL_CONTEXTS, NATURAL_SEQ_LEN, card_sections, evaluate_baselines, evaluate_model
+from interp.zoo.config import ZooConfig
+from interp.zoo.data import SPECIAL_TOKEN, read_files, tokenize_documents, train_tokenizer, unigram_distribution
+from interp.zoo.tasks import encode_documents, pack_documents
+from interp.zoo.trainer import build_model, train_model, training_batches
 
 logger = logging.getLogger(__name__)
 
-SPECIAL_TOKEN = "<|endoftext|>"
-"""The one special token: BOS at the start of every context and EOS after every document."""
+__all__ = ["CARD_NAME", "SPECIAL_TOKEN", "ZooConfig", "corpus_files", "train_demo"]
 
 CARD_NAME = "zoo_card.json"
-CARD_SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ZooConfig:
-    """Everything that decides the demo model. The defaults produce the checkpoint shipped in ``DEMO_DIR``."""
-
-    vocab_size: int = 4096
-    """Tokenizer vocabulary size, the special token and the 256 byte tokens included."""
-    n_layer: int = 2
-    """Number of transformer blocks."""
-    n_head: int = 4
-    """Attention heads per block."""
-    d_model: int = 128
-    """Width of the residual stream; a multiple of ``n_head``."""
-    d_mlp: int = 512
-    """Hidden width of each MLP."""
-    n_ctx: int = 256
-    """Positions the model supports (learned position embeddings)."""
-    seq_len: int = 256
-    """Tokens per training context, BOS included; at most ``n_ctx``."""
-    batch_size: int = 16
-    """Contexts per optimizer step (and per evaluation batch)."""
-    steps: int = 600
-    """Optimizer steps."""
-    warmup_steps: int = 50
-    """Steps of linear learning-rate warmup from zero; fewer than ``steps``."""
-    lr: float = 3e-3
-    """Peak learning rate of AdamW."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate of the cosine decay, as a fraction of ``lr``."""
-    weight_decay: float = 0.1
-    """AdamW weight decay, applied to matrices only (not to biases, layer norms)."""
-    repeat_fraction: float = 0.25
-    """Fraction of training contexts that are a random span of corpus tokens repeated (``repeat_spans``).
-
-    They reward copying from earlier in the context, so induction heads form within a CPU budget of a
-    few million tokens; on natural code alone a model this small had formed none after that budget.
-    Held-out loss is always measured on natural text."""
-    grad_clip: float = 1.0
-    """Maximum global gradient norm."""
-    seed: int = 0
-    """Seed of every random choice: weight init, data order, repeated spans, induction probe."""
-    max_files: int | None = None
-    """If set, use at most this many files of each split (for quick tests); None uses them all."""
-    induction_seq_len: int = 64
-    """Length of the random sequence repeated in the induction probe; ``2 * it + 1 <= n_ctx``."""
-    induction_batch: int = 16
-    """Number of random sequences in the induction probe."""
-    num_threads: int = 2
-    """CPU threads torch may use while training."""
-    save_dtype: Literal["float32", "float16"] = "float32"
-    """Dtype of the saved weights; evaluation runs on weights rounded to it, so the card matches the file."""
-
-    def __post_init__(self) -> None:
-        positive = (
-            "vocab_size",
-            "n_layer",
-            "n_head",
-            "d_model",
-            "d_mlp",
-            "n_ctx",
-            "seq_len",
-            "batch_size",
-            "steps",
-            "induction_seq_len",
-            "induction_batch",
-            "num_threads",
-        )
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InterpError(f"ZooConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.vocab_size < 257 + 1:
-            raise InterpError(f"ZooConfig.vocab_size must exceed 257 (256 bytes + {SPECIAL_TOKEN})")
-        if self.d_model % self.n_head:
-            raise InterpError(f"ZooConfig.d_model={self.d_model} must be a multiple of n_head={self.n_head}")
-        if not 8 <= self.seq_len <= self.n_ctx:
-            raise InterpError(f"ZooConfig.seq_len must be in [8, n_ctx={self.n_ctx}], got {self.seq_len}")
-        if not 0 <= self.repeat_fraction < 1:
-            raise InterpError(f"ZooConfig.repeat_fraction must be in [0, 1), got {self.repeat_fraction}")
-        if 2 * self.induction_seq_len + 1 > self.n_ctx:
-            raise InterpError(
-                f"ZooConfig.induction_seq_len must be at most {(self.n_ctx - 1) // 2} for "
-                f"n_ctx={self.n_ctx}, got {self.induction_seq_len}"
-            )
-        if not 0 <= self.warmup_steps < self.steps:
-            raise InterpError(
-                f"ZooConfig.warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps}"
-            )
-        if not (
-            self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.weight_decay >= 0 and self.grad_clip > 0
-        ):
-            raise InterpError(
-                "ZooConfig needs lr > 0, 0 <= min_lr_ratio <= 1, weight_decay >= 0, grad_clip > 0"
-            )
-        if self.max_files is not None and self.max_files < 1:
-            raise InterpError(f"ZooConfig.max_files must be None or at least 1, got {self.max_files}")
-        if self.save_dtype not in ("float32", "float16"):
-            raise InterpError(f"ZooConfig.save_dtype must be 'float32' or 'float16', got {self.save_dtype!r}")
+CARD_SCHEMA_VERSION = 2
 
 
 def corpus_files(cfg: ZooConfig, split: Split) -> list[Path]:
     """The files of ``split`` that the recipe uses: all of them, or the first ``cfg.max_files``."""
     return stdlib_files(split)[: cfg.max_files]
-
-
-def _read(files: list[Path]) -> Iterator[str]:
-    for path in files:
-        yield path.read_text(encoding="utf-8", errors="replace")
-
-
-def train_tokenizer(cfg: ZooConfig, files: list[Path]) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on ``files``; ``SPECIAL_TOKEN`` has id 0 and is BOS, EOS and pad.
-
-    The tokenizer adds no special token by itself: callers prepend BOS (as ``pack`` does).
-    """
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size,
-        special_tokens=[SPECIAL_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_read(files), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token=SPECIAL_TOKEN,
-        eos_token=SPECIAL_TOKEN,
-        pad_token=SPECIAL_TOKEN,
-        model_max_length=cfg.n_ctx,
-    )
-
-
-def tokenize_documents(tokenizer: PreTrainedTokenizerFast, files: list[Path]) -> list[np.ndarray]:
-    """One int32 array of token ids per file, each followed by the EOS id."""
-    eos = tokenizer.eos_token_id
-    encoded = tokenizer.backend_tokenizer.encode_batch(list(_read(files)))
-    return [np.array([*doc.ids, eos], dtype=np.int32) for doc in encoded]
-
-
-def pack(documents: list[np.ndarray], seq_len: int, bos_token_id: int, drop_last: bool) -> list[torch.Tensor]:
-    """Concatenate ``documents`` and cut them into contexts ``[BOS] + next seq_len - 1 tokens``.
-
-    Every context starts with BOS and every document token lands in exactly one context, in order.
-    With ``drop_last`` the final short context is dropped; otherwise it is kept, shorter.
-    """
-    stream = torch.from_numpy(np.concatenate(documents).astype(np.int64))
-    bos = torch.tensor([bos_token_id])
-    body = seq_len - 1
-    contexts = [torch.cat([bos, stream[i : i + body]]) for i in range(0, len(stream), body)]
-    if drop_last and contexts and len(contexts[-1]) < seq_len:
-        contexts.pop()
-    return contexts
-
-
-def repeat_spans(contexts: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
-    """A copy of ``contexts`` (N, T) where about ``fraction`` of the rows become a repeated random span.
-
-    In a chosen row the BOS stays and the rest becomes ``span`` of the row's own tokens, picked at
-    random positions without replacement (so they keep the corpus's token frequencies but lose its
-    n-gram structure), tiled to length T - 1; ``span`` is uniform in [max(2, (T - 1) // 16), (T - 1) // 2].
-    Only copying from the earlier copy predicts such a row, which is what induction heads do.
-    """
-    out = contexts.clone()
-    body = contexts.shape[1] - 1
-    low, high = max(2, body // 16), body // 2
-    for row in np.flatnonzero(rng.random(len(contexts)) < fraction):
-        span = int(rng.integers(low, high + 1))
-        picked = contexts[row, 1 + torch.from_numpy(rng.permutation(body)[:span])]  # (span,)
-        out[row, 1:] = picked.repeat(body // span + 1)[:body]
-    return out
-
-
-def training_batches(
-    cfg: ZooConfig, documents: list[np.ndarray], bos_token_id: int
-) -> Iterator[torch.Tensor]:
-    """Endless (batch_size, seq_len) int64 batches.
-
-    Each epoch reshuffles the documents, packs them, shuffles the contexts and applies
-    :func:`repeat_spans` with ``cfg.repeat_fraction``; all randomness comes from ``cfg.seed``.
-    """
-    rng = np.random.default_rng(cfg.seed)
-    while True:
-        order = rng.permutation(len(documents))
-        contexts = pack([documents[i] for i in order], cfg.seq_len, bos_token_id, drop_last=True)
-        if len(contexts) < cfg.batch_size:
-            raise InterpError(
-                f"the corpus gives {len(contexts)} contexts of {cfg.seq_len} tokens, fewer than "
-                f"batch_size={cfg.batch_size}; lower batch_size or seq_len, or raise max_files"
-            )
-        stacked = torch.stack(contexts)[torch.from_numpy(rng.permutation(len(contexts)))]  # (N, T)
-        stacked = repeat_spans(stacked, cfg.repeat_fraction, rng)
-        for start in range(0, len(stacked) - cfg.batch_size + 1, cfg.batch_size):
-            yield stacked[start : start + cfg.batch_size]
-
-
-def build_model(cfg: ZooConfig, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 architecture model (no dropout, tied embeddings) for ``tokenizer``."""
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=cfg.n_ctx,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_inner=cfg.d_mlp,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = GPT2LMHeadModel(config)
-    model.loss_type = "ForCausalLM"  # transformers cannot infer it from the class name and warns
-    return model
-
-
-def _optimizer(cfg: ZooConfig, model: torch.nn.Module) -> torch.optim.AdamW:
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-
-
-def lr_factor(cfg: ZooConfig, step: int) -> float:
-    """Multiplier of ``cfg.lr`` at ``step`` (0-based): linear warmup, then cosine down to ``min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def train_model(cfg: ZooConfig, model: GPT2LMHeadModel, batches: Iterator[torch.Tensor]) -> float:
-    """Run ``cfg.steps`` optimizer steps on ``batches``; returns the mean loss of the last 10% of steps."""
-    optimizer = _optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
-    model.train()
-    tokens_per_step = cfg.batch_size * cfg.seq_len
-    recent: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="zoo train", unit="step", mininterval=2.0)
-    for step in bar:
-        batch = next(batches)  # (B, T)
-        loss = model(batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        recent = (recent + [loss.item()])[-max(1, cfg.steps // 10) :]
-        tokens_per_s = (step + 1) * tokens_per_step / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}")
-        if (step + 1) % max(1, cfg.steps // 20) == 0 or step + 1 == cfg.steps:
-            best = induction_score(model, model.config.vocab_size, cfg.induction_seq_len, 4, cfg.seed).max()
-            logger.info(
-                "step %d/%d loss %.4f lr %.2e %.0f tok/s, best induction score %.3f",
-                step + 1,
-                cfg.steps,
-                loss.item(),
-                scheduler.get_last_lr()[0],
-                tokens_per_s,
-                best.item(),
-            )
-    bar.close()
-    model.eval()
-    return float(np.mean(recent))
-
-
-@torch.no_grad()
-def heldout_losses(
-    model: GPT2LMHeadModel, contexts: list[torch.Tensor], unigram_logp: torch.Tensor, batch_size: int
-) -> tuple[float, float, int]:
-    """(model loss, unigram loss, number of tokens): mean nats per predicted token of ``contexts``.
-
-    Both losses are over exactly the same targets: every token of every context except its first.
-    """
-    model_nll, unigram_nll, count = 0.0, 0.0, 0
-    for length in sorted({len(c) for c in contexts}):
-        same = [c for c in contexts if len(c) == length]
-        for start in range(0, len(same), batch_size):
-            batch = torch.stack(same[start : start + batch_size])  # (B, T)
-            logits = model(batch).logits[:, :-1].float()  # (B, T-1, V)
-            targets = batch[:, 1:]
-            model_nll += torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), reduction="sum"
-            ).item()
-            unigram_nll -= unigram_logp[targets].sum().item()
-            count += targets.numel()
-    return model_nll / count, unigram_nll / count, count
-
-
-def unigram_log_probs(documents: list[np.ndarray], vocab_size: int) -> torch.Tensor:
-    """Add-one smoothed log-probabilities (vocab_size,) of the tokens in ``documents``."""
-    counts = np.bincount(np.concatenate(documents), minlength=vocab_size).astype(np.float64) + 1.0
-    return torch.from_numpy(np.log(counts / counts.sum()))
 
 
 def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -359,60 +65,31 @@ def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
         torch.manual_seed(cfg.seed)
         train_files, heldout_files = corpus_files(cfg, "train"), corpus_files(cfg, "heldout")
         logger.info("corpus: %d train files, %d held-out files", len(train_files), len(heldout_files))
-        tokenizer = train_tokenizer(cfg, train_files)
+        tokenizer = train_tokenizer(cfg.vocab_size, cfg.n_ctx, train_files)
         train_docs = tokenize_documents(tokenizer, train_files)
-        heldout_docs = tokenize_documents(tokenizer, heldout_files)
-        bos = tokenizer.bos_token_id
         logger.info("tokenizer: %d tokens; train split %d tokens", len(tokenizer), sum(map(len, train_docs)))
         model = build_model(cfg, tokenizer)
-        n_params = sum(p.numel() for p in model.parameters())
-        logger.info("model: %d parameters", n_params)
-        train_loss = train_model(cfg, model, training_batches(cfg, train_docs, bos))
+        logger.info("model: %d parameters", model.num_parameters())
+        heldout = pack_documents(
+            encode_documents(tokenizer, list(read_files(heldout_files))), cfg.n_ctx, tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+        )
+        unigram = unigram_distribution(train_docs, len(tokenizer), tokenizer.bos_token_id)
+        batches = training_batches(cfg, train_docs, tokenizer.bos_token_id, unigram)
+        train_loss = train_model(cfg, model, batches, heldout.contexts[:4, : cfg.seq_len])
         if cfg.save_dtype == "float16":
             model.half().float()  # evaluate exactly the weights that are saved
-        heldout = pack(heldout_docs, cfg.seq_len, bos, drop_last=False)
-        loss, unigram, n_heldout = heldout_losses(
-            model, heldout, unigram_log_probs(train_docs, len(tokenizer)), cfg.batch_size
-        )
-        scores = induction_score(model, len(tokenizer), cfg.induction_seq_len, cfg.induction_batch, cfg.seed)
-        best = int(scores.argmax())
-        layer, head = divmod(best, scores.shape[1])
-        logger.info(
-            "held-out loss %.4f (unigram %.4f); best induction head L%dH%d = %.3f",
-            loss,
-            unigram,
-            layer,
-            head,
-            scores[layer, head].item(),
-        )
+        evaluation = evaluate_model(model, tokenizer, heldout, cfg.probe_seq_len, cfg.probe_batch, cfg.seed)
         card = {
             "schema_version": CARD_SCHEMA_VERSION,
             "config": dataclasses.asdict(cfg),
-            "parameter_count": n_params,
+            "parameter_count": model.num_parameters(),
             "training_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
             "final_train_loss": train_loss,
-            "heldout_loss": loss,
-            "unigram_loss": unigram,
-            "heldout_tokens": n_heldout,
-            "best_induction_head": {"layer": layer, "head": head, "score": scores[layer, head].item()},
-            "induction_scores": scores.tolist(),
-            "induction_probe": {
-                "seq_len": cfg.induction_seq_len,
-                "batch": cfg.induction_batch,
-                "seed": cfg.seed,
-            },
-            "corpus": {
-                "train_files": len(train_files),
-                "heldout_files": len(heldout_files),
-                "train_fingerprint": corpus_fingerprint(train_files),
-                "python_version": platform.python_version(),
-            },
-            "wall_time_s": 0.0,
-            "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__,
-            "tokenizers_version": tokenizers.__version__,
+            **card_sections(evaluation, evaluate_baselines(train_docs, heldout, len(tokenizer))),
+            **_provenance(cfg, train_files, heldout_files),
         }
-
+        _log_card(card)
         with atomic_directory(out_dir) as tmp:
             model.to(getattr(torch, cfg.save_dtype)).save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
@@ -422,3 +99,29 @@ def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
         return card
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _provenance(cfg: ZooConfig, train_files: list[Path], heldout_files: list[Path]) -> dict[str, Any]:
+    """The card's probe settings, corpus identity and library versions."""
+    return {
+        "probes": {"seq_len": cfg.probe_seq_len, "batch": cfg.probe_batch, "seed": cfg.seed,
+                   "natural_contexts": NATURAL_CONTEXTS, "natural_seq_len": NATURAL_SEQ_LEN},
+        "corpus": {
+            "train_files": len(train_files),
+            "heldout_files": len(heldout_files),
+            "train_fingerprint": corpus_fingerprint(train_files),
+            "python_version": platform.python_version(),
+        },
+        "wall_time_s": 0.0,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "tokenizers_version": tokenizers.__version__,
+    }
+
+
+def _log_card(card: dict[str, Any]) -> None:
+    logger.info(
+        "held-out loss %.4f (unigram %.4f); best previous-token head %s, induction head %s; copying gap %.2f",
+        card["heldout_loss"], card["unigram_loss"], card["best_previous_token_head"],
+        card["best_induction_head"], card["copying_gap"]["gap"],
+    )
