@@ -223,6 +223,12 @@ class Model:
         return self.bridge.W_U
 
     @property
+    def W_O(self) -> torch.Tensor:
+        """Attention output weights per head, (n_layers, n_heads, d_head, d_model): head h of block l writes
+        ``z[..., h, :] @ W_O[l, h]`` into the residual stream (``blocks.l.attn.hook_z`` gives z)."""
+        return self.bridge.W_O
+
+    @property
     def W_E(self) -> torch.Tensor:
         """Token embedding, (d_vocab, d_model)."""
         return self.bridge.W_E

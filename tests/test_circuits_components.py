@@ -1,0 +1,60 @@
+"""The residual-stream component graph and its patched forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import interp
+from interp.circuits.components import ComponentGraph, capture_sources, check_decomposition, patched_logits
+from interp.circuits.generators import induction_task
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return interp.load_model("demo")
+
+
+def test_edge_counts_match_the_literature():
+    assert ComponentGraph(2, 4).n_edges == 110  # auto-circuit's count for a 2-layer, 4-head model
+    assert ComponentGraph(12, 12).n_edges == 32491  # MIB's count for GPT-2 small
+    cg = ComponentGraph(2, 4)
+    assert cg.src_names[:2] == ("input", "a0.h0") and cg.src_names[cg.mlp_src(1)] == "m1"
+    assert cg.dst_names[cg.slot_dst(1, 1).start + 2] == ("a1.h2", "k") and cg.dst_names[-1] == ("logits", None)
+    edges = cg.edge_index()
+    assert len(edges) == 110 and all(cg.valid[s, d] for s, d in edges.tolist())
+    assert not cg.valid[cg.head_src(1), cg.slot_dst(1, 0)].any()  # a layer's heads do not read each other
+    assert cg.valid[cg.head_src(1), cg.mlp_dst(1)]  # but its MLP reads them
+
+
+def test_patching_every_edge_is_the_corrupted_run(demo):
+    cg = ComponentGraph.of(demo)
+    t = induction_task(demo, n_prompts=4, seq_len=6)
+    check_decomposition(demo, cg, t.clean)
+    corrupted, corrupted_logits = capture_sources(demo, cg, t.corrupted)
+    _, clean_logits = capture_sources(demo, cg, t.clean)
+    keep = torch.ones(3, cg.n_src, cg.n_dst, dtype=torch.bool)
+    keep[1] = False
+    keep[2, :, cg.slot_dst(1, 1)] = False  # every key input of layer 1
+    logits = patched_logits(demo, cg, t.clean, corrupted, keep).view(3, t.n, t.seq_len, -1)
+    assert torch.equal(logits[0], clean_logits)
+    assert torch.allclose(logits[1], corrupted_logits, atol=1e-4)
+    grabbed = {}
+    with demo.hooks([("blocks.1.hook_k_input", lambda x, hook: grabbed.setdefault("k", x.clone()))]):
+        demo.forward(t.corrupted)
+    with demo.hooks([("blocks.1.hook_k_input", lambda x, hook: grabbed["k"])]):
+        want = demo.forward(t.clean)
+    assert torch.allclose(logits[2], want, atol=1e-4)
+    assert not torch.allclose(logits[2], clean_logits, atol=1e-2)
+
+
+def test_source_outputs_sum_to_the_residual_stream(demo):
+    cg = ComponentGraph.of(demo)
+    t = induction_task(demo, n_prompts=3, seq_len=5)
+    out, _ = capture_sources(demo, cg, t.clean)
+    got = {}
+    with demo.hooks([(f"blocks.{demo.info.n_layers - 1}.hook_resid_post", lambda x, hook: got.setdefault("r", x))]):
+        demo.forward(t.clean)
+    # the sum of source outputs misses only the attention output biases b_O
+    residual = got["r"] - out.sum(0)
+    assert torch.allclose(residual, residual[:1, :1].expand_as(residual), atol=1e-4)
