@@ -31,19 +31,20 @@ def test_patching_every_edge_is_the_corrupted_run(demo):
     cg = ComponentGraph.of(demo)
     t = induction_task(demo, n_prompts=4, seq_len=6)
     check_decomposition(demo, cg, t.clean)
-    corrupted, corrupted_logits = capture_sources(demo, cg, t.corrupted)
-    _, clean_logits = capture_sources(demo, cg, t.clean)
+    last = t.clean_pos
+    corrupted, corrupted_logits = capture_sources(demo, cg, t.corrupted, last)
+    _, clean_logits = capture_sources(demo, cg, t.clean, last)
     keep = torch.ones(3, cg.n_src, cg.n_dst, dtype=torch.bool)
     keep[1] = False
     keep[2, :, cg.slot_dst(1, 1)] = False  # every key input of layer 1
-    logits = patched_logits(demo, cg, t.clean, corrupted, keep).view(3, t.n, t.seq_len, -1)
-    assert torch.equal(logits[0], clean_logits)
+    logits = patched_logits(demo, cg, t.clean, corrupted, keep, last).view(3, t.n, -1)
+    assert torch.allclose(logits[0], clean_logits, atol=1e-5)
     assert torch.allclose(logits[1], corrupted_logits, atol=1e-4)
     grabbed = {}
     with demo.hooks([("blocks.1.hook_k_input", lambda x, hook: grabbed.setdefault("k", x.clone()))]):
         demo.forward(t.corrupted)
     with demo.hooks([("blocks.1.hook_k_input", lambda x, hook: grabbed["k"])]):
-        want = demo.forward(t.clean)
+        want = demo.forward(t.clean)[:, -1]
     assert torch.allclose(logits[2], want, atol=1e-4)
     assert not torch.allclose(logits[2], clean_logits, atol=1e-2)
 
@@ -51,7 +52,8 @@ def test_patching_every_edge_is_the_corrupted_run(demo):
 def test_source_outputs_sum_to_the_residual_stream(demo):
     cg = ComponentGraph.of(demo)
     t = induction_task(demo, n_prompts=3, seq_len=5)
-    out, _ = capture_sources(demo, cg, t.clean)
+    out, final = capture_sources(demo, cg, t.clean, t.clean_pos)
+    assert torch.allclose(final, demo.forward(t.clean)[:, -1], atol=1e-4)
     got = {}
     with demo.hooks([(f"blocks.{demo.info.n_layers - 1}.hook_resid_post", lambda x, hook: got.setdefault("r", x))]):
         demo.forward(t.clean)

@@ -112,7 +112,7 @@ class ComponentGraph:
         return torch.stack([s, d], 1)
 
 
-def _source_hooks(model: Any, cg: ComponentGraph, store: Callable[[int, int, torch.Tensor], None],
+def source_hooks(cg: ComponentGraph, store: Callable[[int, int, torch.Tensor], None],
                   W_O: torch.Tensor) -> HookList:
     """Hooks that hand each source's output (R, P, [n,] D) to ``store(first_index, count, tensor)``."""
 
@@ -144,25 +144,44 @@ def dest_hook_names(cg: ComponentGraph) -> list[tuple[str, Sequence[int] | int]]
 
 
 @torch.no_grad()
-def capture_sources(model: Any, cg: ComponentGraph, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source outputs (n_src, B, P, D) and logits (B, P, V) of an unpatched run of ``tokens`` (B, P)."""
+def capture_hooks(model: Any, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Activations (copies) at the hooks ``names`` in an unpatched run of ``tokens``."""
+    acts: dict[str, torch.Tensor] = {}
+
+    def saver(name: str) -> Callable[[torch.Tensor, Any], None]:
+        def save(act: torch.Tensor, hook: Any) -> None:
+            acts[name] = act.detach().clone()
+
+        return save
+
+    with model.hooks([(n, saver(n)) for n in names]):
+        model.forward(tokens.to(model.device), stop_at_layer=model.stop_layer(list(names)))
+    return acts
+
+
+@torch.no_grad()
+def capture_sources(model: Any, cg: ComponentGraph, tokens: torch.Tensor, positions: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source outputs (n_src, B, P, D) and logits (B, V) at ``positions`` (B,) of an unpatched run of ``tokens``."""
     B, P = tokens.shape
     out = torch.empty(cg.n_src, B, P, model.info.d_model, device=model.device)
 
     def store(first: int, count: int, value: torch.Tensor) -> None:
         out[first : first + count] = value
 
-    with model.hooks(_source_hooks(model, cg, store, model.W_O)):
-        logits = model.forward(tokens.to(model.device))
-    return out, logits
+    with model.hooks(source_hooks(cg, store, model.W_O)):
+        final = model.logits_at(tokens, positions)
+    return out, final
 
 
 @torch.no_grad()
 def patched_logits(
-    model: Any, cg: ComponentGraph, tokens: torch.Tensor, corrupted: torch.Tensor, keep: torch.Tensor
+    model: Any, cg: ComponentGraph, tokens: torch.Tensor, corrupted: torch.Tensor, keep: torch.Tensor,
+    positions: torch.Tensor,
 ) -> torch.Tensor:
-    """Logits (K * B, P, V) of ``tokens`` (B, P) with the edges that ``keep`` (K, n_src, n_dst) marks False
-    patched from the corrupted source outputs ``corrupted`` (n_src, B, P, D); rows [k B, (k+1) B) use pattern k.
+    """Logits (K * B, V) at ``positions`` (B,) of ``tokens`` (B, P) with the edges that ``keep`` (K, n_src, n_dst)
+    marks False patched from the corrupted source outputs ``corrupted`` (n_src, B, P, D); rows [k B, (k+1) B)
+    use pattern k.
 
     A patched edge s -> d adds ``corrupted[s] - current[s]`` to d's input, where ``current`` is the source's
     output in this (patched) run, so patches compose: with every edge patched the run is the corrupted run.
@@ -195,10 +214,10 @@ def patched_logits(
 
         return hook
 
-    hooks = _source_hooks(model, cg, store, model.W_O)
+    hooks = source_hooks(cg, store, model.W_O)
     hooks += [(name, make_dest_hook(dst)) for name, dst in dest_hook_names(cg)]
     with model.hooks(hooks):
-        return model.forward(tokens.repeat(K, 1).to(model.device))
+        return model.logits_at(tokens.repeat(K, 1), positions.repeat(K))
 
 
 def check_decomposition(model: Any, cg: ComponentGraph, tokens: torch.Tensor, atol: float = 1e-3) -> None:
@@ -208,9 +227,10 @@ def check_decomposition(model: Any, cg: ComponentGraph, tokens: torch.Tensor, at
     residual stream as a sum of earlier component outputs (e.g. parallel attention and MLP).
     """
     other = tokens.flip(0)
-    corrupted, want = capture_sources(model, cg, other)
+    last = torch.full((len(tokens),), tokens.shape[1] - 1)
+    corrupted, want = capture_sources(model, cg, other, last)
     keep = torch.zeros(1, cg.n_src, cg.n_dst, dtype=torch.bool)
-    got = patched_logits(model, cg, tokens, corrupted, keep)
+    got = patched_logits(model, cg, tokens, corrupted, keep, last)
     err = float((got - want).abs().max())
     if err > atol * (1 + float(want.abs().max())):
         raise InterpError(

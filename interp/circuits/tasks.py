@@ -131,12 +131,6 @@ def tile(t: torch.Tensor, k: int) -> torch.Tensor:
     return t.repeat(k, *([1] * (t.dim() - 1)))
 
 
-def read_final(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Logits (R, T, V) at one position per row (R,) -> (R, V), in float32."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, pos.to(logits.device)].float()
-
-
 def metric_values(
     metric: str,
     final: torch.Tensor,
@@ -181,6 +175,54 @@ class Baseline(NamedTuple):
     def gap(self) -> float:
         """mean m(clean) - mean m(corrupted): the effect a full circuit restores."""
         return float(self.m_clean.mean() - self.m_corrupted.mean())
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Rows ``[start, start + B)`` of a task on the model's device, with what a metric needs."""
+
+    clean: torch.Tensor
+    """(B, T) clean token ids."""
+    corrupted: torch.Tensor
+    """(B, T) corrupted token ids."""
+    answers: torch.Tensor
+    """(B, A) answer ids."""
+    wrong: torch.Tensor
+    """(B, W) wrong-answer ids."""
+    clean_pos: torch.Tensor
+    """(B,) answer positions of clean runs."""
+    corrupted_pos: torch.Tensor
+    """(B,) answer positions of corrupted runs."""
+    clean_final: torch.Tensor
+    """(B, V) unpatched clean logits at the answer position (the ``kl`` reference)."""
+    metric: str
+    """The task's metric name."""
+
+    @property
+    def size(self) -> int:
+        return int(self.clean.shape[0])
+
+    def positions(self, base: str = "clean", k: int = 1) -> torch.Tensor:
+        """(K * B,) answer positions of K copies of this batch run on ``base`` tokens."""
+        return tile(self.clean_pos if base == "clean" else self.corrupted_pos, k)
+
+    def values(self, final: torch.Tensor) -> torch.Tensor:
+        """Per-row metric (K * B,) of answer-position logits (K * B, V) from K copies of this batch."""
+        k = final.shape[0] // self.size
+        return metric_values(self.metric, final.float(), tile(self.answers, k), tile(self.wrong, k),
+                             tile(self.clean_final, k))
+
+
+def task_batches(task: Task, baseline: Baseline, batch_size: int, device: torch.device) -> list[TaskBatch]:
+    """The task cut into batches of at most ``batch_size`` prompt pairs, moved to ``device``."""
+    assert task.clean_pos is not None and task.corrupted_pos is not None
+    out = []
+    for a in range(0, task.n, max(1, batch_size)):
+        s = slice(a, a + batch_size)
+        out.append(TaskBatch(task.clean[s].to(device), task.corrupted[s].to(device), task.answers[s].to(device),
+                             task.wrong[s].to(device), task.clean_pos[s].to(device),
+                             task.corrupted_pos[s].to(device), baseline.clean_final[s].to(device), task.metric))
+    return out
 
 
 def single_token(tokenizer: Any, text: str) -> int:
@@ -278,8 +320,10 @@ def check_task(model: Any, task: Task, batch_size: int = 64) -> Baseline:
         raise InterpError(f"Task {task.name!r} prompts have {task.seq_len} tokens; {info.name!r} accepts {info.n_ctx}.")
     finals = []
     for tokens, base in ((task.clean, "clean"), (task.corrupted, "corrupted")):
-        parts = [model.forward(tokens[a : a + batch_size].to(model.device)) for a in range(0, task.n, batch_size)]
-        finals.append(read_final(torch.cat(parts), task.positions(base)).cpu())
+        pos = task.positions(base)
+        parts = [model.logits_at(tokens[a : a + batch_size], pos[a : a + batch_size]).float()
+                 for a in range(0, task.n, batch_size)]
+        finals.append(torch.cat(parts).cpu())
     m = [metric_values(task.metric, f, task.answers, task.wrong, finals[0]) for f in finals]
     if not all(torch.isfinite(v).all() for v in m):
         raise InterpError(

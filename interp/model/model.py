@@ -173,6 +173,18 @@ class Model:
         """Logits (batch, pos, d_vocab), or the residual stream entering ``stop_at_layer``."""
         return self.bridge(tokens, stop_at_layer=stop_at_layer)
 
+    def logits_at(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, d_vocab) at one position per row (``positions``, shape (batch,)); the unembedding runs
+        only at those positions (Hugging Face ``logits_to_keep``). Hooks fire as in :meth:`forward`."""
+        tokens = tokens.to(self.device)
+        rows = torch.arange(len(tokens), device=self.device)
+        keep, inverse = torch.unique(positions.to(self.device), return_inverse=True)
+        try:
+            logits = self.bridge(tokens, logits_to_keep=keep)
+        except TypeError:  # an architecture without logits_to_keep: unembed every position
+            return self.bridge(tokens)[rows, positions.to(self.device)]
+        return logits[rows, inverse]
+
     def capture(
         self, tokens: torch.Tensor, hooks: Sequence[str], *, with_grads: bool = False
     ) -> Captured:
