@@ -15,12 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import InterpError
+
+if TYPE_CHECKING:  # torch is imported only by the tensor helpers, so JSON readers stay light
+    import torch
 
 TMP_SUFFIX = ".tmp"
 
@@ -55,6 +55,8 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
     """Save tensors as safetensors atomically; returns the file's sha256 hex digest."""
+    from safetensors.torch import save
+
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
@@ -62,6 +64,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
 def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file (never a pickle)."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise InterpError(f"No weights file at {path}.")
