@@ -23,6 +23,7 @@ D_IN, D_SAE, D_OUT = 12, 48, 10
 SAELENS_CASES = [
     ("relu", {}),
     ("relu_normweighted", {}),
+    ("relu_unitnorm", {}),
     ("transcoder", {"d_out": D_OUT}),
     ("transcoder", {"d_out": D_OUT, "skip": True}),
     ("topk", {"k": 5}),

@@ -27,6 +27,7 @@ MMCS_FLOOR = {
     "batchtopk": 0.9,
     "relu": 0.95,
     "relu_normweighted": 0.95,
+    "relu_unitnorm": 0.9,
     "jumprelu": 0.9,
     "gated": 0.95,
     "matryoshka": 0.9,

@@ -7,6 +7,11 @@ Anthropic resampling of dead latents. Loss = E sum_dims (y - y_hat)^2 + l1_coeff
 ``relu_normweighted``: f = ReLU(x W_enc + b_enc) (no pre-encoder bias); the decoder is unconstrained and
 the penalty is l1_coeff * E sum_i f_i ||W_dec,i||; atoms start as random directions of norm 0.1 with
 W_enc = W_dec^T; l1_coeff warms up linearly over the first ``l1_warmup`` of the steps.
+
+``relu_unitnorm`` (O'Neill & Bui 2024, the discrete-SAE circuits of specs §8): the standard SAE with each
+latent's encoder vector (a column of W_enc) held at unit norm too, like its decoder row (parallel gradient
+removed, renormalised after each step), and no resampling. The pre-encoder bias is b_dec (tied). Their loss
+is MSE averaged over dimensions, ours summed, so their lambda is our ``l1_coeff / d_in``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ def sum_sq_error(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     description="ReLU SAE, L1 weighted by decoder norms, unconstrained decoder (Anthropic, April 2024)",
 )
 @register(
+    "relu_unitnorm",
+    preset={"unit_norm_encoder": True, "resample": False},
+    description="ReLU SAE with L1, unit-norm encoder and decoder vectors, tied bias (O'Neill & Bui 2024)",
+)
+@register(
     "transcoder",
     preset={"transcoder": True, "b_dec_init": "mean"},
     description="ReLU + L1 transcoder from one hook to another (Dunefsky et al. 2024)",
@@ -55,6 +65,7 @@ class ReluSAE(LinearSAE):
         "l1_warmup": 0.0,
         "norm_weighted": False,
         "resample": True,
+        "unit_norm_encoder": False,
     }
 
     def __init__(self, cfg: DictionaryConfig):
@@ -73,6 +84,18 @@ class ReluSAE(LinearSAE):
 
     def encode_normalized(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
         return F.relu(self.pre_acts(x))
+
+    def constrain_grads(self) -> None:
+        super().constrain_grads()
+        if self.p["unit_norm_encoder"] and self.W_enc_.grad is not None:
+            w, g = self.W_enc_.detach(), self.W_enc_.grad  # latent i's encoder vector is column i
+            g.sub_(w * (g * w).sum(0) / w.square().sum(0).clamp_min(1e-24))
+
+    def constrain_weights(self) -> None:
+        super().constrain_weights()
+        if self.p["unit_norm_encoder"]:
+            with torch.no_grad():
+                self.W_enc_.div_(self.W_enc_.norm(dim=0, keepdim=True).clamp_min(1e-12))
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
         f = F.relu(self.pre_acts(batch.x))

@@ -22,6 +22,7 @@ flat layout and rewrites it, so the version of the layout we write must be state
 TO_SAELENS = {
     "relu": "standard",
     "relu_normweighted": "standard",
+    "relu_unitnorm": "standard",
     "transcoder": "transcoder (skip_transcoder with skip=True)",
     "topk": "topk",
     "gsae": "topk (gradient-guided selection needs gradients, which SAELens never sees)",
