@@ -35,6 +35,15 @@ _EXPORTS = {
     "analyze_features": "interp.features",
     "load_feature_store": "interp.features",
     "build_dashboard": "interp.site",
+    "Task": "interp.circuits",
+    "make_task": "interp.circuits",
+    "CircuitConfig": "interp.circuits",
+    "find_circuit": "interp.circuits",
+    "CircuitGraph": "interp.circuits",
+    "save_graph": "interp.circuits",
+    "load_graph": "interp.circuits",
+    "ground_truth": "interp.circuits",
+    "evaluate_graph": "interp.circuits",
 }
 
 __all__ = sorted(_EXPORTS)
