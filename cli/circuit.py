@@ -8,6 +8,7 @@ graph JSON. Every field of ``interp.circuits.CircuitConfig`` is a flag, generate
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cli.config_flags import add_config_flags, config_kwargs
 
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _truth(args: argparse.Namespace) -> object:
+def _truth(args: argparse.Namespace) -> Any:
     from interp.circuits.evaluate import ground_truth
 
     if not args.truth_nodes:

@@ -9,8 +9,9 @@ import interp
 from interp.circuits.acdc import acdc
 from interp.circuits.components import ComponentGraph
 from interp.circuits.eap import eap, eap_ig, eap_ig_activations
+from interp.circuits.evaluate import spearman
 from interp.circuits.generators import induction_task
-from interp.circuits.patching import activation_patching, attribution_patching
+from interp.circuits.patching import activation_patching, attribution_patching, edge_activation_patching
 from interp.circuits.tasks import Task, check_task
 from interp.errors import InterpError
 
@@ -75,6 +76,23 @@ def test_eap_rows_are_attribution_patching(demo, setup):
     assert torch.allclose(heads, nodes.heads, atol=1e-5)
     assert torch.allclose(rows[[cg.mlp_src(0), cg.mlp_src(1)]], nodes.mlps, atol=1e-5)
     assert scores[~cg.valid].abs().max() == 0
+
+
+def test_spearman_matches_scipy():
+    from scipy.stats import spearmanr
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 5, (40,), generator=gen).float(), torch.randn(40, generator=gen)
+    assert spearman(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic, abs=1e-12)
+
+
+def test_eap_ranks_edges_like_exact_edge_patching(demo, setup):
+    task, base = setup
+    cg = ComponentGraph.of(demo)
+    exact = edge_activation_patching(demo, task, base, max_rows=60)
+    approx = eap(demo, task, base)
+    assert exact[~cg.valid].abs().max() == 0 and exact[cg.valid].abs().max() > 0
+    assert spearman(approx[cg.valid].abs(), exact[cg.valid].abs()) > 0.9
 
 
 def test_eap_ig_converges_to_the_patching_effect(demo, setup):

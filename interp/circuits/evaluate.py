@@ -82,6 +82,21 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return sum((fpr[i + 1] - fpr[i]) * (tpr[i + 1] + tpr[i]) / 2 for i in range(len(fpr) - 1))
 
 
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of a 1-D tensor, tied values sharing their mean rank."""
+    values, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # rank - 1 of each distinct value's first member
+    return (first + (counts + 1) / 2).double()[inverse]
+
+
+def spearman(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks) of two equal-length sequences."""
+    ra = _average_ranks(torch.as_tensor(a, dtype=torch.float64).flatten())
+    rb = _average_ranks(torch.as_tensor(b, dtype=torch.float64).flatten())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-300))
+
+
 def node_auc(graph: CircuitGraph, truth: GroundTruth) -> float:
     """Node ROC AUC over the graph's nodes of ``truth.node_kinds``."""
     nodes = [n for n in graph.nodes if n.kind in truth.node_kinds]
