@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="demo, a local Hugging Face directory, or a hub name")
     p.add_argument("--out", required=True, help="output directory (graph.json, or the comparison files)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--truth-nodes", help="ground-truth nodes for ROC AUC, comma-separated (L1H2 or a1.h2, MLP0)")
+    p.add_argument("--truth-nodes", help="ground-truth nodes for ROC AUC, comma-separated (L1H2 or a1.h2, MLP0); "
+                   "'card' reads the model's zoo_card.json (heads with previous-token or induction score >= 0.3), "
+                   "'literature' the published circuit of the task")
     p.add_argument("--truth-edges", help="ground-truth edges, comma-separated SOURCE>TARGET[:q|k|v] "
                    "(e.g. L0H1>L1H2:k,L1H2>logits)")
     p.add_argument("--dictionary", help="discrete-sae: reuse this trained dictionary instead of training one")
@@ -32,11 +34,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _truth(args: argparse.Namespace) -> Any:
+def _truth(args: argparse.Namespace, model: Any, task: str) -> Any:
     from interp.circuits.evaluate import ground_truth
+    from interp.circuits.truth import card_ground_truth, card_path, literature_ground_truth
 
     if not args.truth_nodes:
         return None
+    if args.truth_nodes == "card":
+        return card_ground_truth(card_path(args.model))
+    if args.truth_nodes == "literature":
+        return literature_ground_truth(task, model)
     edges = None
     if args.truth_edges:
         edges = []
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_dict(CircuitConfig, config_kwargs(args, *CONFIG), "command line")
     model = load_model(args.model, device=args.device)
-    truth = _truth(args)
+    truth = _truth(args, model, cfg.task)
     out = Path(args.out)
     if args.method == "compare":
         from interp.circuits.compare import compare_methods, comparison_table, write_comparison

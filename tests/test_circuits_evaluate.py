@@ -124,3 +124,19 @@ def test_discrete_sae_refuses_a_dictionary_for_another_model_or_hook(demo, setup
     save_dictionary(other_model, tmp_path / "other")
     with pytest.raises(InterpError, match="trained on model 'tiny'"):
         discrete_sae(demo, task, dictionary=tmp_path / "other")
+
+
+def test_ground_truth_from_a_card_and_the_literature(demo, tmp_path: Path):
+    from interp.circuits.truth import card_ground_truth, literature_ground_truth
+
+    heads = [{"layer": layer, "head": h, "previous_token": 0.9 if (layer, h) == (0, 3) else 0.05,
+              "induction": 0.6 if (layer, h) == (1, 1) else 0.01} for layer in range(2) for h in range(4)]
+    truth = card_ground_truth({"heads": heads})
+    assert truth.nodes == {"a0.h3", "a1.h1"} and truth.edges is None and truth.node_kinds == ("head",)
+    with pytest.raises(InterpError, match="No head of the card reaches 0.95"):
+        card_ground_truth({"heads": heads}, threshold=0.95)
+    (tmp_path / "zoo_card.json").write_text('{"induction_scores": [[0.01]]}')
+    with pytest.raises(InterpError, match="no per-head previous_token/induction scores"):
+        card_ground_truth(tmp_path / "zoo_card.json")
+    with pytest.raises(InterpError, match="12 layers x 12 heads; 'demo' has 2 x 4"):
+        literature_ground_truth("ioi", demo)

@@ -37,6 +37,10 @@ _EXPORTS = {
     "evaluate_graph": "interp.circuits.evaluate",
     "faithfulness_curve": "interp.circuits.evaluate",
     "roc_auc": "interp.circuits.evaluate",
+    "card_ground_truth": "interp.circuits.truth",
+    "literature_ground_truth": "interp.circuits.truth",
+    "compare_methods": "interp.circuits.compare",
+    "write_comparison": "interp.circuits.compare",
 }
 
 __all__ = sorted(_EXPORTS)
