@@ -141,3 +141,18 @@ def test_gpt2_tasks_on_the_demo_tokenizer(demo):
     doc = make_task("docstring", demo, n_prompts=8)
     assert doc.clean.shape == doc.corrupted.shape and doc.metric == "logit_diff"
     assert all(":param" in t for t in doc.texts) and set(TASKS) >= {"induction", "ioi", "greater-than", "docstring"}
+
+
+@pytest.mark.parametrize("name", ["repeated-identifier", "self-attribute"])
+def test_code_tasks_corrupt_only_the_evidence(demo, name):
+    t = make_task(name, demo, n_prompts=8, seed=1)
+    assert t.metric == "logit_diff" and torch.equal(t.clean_pos, t.corrupted_pos)
+    for row in range(t.n):
+        differ = (t.clean[row] != t.corrupted[row]).nonzero().flatten().tolist()
+        assert len(differ) == 1 and differ[0] < t.clean_pos[row]
+        source = differ[0]
+        assert t.clean[row, source] == t.answers[row, 0] and t.corrupted[row, source] == t.wrong[row, 0]
+        assert int(t.wrong[row, 0]) not in t.clean[row, : t.clean_pos[row] + 1].tolist()
+    assert t.clean[:, 0].eq(demo.info.bos_token_id).all()
+    base = check_task(demo, t)
+    assert base.gap > 0  # the evidence helps the demo model predict the target

@@ -4,6 +4,7 @@
   ``r[S-1]``; the corrupted prompt ``[BOS] r' r[:S-1]`` replaces the first copy with S other random tokens
   (disjoint from ``r``), so nothing in it can be copied; the wrong answer is ``r'[S-1]``, the token that the
   same copying would give in the corrupted prompt. Metric: logit difference.
+- ``repeated-identifier``, ``self-attribute``: code tasks on held-out stdlib text (:mod:`interp.circuits.code_tasks`).
 - ``ioi``, ``greater-than``, ``docstring``: GPT-2-class tasks of :mod:`interp.circuits.literature`.
 
 Every generator is ``(model, n_prompts, seed, **options) -> Task`` and is deterministic for a seed.
@@ -11,11 +12,13 @@ Every generator is ``(model, n_prompts, seed, **options) -> Task`` and is determ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from interp.circuits.code_tasks import CODE_TASKS, code_task
 from interp.circuits.literature import docstring_task, greater_than_task, ioi_task
 from interp.circuits.tasks import Task
 from interp.errors import InterpError, close_matches
@@ -51,6 +54,7 @@ def induction_task(model: Any, n_prompts: int = 32, seed: int = 0, seq_len: int 
 TaskFactory = Callable[..., Task]
 TASKS: dict[str, TaskFactory] = {
     "induction": induction_task,
+    **{name: functools.partial(code_task, name=name) for name in CODE_TASKS},
     "ioi": ioi_task,
     "greater-than": greater_than_task,
     "docstring": docstring_task,

@@ -282,7 +282,7 @@ def task_from_text(
             "prompt is padded at the end and each run reads its answer at its own last token)."
         )
     width = int(lengths.max())
-    pad = _pad_id(model.tokenizer)
+    pad = pad_id(model.tokenizer)
     tokens = torch.full((2, len(clean), width), pad, dtype=torch.long)
     for side in range(2):
         for i, ids in enumerate(enc[side]):
@@ -293,7 +293,8 @@ def task_from_text(
                 description, tuple(clean), dict(info or {}))
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad token, else its EOS, else its BOS, else 0."""
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(tokenizer, attr, None)
         if value is not None:
