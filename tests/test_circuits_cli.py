@@ -9,6 +9,8 @@ from cli.main import main
 from interp.circuits.config import METHODS
 from interp.circuits.graph import load_graph
 
+TORCH_THREADS = 1  # see conftest.py
+
 SMALL = ["--task", "induction", "--n-prompts", "6", "--seq-len", "4", "--acdc-thresholds", "0.001", "0.1",
          "--sae-epochs", "20", "--sae-latents", "8", "--ig-steps", "2"]
 

@@ -9,6 +9,8 @@ import interp
 from interp.circuits.components import ComponentGraph, capture_sources, check_decomposition, patched_logits
 from interp.circuits.generators import induction_task
 
+TORCH_THREADS = 1  # see conftest.py
+
 
 @pytest.fixture(scope="module")
 def demo():

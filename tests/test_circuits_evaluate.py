@@ -27,6 +27,8 @@ from interp.circuits.tasks import check_task
 from interp.dictionaries import create, load_dictionary, save_dictionary
 from interp.errors import InterpError
 
+TORCH_THREADS = 1  # see conftest.py
+
 
 @pytest.fixture(scope="module")
 def demo():

@@ -22,6 +22,8 @@ from interp.circuits.graph import (
 )
 from interp.errors import InterpError
 
+TORCH_THREADS = 1  # see conftest.py
+
 
 def _graph() -> CircuitGraph:
     nodes = component_nodes(2, 2)

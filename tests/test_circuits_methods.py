@@ -15,6 +15,8 @@ from interp.circuits.patching import activation_patching, attribution_patching, 
 from interp.circuits.tasks import Task, check_task
 from interp.errors import InterpError
 
+TORCH_THREADS = 1  # see conftest.py
+
 
 @pytest.fixture(scope="module")
 def demo():

@@ -14,6 +14,8 @@ from interp.circuits.generators import induction_task
 from interp.circuits.tasks import check_task
 from interp.zoo.planted import PLANTED, write_planted_model
 
+TORCH_THREADS = 1  # see conftest.py
+
 # The corruption replaces the first copy's tokens and keeps every position, so three planted edges carry the
 # same values in clean and corrupted runs and no patching method can see them: L0H1's query and key read only
 # position embeddings, and L1H2's query at the answer position reads a token the two prompts share.

@@ -14,6 +14,8 @@ from interp.circuits.literature import NAMES, YEAR_NOUNS
 from interp.circuits.tasks import Task, check_task, metric_values, task_from_text
 from interp.errors import InterpError
 
+TORCH_THREADS = 1  # see conftest.py
+
 
 @pytest.fixture(scope="module")
 def demo():
