@@ -73,6 +73,14 @@ def tiny_model(tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def demo_model():
+    """The shipped demo model, loaded once per session."""
+    from interp.model import load_model
+
+    return load_model("demo")
+
+
+@pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Forty small text documents (one per file)."""
     d = tmp_path_factory.mktemp("corpus")

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-import interp
 from interp.circuits.components import ComponentGraph, capture_sources, check_decomposition, patched_logits
 from interp.circuits.generators import induction_task
 
 TORCH_THREADS = 1  # see conftest.py
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return interp.load_model("demo")
 
 
 def test_edge_counts_match_the_literature():
@@ -29,36 +22,37 @@ def test_edge_counts_match_the_literature():
     assert cg.valid[cg.head_src(1), cg.mlp_dst(1)]  # but its MLP reads them
 
 
-def test_patching_every_edge_is_the_corrupted_run(demo):
-    cg = ComponentGraph.of(demo)
-    t = induction_task(demo, n_prompts=4, seq_len=6)
-    check_decomposition(demo, cg, t.clean)
+def test_patching_every_edge_is_the_corrupted_run(demo_model):
+    cg = ComponentGraph.of(demo_model)
+    t = induction_task(demo_model, n_prompts=4, seq_len=6)
+    check_decomposition(demo_model, cg, t.clean)
     last = t.clean_pos
-    corrupted, corrupted_logits = capture_sources(demo, cg, t.corrupted, last)
-    _, clean_logits = capture_sources(demo, cg, t.clean, last)
+    corrupted, corrupted_logits = capture_sources(demo_model, cg, t.corrupted, last)
+    _, clean_logits = capture_sources(demo_model, cg, t.clean, last)
     keep = torch.ones(3, cg.n_src, cg.n_dst, dtype=torch.bool)
     keep[1] = False
     keep[2, :, cg.slot_dst(1, 1)] = False  # every key input of layer 1
-    logits = patched_logits(demo, cg, t.clean, corrupted, keep, last).view(3, t.n, -1)
+    logits = patched_logits(demo_model, cg, t.clean, corrupted, keep, last).view(3, t.n, -1)
     assert torch.allclose(logits[0], clean_logits, atol=1e-5)
     assert torch.allclose(logits[1], corrupted_logits, atol=1e-4)
     grabbed = {}
-    with demo.hooks([("blocks.1.hook_k_input", lambda x, hook: grabbed.setdefault("k", x.clone()))]):
-        demo.forward(t.corrupted)
-    with demo.hooks([("blocks.1.hook_k_input", lambda x, hook: grabbed["k"])]):
-        want = demo.forward(t.clean)[:, -1]
+    with demo_model.hooks([("blocks.1.hook_k_input", lambda x, hook: grabbed.setdefault("k", x.clone()))]):
+        demo_model.forward(t.corrupted)
+    with demo_model.hooks([("blocks.1.hook_k_input", lambda x, hook: grabbed["k"])]):
+        want = demo_model.forward(t.clean)[:, -1]
     assert torch.allclose(logits[2], want, atol=1e-4)
     assert not torch.allclose(logits[2], clean_logits, atol=1e-2)
 
 
-def test_source_outputs_sum_to_the_residual_stream(demo):
-    cg = ComponentGraph.of(demo)
-    t = induction_task(demo, n_prompts=3, seq_len=5)
-    out, final = capture_sources(demo, cg, t.clean, t.clean_pos)
-    assert torch.allclose(final, demo.forward(t.clean)[:, -1], atol=1e-4)
+def test_source_outputs_sum_to_the_residual_stream(demo_model):
+    cg = ComponentGraph.of(demo_model)
+    t = induction_task(demo_model, n_prompts=3, seq_len=5)
+    out, final = capture_sources(demo_model, cg, t.clean, t.clean_pos)
+    assert torch.allclose(final, demo_model.forward(t.clean)[:, -1], atol=1e-4)
     got = {}
-    with demo.hooks([(f"blocks.{demo.info.n_layers - 1}.hook_resid_post", lambda x, hook: got.setdefault("r", x))]):
-        demo.forward(t.clean)
+    last = f"blocks.{demo_model.info.n_layers - 1}.hook_resid_post"
+    with demo_model.hooks([(last, lambda x, hook: got.setdefault("r", x))]):
+        demo_model.forward(t.clean)
     # the sum of source outputs misses only the attention output biases b_O
     residual = got["r"] - out.sum(0)
     assert torch.allclose(residual, residual[:1, :1].expand_as(residual), atol=1e-4)

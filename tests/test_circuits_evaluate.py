@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import interp
 from interp.circuits.components import ComponentGraph
 from interp.circuits.discrete_sae import HEAD_OUTPUT_HOOK, _pair_scores, _presence, discrete_sae, head_vectors
 from interp.circuits.evaluate import (
@@ -31,14 +30,9 @@ TORCH_THREADS = 1  # see conftest.py
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return interp.load_model("demo")
-
-
-@pytest.fixture(scope="module")
-def setup(demo):
-    task = induction_task(demo, n_prompts=10, seq_len=6, seed=2)
-    return task, check_task(demo, task)
+def setup(demo_model):
+    task = induction_task(demo_model, n_prompts=10, seq_len=6, seed=2)
+    return task, check_task(demo_model, task)
 
 
 def _mann_whitney(scores: list[float], labels: list[bool]) -> float:
@@ -75,13 +69,13 @@ def test_graphs_from_node_and_edge_scores():
     assert n.metadata["score_origin"] == "node" and [x.id for x in n.nodes] == [x.id for x in component_nodes(2, 2)]
 
 
-def test_faithfulness_ends_and_the_mib_curve(demo, setup):
+def test_faithfulness_ends_and_the_mib_curve(demo_model, setup):
     task, base = setup
-    cg = ComponentGraph.of(demo)
+    cg = ComponentGraph.of(demo_model)
     keep = torch.stack([cg.valid, torch.zeros_like(cg.valid)])
-    assert faithfulness(demo, task, base, keep).tolist() == pytest.approx([1.0, 0.0], abs=1e-4)
+    assert faithfulness(demo_model, task, base, keep).tolist() == pytest.approx([1.0, 0.0], abs=1e-4)
     g = edge_graph(cg, torch.rand(cg.n_src, cg.n_dst, generator=torch.Generator().manual_seed(1)), {})
-    curve = faithfulness_curve(demo, task, g, base, batch_size=4)
+    curve = faithfulness_curve(demo_model, task, g, base, batch_size=4)
     assert curve.n_edges == [int(f * 110) for f in MIB_FRACTIONS] and curve.fractions == list(MIB_FRACTIONS)
     x, y = curve.fractions, curve.faithfulness
     cpr = sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1))
@@ -91,17 +85,17 @@ def test_faithfulness_ends_and_the_mib_curve(demo, setup):
     assert masks.sum() == 5 and scores[masks[0]].min() >= scores[cg.valid & ~masks[0]].max()
 
 
-def test_discrete_sae_trains_through_the_registry_and_scores_by_sets(demo, setup, tmp_path: Path):
+def test_discrete_sae_trains_through_the_registry_and_scores_by_sets(demo_model, setup, tmp_path: Path):
     task, _ = setup
-    result = discrete_sae(demo, task, n_latents=16, epochs=40, train_prompts=4, out_dir=tmp_path)
+    result = discrete_sae(demo_model, task, n_latents=16, epochs=40, train_prompts=4, out_dir=tmp_path)
     d = load_dictionary(result.dictionary)
     assert d.cfg.architecture == "relu_unitnorm" and d.cfg.hook_in == HEAD_OUTPUT_HOOK
-    assert d.cfg.model_fingerprint == demo.info.fingerprint and d.cfg.training["n_steps"] == 40
+    assert d.cfg.model_fingerprint == demo_model.info.fingerprint and d.cfg.training["n_steps"] == 40
     assert torch.allclose(d.W_enc.norm(dim=0), torch.ones(16), atol=1e-5)
     assert torch.allclose(d.W_dec.norm(dim=1), torch.ones(16), atol=1e-5)
     codes, n = result.codes, task.n
     assert codes.shape == (2 * n, 8) and torch.equal(
-        codes, d.encode(head_vectors(demo, task).flatten(0, 1)).argmax(-1).view(2 * n, 8))
+        codes, d.encode(head_vectors(demo_model, task).flatten(0, 1)).argmax(-1).view(2 * n, 8))
     for h in range(8):
         unique = len(set(codes[:n, h].tolist()) - set(codes[n:, h].tolist()))
         assert float(torch.log(result.node_scores.flatten() / result.node_scores.flatten()[0])[h]) == pytest.approx(
@@ -112,23 +106,23 @@ def test_discrete_sae_trains_through_the_registry_and_scores_by_sets(demo, setup
         neg = {(a, b) for a, b in zip(codes[n:, h1].tolist(), codes[n:, h2].tolist())}
         assert pairs[h1, h2] == (0 if h1 == h2 else len(pos - neg))
     assert _presence(torch.tensor([[1, 0], [1, 2]]), 3).tolist() == [[False, True, False], [True, False, True]]
-    again = discrete_sae(demo, task, dictionary=result.dictionary)
+    again = discrete_sae(demo_model, task, dictionary=result.dictionary)
     assert torch.equal(again.codes, codes)
 
 
-def test_discrete_sae_refuses_a_dictionary_for_another_model_or_hook(demo, setup, tiny_model, tmp_path: Path):
+def test_discrete_sae_refuses_a_dictionary_for_another_model_or_hook(demo_model, setup, tiny_model, tmp_path: Path):
     task, _ = setup
     other_hook = create("relu_unitnorm", 128, 16, hook_in="blocks.0.hook_resid_post")
     with pytest.raises(InterpError, match="per-head outputs"):
-        discrete_sae(demo, task, dictionary=other_hook)
+        discrete_sae(demo_model, task, dictionary=other_hook)
     other_model = create("relu_unitnorm", 128, 16, hook_in=HEAD_OUTPUT_HOOK, model_name="tiny",
                          model_fingerprint=tiny_model.info.fingerprint)
     save_dictionary(other_model, tmp_path / "other")
     with pytest.raises(InterpError, match="trained on model 'tiny'"):
-        discrete_sae(demo, task, dictionary=tmp_path / "other")
+        discrete_sae(demo_model, task, dictionary=tmp_path / "other")
 
 
-def test_ground_truth_from_a_card_and_the_literature(demo, tmp_path: Path):
+def test_ground_truth_from_a_card_and_the_literature(demo_model, tmp_path: Path):
     from interp.circuits.truth import card_ground_truth, literature_ground_truth
 
     heads = [{"layer": layer, "head": h, "previous_token": 0.9 if (layer, h) == (0, 3) else 0.05,
@@ -141,4 +135,4 @@ def test_ground_truth_from_a_card_and_the_literature(demo, tmp_path: Path):
     with pytest.raises(InterpError, match="no per-head previous_token/induction scores"):
         card_ground_truth(tmp_path / "zoo_card.json")
     with pytest.raises(InterpError, match="12 layers x 12 heads; 'demo' has 2 x 4"):
-        literature_ground_truth("ioi", demo)
+        literature_ground_truth("ioi", demo_model)

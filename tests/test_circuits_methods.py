@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import interp
 from interp.circuits.acdc import acdc
 from interp.circuits.components import ComponentGraph
 from interp.circuits.eap import eap, eap_ig, eap_ig_activations
@@ -19,14 +18,9 @@ TORCH_THREADS = 1  # see conftest.py
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return interp.load_model("demo")
-
-
-@pytest.fixture(scope="module")
-def setup(demo):
-    task = induction_task(demo, n_prompts=12, seq_len=6, seed=1)
-    return task, check_task(demo, task)
+def setup(demo_model):
+    task = induction_task(demo_model, n_prompts=12, seq_len=6, seed=1)
+    return task, check_task(demo_model, task)
 
 
 def _metric_with(model, task: Task, hooks) -> float:
@@ -35,44 +29,44 @@ def _metric_with(model, task: Task, hooks) -> float:
     return float((logits.gather(1, task.answers) - logits.gather(1, task.wrong)).mean())
 
 
-def test_activation_patching_matches_a_hand_patch_and_batches_exactly(demo, setup):
+def test_activation_patching_matches_a_hand_patch_and_batches_exactly(demo_model, setup):
     task, base = setup
     grabbed = {}
-    with demo.hooks([("blocks.1.attn.hook_z", lambda z, hook: grabbed.setdefault("z", z.clone()))]):
-        demo.forward(task.corrupted)
+    with demo_model.hooks([("blocks.1.attn.hook_z", lambda z, hook: grabbed.setdefault("z", z.clone()))]):
+        demo_model.forward(task.corrupted)
 
     def patch_head(z, hook):
         z = z.clone()
         z[:, :, 2] = grabbed["z"][:, :, 2]
         return z
 
-    want = _metric_with(demo, task, [("blocks.1.attn.hook_z", patch_head)]) - float(base.m_clean.mean())
-    wide = activation_patching(demo, task, base, components=("heads", "mlps", "resid"), batch_size=12)
-    narrow = activation_patching(demo, task, base, components=("heads",), batch_size=5, max_rows=10)
+    want = _metric_with(demo_model, task, [("blocks.1.attn.hook_z", patch_head)]) - float(base.m_clean.mean())
+    wide = activation_patching(demo_model, task, base, components=("heads", "mlps", "resid"), batch_size=12)
+    narrow = activation_patching(demo_model, task, base, components=("heads",), batch_size=5, max_rows=10)
     assert wide.heads[1, 2].item() == pytest.approx(want, abs=1e-5)
     assert torch.allclose(wide.heads, narrow.heads, atol=1e-5)
     # the second copy is the same in clean and corrupted prompts: patching layer 0's input there changes nothing
     assert wide.resid[0, task.seq_len // 2 + 1 :].abs().max() < 1e-6
-    down = activation_patching(demo, task, base, direction="denoising")
+    down = activation_patching(demo_model, task, base, direction="denoising")
     assert down.mlps.abs().max() > 0 and not torch.allclose(down.heads, -wide.heads)
 
 
-def test_attribution_patching_tracks_activation_patching(demo, setup):
+def test_attribution_patching_tracks_activation_patching(demo_model, setup):
     task, base = setup
-    exact = activation_patching(demo, task, base, components=("heads", "mlps"))
-    approx = attribution_patching(demo, task, base, components=("heads", "mlps", "resid"))
+    exact = activation_patching(demo_model, task, base, components=("heads", "mlps"))
+    approx = attribution_patching(demo_model, task, base, components=("heads", "mlps", "resid"))
     a = torch.cat([exact.heads.flatten(), exact.mlps])
     b = torch.cat([approx.heads.flatten(), approx.mlps])
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
-    assert approx.resid is not None and approx.resid.shape == (demo.info.n_layers, task.seq_len)
+    assert approx.resid is not None and approx.resid.shape == (demo_model.info.n_layers, task.seq_len)
 
 
-def test_eap_rows_are_attribution_patching(demo, setup):
+def test_eap_rows_are_attribution_patching(demo_model, setup):
     """d m / d out_u is the sum of d m / d in_v over u's destinations, so EAP's row sums are node attributions."""
     task, base = setup
-    cg = ComponentGraph.of(demo)
-    scores = eap(demo, task, base, batch_size=5)
-    nodes = attribution_patching(demo, task, base)
+    cg = ComponentGraph.of(demo_model)
+    scores = eap(demo_model, task, base, batch_size=5)
+    nodes = attribution_patching(demo_model, task, base)
     rows = scores.sum(1)
     heads = rows[[cg.head_src(layer) + h for layer in range(2) for h in range(4)]].view(2, 4)
     assert torch.allclose(heads, nodes.heads, atol=1e-5)
@@ -88,55 +82,55 @@ def test_spearman_matches_scipy():
     assert spearman(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic, abs=1e-12)
 
 
-def test_eap_ranks_edges_like_exact_edge_patching(demo, setup):
+def test_eap_ranks_edges_like_exact_edge_patching(demo_model, setup):
     task, base = setup
-    cg = ComponentGraph.of(demo)
-    exact = edge_activation_patching(demo, task, base, max_rows=60)
-    approx = eap(demo, task, base)
+    cg = ComponentGraph.of(demo_model)
+    exact = edge_activation_patching(demo_model, task, base, max_rows=60)
+    approx = eap(demo_model, task, base)
     assert exact[~cg.valid].abs().max() == 0 and exact[cg.valid].abs().max() > 0
     assert spearman(approx[cg.valid].abs(), exact[cg.valid].abs()) > 0.9
 
 
-def test_eap_ig_converges_to_the_patching_effect(demo, setup):
+def test_eap_ig_converges_to_the_patching_effect(demo_model, setup):
     """Summed over the input's edges, EAP-IG is a Riemann sum of m(clean) - m(corrupted)."""
     task, base = setup
     target = -base.gap
-    errors = [abs(float(eap_ig(demo, task, base, steps=s)[0].sum()) - target) for s in (4, 32)]
+    errors = [abs(float(eap_ig(demo_model, task, base, steps=s)[0].sum()) - target) for s in (4, 32)]
     assert errors[1] < errors[0] / 4 and errors[1] < 0.01 * abs(target)
-    one_step = eap_ig(demo, task, base, steps=1)
-    at_corrupted = eap(demo, task, base)  # k = 0 is the corrupted end, not the clean one
+    one_step = eap_ig(demo_model, task, base, steps=1)
+    at_corrupted = eap(demo_model, task, base)  # k = 0 is the corrupted end, not the clean one
     assert not torch.allclose(one_step, at_corrupted, atol=1e-4)
 
 
-def test_eap_ig_activations_converges_per_group(demo, setup):
+def test_eap_ig_activations_converges_per_group(demo_model, setup):
     task, base = setup
-    cg = ComponentGraph.of(demo)
-    effect = activation_patching(demo, task, base).mlps[0].item()  # m(MLP0 patched) - m(clean)
-    errors = [abs(float(eap_ig_activations(demo, task, base, steps=s)[cg.mlp_src(0)].sum()) - effect)
+    cg = ComponentGraph.of(demo_model)
+    effect = activation_patching(demo_model, task, base).mlps[0].item()  # m(MLP0 patched) - m(clean)
+    errors = [abs(float(eap_ig_activations(demo_model, task, base, steps=s)[cg.mlp_src(0)].sum()) - effect)
               for s in (2, 16)]
     assert errors[1] < errors[0] / 4 and errors[1] < 0.05 * abs(effect)
 
 
-def test_acdc_is_deterministic_for_a_seed(demo, setup):
+def test_acdc_is_deterministic_for_a_seed(demo_model, setup):
     task, base = setup
     small = task.subset(range(6))
     thresholds = (1e-4, 1e-3, 1e-2)
-    a = acdc(demo, small, base._replace(clean_final=base.clean_final[:6], m_clean=base.m_clean[:6]),
+    a = acdc(demo_model, small, base._replace(clean_final=base.clean_final[:6], m_clean=base.m_clean[:6]),
              thresholds=thresholds, seed=0)
-    b = acdc(demo, small, base._replace(clean_final=base.clean_final[:6], m_clean=base.m_clean[:6]),
+    b = acdc(demo_model, small, base._replace(clean_final=base.clean_final[:6], m_clean=base.m_clean[:6]),
              thresholds=thresholds, seed=0)
     assert torch.equal(a.kept, b.kept) and torch.equal(a.scores, b.scores)
     sizes = [int(k.sum()) for k in a.kept]
-    assert sizes[0] >= sizes[-1] and sizes[0] < ComponentGraph.of(demo).n_edges
+    assert sizes[0] >= sizes[-1] and sizes[0] < ComponentGraph.of(demo_model).n_edges
     assert set(a.scores.unique().tolist()) <= {0.0, *thresholds}
 
 
-def test_gradient_methods_refuse_kl(demo, setup):
+def test_gradient_methods_refuse_kl(demo_model, setup):
     task, base = setup
     kl = Task("kl", task.clean, task.corrupted, task.answers, task.wrong, metric="kl")
     with pytest.raises(InterpError, match="kl metric"):
-        eap(demo, kl, base)
+        eap(demo_model, kl, base)
     with pytest.raises(InterpError, match="kl metric"):
-        attribution_patching(demo, kl, base)
+        attribution_patching(demo_model, kl, base)
     with pytest.raises(InterpError, match="direction must be"):
-        activation_patching(demo, task, base, direction="sideways")
+        activation_patching(demo_model, task, base, direction="sideways")

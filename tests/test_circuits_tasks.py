@@ -18,11 +18,6 @@ TORCH_THREADS = 1  # see conftest.py
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return interp.load_model("demo")
-
-
-@pytest.fixture(scope="module")
 def gpt2_like(tmp_path_factory: pytest.TempPathFactory):
     """A tiny model whose tokenizer has GPT-2's single-token names, years and two-digit numbers."""
     extra = ([" " + n for n in NAMES] + [f"{y:02d}" for y in range(100)] + [f" {c}" for c in range(11, 18)]
@@ -31,9 +26,9 @@ def gpt2_like(tmp_path_factory: pytest.TempPathFactory):
     return interp.load_model(str(path))
 
 
-def test_induction_prompts_repeat_and_corruption_breaks_the_copy(demo):
-    t = induction_task(demo, n_prompts=6, seq_len=5, seed=3)
-    assert t.clean.shape == (6, 10) and t.clean[:, 0].eq(demo.info.bos_token_id).all()
+def test_induction_prompts_repeat_and_corruption_breaks_the_copy(demo_model):
+    t = induction_task(demo_model, n_prompts=6, seq_len=5, seed=3)
+    assert t.clean.shape == (6, 10) and t.clean[:, 0].eq(demo_model.info.bos_token_id).all()
     first, second = t.clean[:, 1:6], t.clean[:, 6:]
     assert torch.equal(second, first[:, :4]) and torch.equal(t.answers[:, 0], first[:, 4])
     other = t.corrupted[:, 1:6]
@@ -41,14 +36,14 @@ def test_induction_prompts_repeat_and_corruption_breaks_the_copy(demo):
         assert not set(other[row].tolist()) & set(first[row].tolist())
         assert len(set(first[row].tolist())) == 5
     assert torch.equal(t.corrupted[:, 6:], second) and torch.equal(t.wrong[:, 0], other[:, 4])
-    assert torch.equal(induction_task(demo, n_prompts=6, seq_len=5, seed=3).clean, t.clean)
-    assert not torch.equal(induction_task(demo, n_prompts=6, seq_len=5, seed=4).clean, t.clean)
+    assert torch.equal(induction_task(demo_model, n_prompts=6, seq_len=5, seed=3).clean, t.clean)
+    assert not torch.equal(induction_task(demo_model, n_prompts=6, seq_len=5, seed=4).clean, t.clean)
 
 
-def test_check_task_reports_the_two_ends(demo):
-    t = induction_task(demo, n_prompts=8, seq_len=8)
-    base = check_task(demo, t)
-    logits = demo.forward(t.clean)[:, -1]
+def test_check_task_reports_the_two_ends(demo_model):
+    t = induction_task(demo_model, n_prompts=8, seq_len=8)
+    base = check_task(demo_model, t)
+    logits = demo_model.forward(t.clean)[:, -1]
     want = logits.gather(1, t.answers)[:, 0] - logits.gather(1, t.wrong)[:, 0]
     assert torch.allclose(base.m_clean, want, atol=1e-4)
     assert base.gap == pytest.approx(float(base.m_clean.mean() - base.m_corrupted.mean()))
@@ -87,11 +82,11 @@ def test_answers_must_be_single_tokens(gpt2_like):
         task_from_text(gpt2_like, "x", ["When Mary"], ["When John"], ["zebrafish"], [" John"])
 
 
-def test_constant_metric_is_refused(demo):
-    t = induction_task(demo, n_prompts=4, seq_len=4)
+def test_constant_metric_is_refused(demo_model):
+    t = induction_task(demo_model, n_prompts=4, seq_len=4)
     same = Task("same", t.clean, t.clean.clone(), t.answers, t.wrong)
     with pytest.raises(InterpError, match="same on clean and corrupted"):
-        check_task(demo, same)
+        check_task(demo_model, same)
 
 
 def test_nan_metric_is_refused(tmp_path: Path):
@@ -106,17 +101,17 @@ def test_nan_metric_is_refused(tmp_path: Path):
         check_task(model, induction_task(model, n_prompts=4, seq_len=4))
 
 
-def test_bad_token_ids_and_metric_names(demo):
-    t = induction_task(demo, n_prompts=2, seq_len=4)
+def test_bad_token_ids_and_metric_names(demo_model):
+    t = induction_task(demo_model, n_prompts=2, seq_len=4)
     with pytest.raises(InterpError, match="metric must be one of"):
         Task("x", t.clean, t.corrupted, t.answers, t.wrong, metric="accuracy")
     with pytest.raises(InterpError, match="needs a wrong-answer token"):
         Task("x", t.clean, t.corrupted, t.answers, t.wrong[:, :0])
-    big = Task("x", t.clean, t.corrupted, t.answers + demo.info.d_vocab, t.wrong)
+    big = Task("x", t.clean, t.corrupted, t.answers + demo_model.info.d_vocab, t.wrong)
     with pytest.raises(InterpError, match="only 4096 tokens"):
-        check_task(demo, big)
+        check_task(demo_model, big)
     with pytest.raises(InterpError, match="Unknown task 'inductoin'.*'induction'"):
-        make_task("inductoin", demo)
+        make_task("inductoin", demo_model)
 
 
 def test_gpt2_tasks_build_with_single_token_words(gpt2_like):
@@ -134,20 +129,20 @@ def test_gpt2_tasks_build_with_single_token_words(gpt2_like):
         assert got == list(range(yy + 1, 100)) and bad == list(range(0, yy + 1))
 
 
-def test_gpt2_tasks_on_the_demo_tokenizer(demo):
+def test_gpt2_tasks_on_the_demo_tokenizer(demo_model):
     """The demo's code tokenizer cannot express IOI or greater-than (clear refusal); docstring builds."""
     with pytest.raises(InterpError, match="names are single tokens"):
-        make_task("ioi", demo)
+        make_task("ioi", demo_model)
     with pytest.raises(InterpError, match="two-digit number"):
-        make_task("greater-than", demo)
-    doc = make_task("docstring", demo, n_prompts=8)
+        make_task("greater-than", demo_model)
+    doc = make_task("docstring", demo_model, n_prompts=8)
     assert doc.clean.shape == doc.corrupted.shape and doc.metric == "logit_diff"
     assert all(":param" in t for t in doc.texts) and set(TASKS) >= {"induction", "ioi", "greater-than", "docstring"}
 
 
 @pytest.mark.parametrize("name", ["repeated-identifier", "self-attribute"])
-def test_code_tasks_corrupt_only_the_evidence(demo, name):
-    t = make_task(name, demo, n_prompts=8, seed=1)
+def test_code_tasks_corrupt_only_the_evidence(demo_model, name):
+    t = make_task(name, demo_model, n_prompts=8, seed=1)
     assert t.metric == "logit_diff" and torch.equal(t.clean_pos, t.corrupted_pos)
     for row in range(t.n):
         differ = (t.clean[row] != t.corrupted[row]).nonzero().flatten().tolist()
@@ -155,6 +150,6 @@ def test_code_tasks_corrupt_only_the_evidence(demo, name):
         source = differ[0]
         assert t.clean[row, source] == t.answers[row, 0] and t.corrupted[row, source] == t.wrong[row, 0]
         assert int(t.wrong[row, 0]) not in t.clean[row, : t.clean_pos[row] + 1].tolist()
-    assert t.clean[:, 0].eq(demo.info.bos_token_id).all()
-    base = check_task(demo, t)
+    assert t.clean[:, 0].eq(demo_model.info.bos_token_id).all()
+    base = check_task(demo_model, t)
     assert base.gap > 0  # the evidence helps the demo model predict the target

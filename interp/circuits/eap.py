@@ -121,22 +121,36 @@ def _interpolate(site: str, clean: torch.Tensor, corrupted: torch.Tensor, alphas
     return site, hook
 
 
-def eap_ig(model: Any, task: Task, baseline: Baseline, *, steps: int = 5, batch_size: int = 32,
-           max_rows: int = 256) -> torch.Tensor:
-    """EAP-IG with input interpolation (see the module docstring); (n_src, n_dst) on CPU."""
-    if steps < 1:
-        raise InterpError(f"EAP-IG needs steps >= 1, got {steps}.")
+def _integrated(model: Any, task: Task, baseline: Baseline, alphas: torch.Tensor,
+                groups: list[tuple[str, range]] | None, batch_size: int, max_rows: int) -> torch.Tensor:
+    """The loop both EAP-IG variants share. ``groups`` None: interpolate the input embeddings and score every
+    edge; else, per (site, source rows) group, interpolate that site and score the edges leaving those rows."""
+    if len(alphas) < 1:
+        raise InterpError("EAP-IG needs steps >= 1.")
     cg = ComponentGraph.of(model)
     scores = torch.zeros(cg.n_src, cg.n_dst, device=model.device)
-    alphas = torch.arange(steps, dtype=torch.float32) / steps
     for batch in task_batches(task, baseline, batch_size, model.device):
         corrupted, _ = capture_sources(model, cg, batch.corrupted, batch.corrupted_pos)
         clean, _ = capture_sources(model, cg, batch.clean, batch.clean_pos)
         delta = corrupted - clean
-        for chunk in _steps(alphas, max_rows, batch.size):
-            hook = _interpolate(INPUT_SITE, clean[0], corrupted[0], chunk)
-            _backward(model, cg, batch, [hook], delta, range(cg.n_src), scores, len(chunk), task.n)
-    return (scores / steps).cpu()
+        if groups is None:
+            plan = [(INPUT_SITE, range(cg.n_src), clean[0], corrupted[0])]
+        else:
+            sites = [site for site, _ in groups]
+            ends = [capture_hooks(model, tokens, sites) for tokens in (batch.clean, batch.corrupted)]
+            plan = [(site, rows, ends[0][site], ends[1][site]) for site, rows in groups]
+        for site, rows, at_clean, at_corrupted in plan:
+            for chunk in _steps(alphas, max_rows, batch.size):
+                hook = _interpolate(site, at_clean, at_corrupted, chunk)
+                _backward(model, cg, batch, [hook], delta, rows, scores, len(chunk), task.n)
+    return (scores / len(alphas)).cpu()
+
+
+def eap_ig(model: Any, task: Task, baseline: Baseline, *, steps: int = 5, batch_size: int = 32,
+           max_rows: int = 256) -> torch.Tensor:
+    """EAP-IG with input interpolation, alphas k/m for k = 0..m-1 (see the module docstring); (n_src, n_dst)."""
+    alphas = torch.arange(steps, dtype=torch.float32) / max(steps, 1)
+    return _integrated(model, task, baseline, alphas, None, batch_size, max_rows)
 
 
 def _groups(cg: ComponentGraph) -> list[tuple[str, range]]:
@@ -150,21 +164,6 @@ def _groups(cg: ComponentGraph) -> list[tuple[str, range]]:
 
 def eap_ig_activations(model: Any, task: Task, baseline: Baseline, *, steps: int = 5, batch_size: int = 32,
                        max_rows: int = 256) -> torch.Tensor:
-    """EAP-IG interpolating each component group's output (see the module docstring); (n_src, n_dst) on CPU."""
-    if steps < 1:
-        raise InterpError(f"EAP-IG needs steps >= 1, got {steps}.")
-    cg = ComponentGraph.of(model)
-    scores = torch.zeros(cg.n_src, cg.n_dst, device=model.device)
-    alphas = torch.arange(1, steps + 1, dtype=torch.float32) / steps
-    groups = _groups(cg)
-    for batch in task_batches(task, baseline, batch_size, model.device):
-        corrupted, _ = capture_sources(model, cg, batch.corrupted, batch.corrupted_pos)
-        clean, _ = capture_sources(model, cg, batch.clean, batch.clean_pos)
-        delta = corrupted - clean
-        sites = [site for site, _ in groups]
-        clean_acts, corrupted_acts = (capture_hooks(model, t, sites) for t in (batch.clean, batch.corrupted))
-        for site, rows in groups:
-            for chunk in _steps(alphas, max_rows, batch.size):
-                hook = _interpolate(site, clean_acts[site], corrupted_acts[site], chunk)
-                _backward(model, cg, batch, [hook], delta, rows, scores, len(chunk), task.n)
-    return (scores / steps).cpu()
+    """EAP-IG interpolating each group's output, alphas k/m for k = 1..m (see the module docstring)."""
+    alphas = torch.arange(1, steps + 1, dtype=torch.float32) / max(steps, 1)
+    return _integrated(model, task, baseline, alphas, _groups(ComponentGraph.of(model)), batch_size, max_rows)
