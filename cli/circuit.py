@@ -30,6 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--truth-edges", help="ground-truth edges, comma-separated SOURCE>TARGET[:q|k|v] "
                    "(e.g. L0H1>L1H2:k,L1H2>logits)")
     p.add_argument("--dictionary", help="discrete-sae: reuse this trained dictionary instead of training one")
+    p.add_argument("--no-reference", action="store_true", help="compare: skip patching every edge alone (the "
+                   "reference each edge method's ranking is compared with; one forward per edge)")
     add_config_flags(p.add_argument_group("task and method settings (CircuitConfig)"), *CONFIG)
     p.set_defaults(run=run)
 
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "compare":
         from interp.circuits.compare import compare_methods, comparison_table, write_comparison
 
-        comparison = compare_methods(model, cfg.task, config=cfg, truth=truth)
+        comparison = compare_methods(model, cfg.task, config=cfg, truth=truth, reference=not args.no_reference)
         write_comparison(comparison, out, title=f"{cfg.task} on {args.model}")
         print(comparison_table(comparison.rows), end="")
         print(f"{out / 'comparison.html'}")

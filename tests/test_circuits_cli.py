@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cli.main import main
-from interp.circuits.config import METHODS
+from interp.circuits.config import METHODS, NODE_METHODS
 from interp.circuits.graph import load_graph
 
 TORCH_THREADS = 1  # see conftest.py
@@ -34,6 +34,7 @@ def test_compare_writes_table_plot_and_graphs(tiny_model_dir: Path, tmp_path: Pa
     data = json.loads((out / "comparison.json").read_text())
     assert [r["method"] for r in data["rows"]] == list(METHODS)
     assert all(r["runtime_s"] > 0 and r["node_auc"] is not None for r in data["rows"])
+    assert [r["spearman"] is None for r in data["rows"]] == [m in NODE_METHODS for m in METHODS]
     assert sorted(p.stem for p in (out / "graphs").glob("*.json")) == sorted(METHODS)
     assert "| eap |" in (out / "comparison.md").read_text()
     html = (out / "comparison.html").read_text()

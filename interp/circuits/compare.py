@@ -1,4 +1,5 @@
-"""Every method on one task, side by side: ROC AUC, faithfulness area, runtime and peak memory.
+"""Every method on one task, side by side: ROC AUC, faithfulness area, agreement with exact edge patching,
+runtime and peak memory.
 
 :func:`compare_methods` runs the methods one after another on the same model, task and prompts (so the
 runtimes are measured under the same load, in one process), and :func:`write_comparison` writes
@@ -14,11 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
+
 from interp.circuits.api import find_circuit
+from interp.circuits.components import ComponentGraph
 from interp.circuits.config import METHODS, CircuitConfig
-from interp.circuits.evaluate import GroundTruth
+from interp.circuits.evaluate import GroundTruth, spearman
 from interp.circuits.graph import CircuitGraph, save_graph
-from interp.circuits.tasks import Task
+from interp.circuits.patching import edge_activation_patching
+from interp.circuits.scoring import edge_matrix
+from interp.circuits.tasks import Task, check_task
 from interp.io import atomic_write_bytes, atomic_write_json
 
 
@@ -39,6 +45,9 @@ class MethodRow(NamedTuple):
     """Wall time of the method (task checks and evaluation excluded)."""
     peak_memory_mb: float
     """Peak memory growth during the method."""
+    spearman: float | None = None
+    """Spearman rank correlation of |edge scores| with |exact edge patching effects| (edge methods; None for
+    node methods, whose edge scores are derived, or without the reference)."""
 
 
 class Comparison(NamedTuple):
@@ -52,23 +61,36 @@ class Comparison(NamedTuple):
 
 def compare_methods(model: Any, task: Task | str, methods: Sequence[str] = METHODS,
                     config: CircuitConfig | None = None, *, truth: GroundTruth | None = None,
-                    **overrides: Any) -> Comparison:
-    """Run ``methods`` on one task (built once) and score each (see the module docstring)."""
+                    reference: bool = True, **overrides: Any) -> Comparison:
+    """Run ``methods`` on one task (built once) and score each (see the module docstring). With ``reference``,
+    every edge is also patched alone (one forward per edge, batched) and each edge method's ranking is compared
+    with it by Spearman rank correlation of absolute values."""
     cfg = dataclasses.replace(config or CircuitConfig(), evaluate=True, **overrides)
     if isinstance(task, str):
         from interp.circuits.generators import make_task
 
         options = {"seq_len": cfg.seq_len} if task == "induction" else {}
         task = make_task(task, model, n_prompts=cfg.n_prompts, seed=cfg.seed, **options)
+    exact = _exact_edges(model, task, cfg) if reference else None
     rows, graphs = [], {}
     for method in methods:
         graph = find_circuit(model, task, method, cfg, truth=truth)
         ev = graph.metadata["evaluation"]
         curve = ev["faithfulness"]
+        rho = None
+        if exact is not None and graph.metadata["score_origin"] == "edge":
+            cg = ComponentGraph.of(model)
+            rho = spearman(edge_matrix(cg, graph)[cg.valid].abs(), exact[cg.valid].abs())
+            ev["spearman_vs_edge_patching"] = rho
         rows.append(MethodRow(method, ev.get("node_auc"), ev.get("edge_auc"), curve["cpr"], curve["cmd"],
-                              graph.metadata["runtime_s"], graph.metadata["peak_memory_mb"]))
+                              graph.metadata["runtime_s"], graph.metadata["peak_memory_mb"], rho))
         graphs[method] = graph
     return Comparison(rows, graphs)
+
+
+def _exact_edges(model: Any, task: Task, cfg: CircuitConfig) -> torch.Tensor:
+    baseline = check_task(model, task, cfg.batch_size)
+    return edge_activation_patching(model, task, baseline, batch_size=cfg.batch_size, max_rows=cfg.max_rows).double()
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -77,11 +99,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def comparison_table(rows: Sequence[MethodRow]) -> str:
     """A markdown table of the rows."""
-    lines = ["| method | node AUC | edge AUC | CPR | CMD | runtime (s) | peak memory (MiB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | node AUC | edge AUC | CPR | CMD | Spearman vs patching | runtime (s) | peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.method} | {_fmt(r.node_auc)} | {_fmt(r.edge_auc)} | {_fmt(r.cpr)} | {_fmt(r.cmd)} | "
-                     f"{r.runtime_s:.2f} | {r.peak_memory_mb:.0f} |")
+                     f"{_fmt(r.spearman)} | {r.runtime_s:.2f} | {r.peak_memory_mb:.0f} |")
     return "\n".join(lines) + "\n"
 
 
