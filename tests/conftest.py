@@ -154,3 +154,43 @@ def make_feature_store() -> Callable[..., tuple[StandInSAE, Any]]:
         return sae, load_feature_store(analyze_features(sae, store, out / "features", cfg, model, progress=False))
 
     return make
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (never ``playwright install``); skips without it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh 1280 x 900 page; script errors and dialogs are collected in ``page.errors``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("dialog", lambda d: (pg.errors.append("dialog: " + d.message), d.dismiss()))
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def open_ready() -> Callable[[Any, str], None]:
+    """``open_ready(page, url)``: load a dashboard page and wait until it has drawn itself."""
+    def open_page(page: Any, url: str) -> None:
+        page.goto(url)
+        page.wait_for_selector("body[data-ready]", timeout=20000)
+
+    return open_page
