@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 
-
 def synthetic_store(path: Path, n_rows: int, d: int, ctx_len: int, vocab: int) -> None:
     from interp.activations.store import FORMAT, VERSION, shard_name
     from interp.io import atomic_write_json, save_tensors

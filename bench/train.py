@@ -11,21 +11,29 @@ d_in=512, d_sae=8192, k=32, batch 4096, fp32 by default. For each thread count i
 interp's step and the matmuls are timed in interleaved rounds and the median round is reported, so a
 slow spell on a shared machine hits all of them alike. Reference points on this kind of CPU: sparsify
 1.3.3 ~8,500 tok/s, SAELens 6.54 ~2,200 tok/s. ``--device cuda --dtype bfloat16`` measures a GPU.
+
+``--store-rows N`` adds a fourth contender, in the same rounds: the train step fed from an activation store of
+N random rows on local disk (shuffled batches in page-locked memory on a GPU, copied with non_blocking=True),
+against the step on a batch already on the device.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from peers import DEFAULT_VENVS, measure, venv_for  # bench/ is on sys.path when run as a script
 
 from interp.dictionaries import TrainBatch, TrainState, create
-from interp.training.loop import make_optimizer
+from interp.training.slot import make_optimizer
 
 
 def main() -> None:
@@ -44,6 +52,8 @@ def main() -> None:
     )
     ap.add_argument("--saelens-venv", default=None, help=f"default $INTERP_SAELENS_VENV or {DEFAULT_VENVS['saelens']}")
     ap.add_argument("--no-peers", action="store_true", help="measure interp only")
+    ap.add_argument("--store-rows", type=int, default=0,
+                    help="also time the step fed from a store of this many rows on local disk (0: skip)")
     ap.add_argument("--dead-fraction", type=float, default=0.0,
                     help="mark this fraction of interp's latents dead, so its step also runs AuxK (peers: AuxK off)")
     args = ap.parse_args()
@@ -56,6 +66,8 @@ def main() -> None:
         limit = max(rates["encoder matmul, fresh output"], rates["encoder matmul, reused buffer"])
         train = rates["interp TopK train step"]
         print(f"interp step takes {limit / train:.2f}x the encoder matmul's time (goal <= 2x)")
+        if args.store_rows:
+            print(f"fed from the store: {rates['train step fed from a store'] / train:.2f}x the in-memory step's rate")
         if not args.no_peers and args.device == "cpu":
             measure_peers(args, threads, train)
 
@@ -87,6 +99,15 @@ def measure_interp(args: argparse.Namespace) -> dict[str, float]:
         "encoder matmul, reused buffer": lambda: torch.mm(xc, Wc, out=buf),
         "interp TopK train step": train_step,
     }
+    if args.store_rows:
+        batches = store_batches(args, dev)
+
+        def fed_step() -> None:
+            nonlocal x
+            x = next(batches)
+            train_step()
+
+        fns["train step fed from a store"] = fed_step
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
@@ -102,6 +123,32 @@ def measure_interp(args: argparse.Namespace) -> dict[str, float]:
     for name, rate in rates.items():
         print(f"{name:>32}: {rate:>10,.0f} tok/s  (median of {args.rounds} rounds)")
     return rates
+
+
+def store_batches(args: argparse.Namespace, dev: torch.device) -> Iterator[torch.Tensor]:
+    """Batches from a store of ``args.store_rows`` random rows written to a temporary directory, forever, moved
+    to ``dev`` as the trainer moves them."""
+    from interp.activations.store import FORMAT, MANIFEST, ActivationStore, shard_name
+    from interp.io import atomic_write_json, save_tensors
+
+    path = Path(tempfile.mkdtemp(prefix="interp-bench-store-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    shards, per_shard = [], 1 << 16
+    for i, a in enumerate(range(0, args.store_rows, per_shard)):
+        rows = min(per_shard, args.store_rows - a)
+        tensors = {"act/x": torch.randn(rows, args.d_in), "tokens": torch.zeros(rows, dtype=torch.int32),
+                   "doc": torch.zeros(rows, dtype=torch.int64), "pos": torch.zeros(rows, dtype=torch.int32)}
+        sha = save_tensors(path / shard_name(i), tensors)
+        shards.append({"file": shard_name(i), "rows": rows, "contexts": rows, "bytes": (path / shard_name(i))
+                       .stat().st_size, "sha256": sha})
+    atomic_write_json(path / MANIFEST, {"format": FORMAT, "version": 1, "model": {}, "ctx_len": 1, "dtype": "float32",
+                                        "hooks": {"x": {"shape": [args.d_in], "d": args.d_in}}, "with_grads": False,
+                                        "shards": shards, "n_contexts": args.store_rows, "complete": True})
+    store, pin, epoch = ActivationStore(path), dev.type == "cuda", 0
+    while True:
+        for b in store.batches("x", args.batch, seed=epoch, pin_memory=pin):
+            yield b.acts["x"].to(dev, non_blocking=True)
+        epoch += 1
 
 
 def measure_peers(args: argparse.Namespace, threads: int, train: float) -> None:

@@ -10,7 +10,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="src_fmt", required=True, help="format of PATH: interp, saelens or sparsify")
     p.add_argument("path", metavar="PATH", help="dictionary directory to read")
     p.add_argument("--to", dest="out_fmt", required=True, help="format to write (same choices)")
-    p.add_argument("out", metavar="OUT", help="directory to write (for sparsify, name it after the hookpoint)")
+    p.add_argument("out", metavar="OUT", help="directory to write (sparsify: a run directory; the coder goes in "
+                   "OUT/<hookpoint>/)")
+    p.add_argument("--hookpoint", default=None, help="sparsify: the Hugging Face module path to name the coder "
+                   "after (default: mapped from the dictionary's hook)")
     p.add_argument(
         "--scaling-factor",
         type=float,
@@ -24,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     from interp.formats import export_dictionary, import_dictionary
 
     d = import_dictionary(args.path, args.src_fmt, scaling_factor=args.scaling_factor)
-    out = export_dictionary(d, args.out, args.out_fmt)
+    out = export_dictionary(d, args.out, args.out_fmt, hookpoint=args.hookpoint)
     print(f"wrote {d.cfg.architecture} ({d.cfg.d_in} -> {d.cfg.d_sae} latents) as {args.out_fmt} to {out}")
     return 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+RESUMABLE = True
+"""Run again after an interruption, the job resumes (see ``cli.main``)."""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="cache, train, analyze and build a dashboard on the demo model",

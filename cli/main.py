@@ -1,7 +1,8 @@
 """The ``interp`` console script.
 
 Each subcommand is one module in this package exposing ``add_parser(subparsers)`` and ``run(args) -> int``
-(heavy imports happen inside ``run``). Modules are discovered, so adding a subcommand is adding a file.
+(heavy imports happen inside ``run``). Modules are discovered, so adding a subcommand is adding a file. A module
+whose job resumes when run again sets ``RESUMABLE = True``: Ctrl-C then says so.
 """
 
 from __future__ import annotations
@@ -48,14 +49,19 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from interp.errors import InterpError
+    from interp.progress import hide_library_bars, on_terminal
 
+    if getattr(args, "no_progress", False) or not on_terminal():
+        hide_library_bars()  # transformers' "Loading weights" and the like: hidden, or \r-junk in a log
     try:
         return int(args.run(args) or 0)
     except InterpError as e:
         print(f"interp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interp: interrupted; run the same command again to resume.", file=sys.stderr)
+        resumable = getattr(importlib.import_module(f"cli.{args.command}"), "RESUMABLE", False)
+        print("interp: interrupted" + ("; run the same command again to resume." if resumable else "."),
+              file=sys.stderr)
         return 130
 
 

@@ -16,6 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top-k", type=int, default=8, help="features listed per token")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (site build, model loading)")
     p.set_defaults(run=run)
 
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     fs = load_feature_store(args.features)
     site = Path(args.site) if args.site else Path(args.features) / "site"
     if not (site / "index.html").exists():
-        build_dashboard(fs, site, args.explanations)
+        build_dashboard(fs, site, args.explanations, progress=not args.no_progress)
     model = load_model(args.model or fs.manifest["model"]["name"], device=args.device)
     dictionary = load_dictionary(args.dictionary).to(args.device).eval()
     server = make_server(
@@ -43,12 +44,14 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         top_k=args.top_k,
-        explanations=load_explanations(args.explanations),
+        explanations=load_explanations(args.explanations or args.features),
     )
     host, port = str(server.server_address[0]), int(server.server_address[1])
-    print(f"serving {site} at http://{host}:{port}/  (prompt view: http://{host}:{port}/prompt.html)")
-    try:
+    try:  # from the announcement on, Ctrl-C is how the server is stopped
+        print(f"serving {site} at http://{host}:{port}/  (prompt view: http://{host}:{port}/prompt.html)", flush=True)
         server.serve_forever()
+    except KeyboardInterrupt:  # not an interruption to report
+        print("interp serve: stopped.")
     finally:
         server.server_close()
     return 0

@@ -1,5 +1,6 @@
 """``interp train``: train dictionaries on an activation store, or on activations computed on the fly from a
-model (``--model`` and ``--corpus`` instead of ``--store``).
+model (``--model`` and ``--corpus`` instead of ``--store``). Under ``torchrun`` one dictionary trains with DDP
+on every process, several are spread over the processes (see docs/scaling.md).
 
 Every field of ``interp.training.TrainConfig`` is a flag (generated from the dataclass). ``--config`` reads a
 JSON object of TrainConfig fields, or a list of them trained as a sweep in one pass over the data; flags
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from interp.activations import ModelSource
 
 CONFIG = ("interp.training.config", "TrainConfig")
+
+RESUMABLE = True
+"""Run again after an interruption, the job resumes (see ``cli.main``)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,12 +47,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from interp.distributed import init_from_env, rank_and_world
     from interp.training import load_train_configs, train_dictionary
 
     overrides = {**config_kwargs(args, *CONFIG), "params": parse_params(args.param)}
     cfgs = load_train_configs(args.config, overrides)
+    init_from_env(cfgs[0].device)  # under torchrun: join the process group
     source = args.store if args.store else _model_source(args, cfgs)
     result = train_dictionary(cfgs, source, args.out, progress=not args.no_progress)
+    if rank_and_world()[0] != 0:
+        return 0
     for path in result.dictionaries:
         m = result.metrics[path.name]
         print(

@@ -69,15 +69,20 @@ const Interp = (() => {
     if (!tip) { tip = el("div", { id: "tooltip" }); document.body.append(tip); }
     return tip;
   }
+  // The tooltip wraps long text (CSS max-width) and is kept inside the window.
+  function placeTip(t, ev) {
+    const w = t.offsetWidth, h = t.offsetHeight;
+    t.style.left = Math.max(4, Math.min(ev.clientX + 12, window.innerWidth - w - 4)) + "px";
+    t.style.top = (ev.clientY + 14 + h > window.innerHeight ? Math.max(4, ev.clientY - h - 8) : ev.clientY + 14) + "px";
+  }
+
   function attachTip(node, text) {
     node.title = text;
     node.addEventListener("mouseenter", (ev) => {
       const t = tooltip(); t.textContent = text; t.style.display = "block";
-      t.style.left = ev.clientX + 12 + "px"; t.style.top = ev.clientY + 14 + "px";
+      placeTip(t, ev);
     });
-    node.addEventListener("mousemove", (ev) => {
-      const t = tooltip(); t.style.left = ev.clientX + 12 + "px"; t.style.top = ev.clientY + 14 + "px";
-    });
+    node.addEventListener("mousemove", (ev) => placeTip(tooltip(), ev));
     node.addEventListener("mouseleave", () => { tooltip().style.display = "none"; });
   }
 

@@ -110,8 +110,9 @@
       table(F.nbrs.dec, "decoder cosine"), el("div", { style: "height:10px" }), table(F.nbrs.cooc,
         "co-occurrence (Jaccard)")));
   }
-  root.replaceChildren(head, el("div", { class: "grid side" },
-    el("div", {}, histCard, exCard, quantCard, randCard), side));
+  const scored = F.expl && F.expl.results && Object.keys(F.expl.results).length ? InterpAutointerp.card(F.expl) : null;
+  root.replaceChildren(...[head, scored, el("div", { class: "grid side" },
+    el("div", {}, histCard, exCard, quantCard, randCard), side)].filter(Boolean));
 
   // Bars on a log10 axis: x = log10 of the bin centre, width = log10(hi / lo).
   const h = F.hist;

@@ -17,7 +17,15 @@
 
   // Merge chunks into flat columns.
   const col = { id: [], density: [], max: [], mean: [], top: [], expl: [], score: [] };
-  for (const ch of window.INTERP_INDEX) for (const k of Object.keys(col)) col[k].push(...ch[k]);
+  // One sortable column per scorer ("s:<name>"); older sites carry a single "score" column.
+  const scoreKeys = (meta.score_names || []).map((name) => "s:" + name);
+  for (const key of scoreKeys) col[key] = [];
+  for (const ch of window.INTERP_INDEX) {
+    for (const k of Object.keys(col)) {
+      if (k.startsWith("s:")) col[k].push(...((ch.scores || {})[k.slice(2)] || ch.id.map(() => null)));
+      else col[k].push(...ch[k]);
+    }
+  }
   const n = col.id.length;
   const haystack = new Array(n);
   for (let r = 0; r < n; r++) {
@@ -44,12 +52,15 @@
     ["id", "Feature", true], ["density", "Density", true], ["max", "Max act", true], ["mean", "Mean act", true],
     ["top", "Top tokens", false], ["expl", "Explanation", false],
   ];
-  if (meta.has_scores) columns.push(["score", meta.score_name || "Score", true]);
+  if (scoreKeys.length) for (const key of scoreKeys) columns.push([key, key.slice(2), true]);
+  else if (meta.has_scores) columns.push(["score", meta.score_name || "Score", true]);
+  const numeric = (key) => ["density", "max", "mean", "score", "id"].includes(key) || key.startsWith("s:");
   const headRow = el("tr");
   const ths = {};
   for (const [key, label, sortable] of columns) {
     const th = el("th", { class: sortable ? "sortable" : "" }, label);
-    if (["density", "max", "mean", "score", "id"].includes(key)) th.style.textAlign = "right";
+    if (numeric(key)) th.style.textAlign = "right";
+    th.dataset.key = key;
     if (sortable) th.addEventListener("click", () => {
       if (state.sort === key) state.desc = !state.desc; else { state.sort = key; state.desc = key !== "id"; }
       state.page = 0; update();
@@ -69,7 +80,7 @@
   root.replaceChildren(title, graphs || "",
     el("div", { class: "card" },
       el("div", { class: "controls" }, search, filter, count),
-      el("table", { class: "index" }, el("thead", {}, headRow), tbody),
+      el("div", { class: "scroll-x" }, el("table", { class: "index" }, el("thead", {}, headRow), tbody)),
       el("div", { class: "pager" }, prev, next, pageInfo)));
 
   let view = [];
@@ -113,7 +124,9 @@
         el("td", { class: "num" }, fmt(col.mean[r])),
         top,
         el("td", { class: "expl" }, col.expl[r] || ""));
-      if (meta.has_scores) tr.append(el("td", { class: "num" }, col.score[r] == null ? "–" : fmt(col.score[r])));
+      for (const [key] of columns.filter(([k]) => k === "score" || k.startsWith("s:"))) {
+        tr.append(el("td", { class: "num", "data-score": key }, col[key][r] == null ? "–" : fmt(col[key][r])));
+      }
       return tr;
     });
     tbody.replaceChildren(...rows);

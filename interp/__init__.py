@@ -8,8 +8,7 @@ The public API is the names in ``__all__``; each is imported on first use, so ``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from interp.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -49,13 +48,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'interp' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -8,6 +8,7 @@ one, never half of one. Nothing is pickled.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -24,17 +25,58 @@ if TYPE_CHECKING:  # torch is imported only by the tensor helpers, so JSON reade
 
 TMP_SUFFIX = ".tmp"
 
+DISK_FULL = {
+    errno.ENOSPC: "no space is left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file size limit is exceeded (ulimit -f, i.e. RLIMIT_FSIZE, or the filesystem's largest file)",
+}
+"""The errno values that mean "this write does not fit", with what each means."""
+
+RERUN = "Free space there (or write to another disk) and run the same command again."
+
+
+class DiskFullError(InterpError):
+    """A write did not fit on its disk. Raised after the half-written temporary file is removed, so
+    the files written before are intact; ``hint`` says how the stage that was writing continues."""
+
+    def __init__(self, path: str | Path, reason: str, hint: str = RERUN):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"Could not write {self.path}: {reason}. Nothing half-written was kept. {hint}")
+
+
+@contextlib.contextmanager
+def disk_full_errors(hint: str = RERUN) -> Iterator[None]:
+    """Inside the block, a write that does not fit (ENOSPC, EDQUOT, EFBIG) raises :class:`DiskFullError`
+    ending with ``hint`` (what the stage does when run again) instead of a bare ``OSError``."""
+    try:
+        yield
+    except DiskFullError as e:
+        raise DiskFullError(e.path, e.reason, hint) from e.__cause__
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise DiskFullError(e.filename or "a file", DISK_FULL[e.errno], hint) from e
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename). When the write fails the
+    temporary file is removed (it would hold disk space) and ``path`` is left as it was; a write that
+    does not fit raises :class:`DiskFullError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            raise DiskFullError(path, f"{DISK_FULL[e.errno]} ({len(data):,} bytes to write)") from e
+        raise
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

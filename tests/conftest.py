@@ -156,14 +156,37 @@ def make_feature_store() -> Callable[..., tuple[StandInSAE, Any]]:
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_model_factory() -> Callable[..., Path]:
+    """:func:`make_tiny_model`, for tests that need a tiny model with options of their own."""
+    return make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def corpus_lines() -> list[str]:
+    return list(CORPUS_LINES)
+
+
+@pytest.fixture(scope="session")
+def demo_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Feature store directory of a TopK SAE (512 latents, k=8) trained on 32k cached demo-model tokens."""
+    from interp.demo import DemoConfig, run_demo
+
+    out = tmp_path_factory.mktemp("autointerp-demo")
+    run_demo(out, DemoConfig(n_tokens=32_768, train_tokens=131_072, expansion=4, k=8), progress=False)
+    return out / "features"
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium driven by Playwright (never ``playwright install``); skips without it."""
+    """Debian's Chromium driven by Playwright (never ``playwright install``); skips without it. Module-scoped:
+    Playwright's sync API keeps an event loop running while it is open, and ``asyncio.run`` (the LLM client)
+    cannot run inside it."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -194,3 +217,28 @@ def open_ready() -> Callable[[Any, str], None]:
         page.wait_for_selector("body[data-ready]", timeout=20000)
 
     return open_page
+
+
+class _Interrupting:
+    """A source that raises KeyboardInterrupt after ``after`` batches of the training order (the first call
+    of ``batches`` is the init sample and is let through)."""
+
+    def __init__(self, inner: Any, after: int):
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def batches(self, *args: Any, **kw: Any):
+        self.calls += 1
+        for i, b in enumerate(self.inner.batches(*args, **kw)):
+            if self.calls > 1 and i >= self.after:
+                raise KeyboardInterrupt
+            yield b
+
+
+@pytest.fixture(scope="session")
+def interrupting() -> Callable[[Any, int], Any]:
+    """``interrupting(source, after)``: ``source`` that stops training with KeyboardInterrupt after ``after``
+    batches, as Ctrl-C would."""
+    return _Interrupting

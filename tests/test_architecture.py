@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BRIDGE = re.compile(r"\.bridge\b|\boriginal_model\b|_original_component\b|\bln_final\b")
+BRIDGE = re.compile(r"\.bridge\b|\boriginal_model\b|_original_component\b|\bln_final\b(?!\.hook_)")  # hook names are public
 
 
 def test_only_the_model_layer_touches_the_bridge():
@@ -26,4 +26,5 @@ def test_only_the_model_layer_touches_the_bridge():
 
 def test_the_check_sees_a_violation(tmp_path):
     assert BRIDGE.search("head = [model.bridge.unembed]") and BRIDGE.search("m._original_component.weight")
+    assert BRIDGE.search("scale = bridge_model.ln_final.w") and not BRIDGE.search('acts["ln_final.hook_scale"]')
     assert not BRIDGE.search("from interp.model import Model")

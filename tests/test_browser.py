@@ -4,25 +4,13 @@ that hostile tokens, corpus text and explanations are shown as text and never ru
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS_LINES, make_tiny_model
 
 from interp.site.build import build_dashboard
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAYLOADS = [
     "<script>window.__pwned=1</script>",
     '<img src=x onerror="window.__pwned=1">',
@@ -35,18 +23,18 @@ CLEAN = ["undefined", 0]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, make_feature_store):
+def world(tmp_path_factory, make_feature_store, tiny_model_factory, corpus_lines):
     """A model whose tokenizer has hostile tokens, a corpus full of them, its features and their site."""
     from interp.features import AnalyzeConfig
     from interp.model import load_model
 
     base = tmp_path_factory.mktemp("browser")
-    model_dir = make_tiny_model(base / "model", extra_tokens=PAYLOADS)
+    model_dir = tiny_model_factory(base / "model", extra_tokens=PAYLOADS)
     corpus = base / "corpus"
     corpus.mkdir()
     for i in range(12):
         (corpus / f"d{i}.txt").write_text(
-            f"x = '{PAYLOADS[i % 3]}'\n" + CORPUS_LINES[i % 5] + PAYLOADS[(i + 1) % 3]
+            f"x = '{PAYLOADS[i % 3]}'\n" + corpus_lines[i % 5] + PAYLOADS[(i + 1) % 3]
         )
     model = load_model(str(model_dir))
     cfg = AnalyzeConfig(n_top=6, quantile_pool=20, n_quantiles=3, per_quantile=2, window=16, n_random=2)
@@ -61,37 +49,9 @@ def world(tmp_path_factory, make_feature_store):
     return {"model": model, "sae": sae, "fs": fs, "site": index.parent, "expl": expl, "hostile": hostile}
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("dialog", lambda d: (pg.errors.append("dialog: " + d.message), d.dismiss()))
-    yield pg
-    context.close()
-
-
-def _open(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector("body[data-ready]", timeout=20000)
-
-
-def test_index_search_and_feature_page_offline(page, world):
+def test_index_search_and_feature_page_offline(page, world, open_ready):
     site = world["site"]
-    _open(page, (site / "index.html").as_uri())
+    open_ready(page, (site / "index.html").as_uri())
     page.select_option("#filter", "all")
     assert page.locator("#rows tr").count() == 16
     page.fill("#search", "7")
@@ -115,9 +75,9 @@ def test_index_search_and_feature_page_offline(page, world):
     assert page.errors == []
 
 
-def test_hostile_strings_are_shown_as_text(page, world):
+def test_hostile_strings_are_shown_as_text(page, world, open_ready):
     assert world["hostile"], "the corpus should put hostile tokens into top examples"
-    _open(page, (world["site"] / "index.html").as_uri())
+    open_ready(page, (world["site"] / "index.html").as_uri())
     title = page.title()
     page.select_option("#filter", "all")
     body = page.inner_text("#rows")
@@ -125,17 +85,17 @@ def test_hostile_strings_are_shown_as_text(page, world):
     page.fill("#search", "<img")
     page.wait_for_function("document.querySelectorAll('#rows tr').length > 0")
     for i in world["hostile"][:3] + [1]:
-        _open(page, (world["site"] / "feature.html").as_uri() + f"?i={i}")
+        open_ready(page, (world["site"] / "feature.html").as_uri() + f"?i={i}")
         text = page.inner_text("main")
         assert any(p in text for p in PAYLOADS) or EXPLANATION in text
         assert page.evaluate(SPY) == CLEAN
-    _open(page, (world["site"] / "feature.html").as_uri() + "?i=<img src=x onerror=window.__pwned=1>")
+    open_ready(page, (world["site"] / "feature.html").as_uri() + "?i=<img src=x onerror=window.__pwned=1>")
     assert page.evaluate(SPY) == CLEAN and "No feature" in page.inner_text("main")
     assert page.title() != "pwned" and title.endswith("interp features")
     assert not [e for e in page.errors if "pwned" in e or "dialog" in e]
 
 
-def test_served_prompt_view(page, world):
+def test_served_prompt_view(page, world, open_ready):
     from interp.site.serve import make_server
 
     server = make_server(
@@ -152,7 +112,7 @@ def test_served_prompt_view(page, world):
         from urllib.parse import quote
 
         prompt = "def add(a, b):\n    return a + b " + PAYLOADS[0] + PAYLOADS[1]
-        _open(page, f"http://{host}:{port}/prompt.html?text={quote(prompt)}")
+        open_ready(page, f"http://{host}:{port}/prompt.html?text={quote(prompt)}")
         toks = page.locator("#tokens .tok")
         want = world["model"].token_strings(world["model"].to_tokens(prompt)[0])
         assert toks.count() == len(want)

@@ -36,13 +36,14 @@ def _tokens(store: ActivationStore, n_ctx: int) -> torch.Tensor:
 def test_activations_equal_run_with_cache(tiny_model_dir, tiny_model, corpus_dir, tmp_path):
     store = cache_activations(_cfg(tiny_model_dir, corpus_dir), tmp_path / "s", progress=False)
     assert store.complete and len(store.shards) > 1
-    assert store.n_rows == 64 * 32
+    assert store.n_rows == 64 * 32 and store.manifest["capture"] == "modules"
     n = 6
     _, cache = tiny_model.bridge.run_with_cache(_tokens(store, n))
     for hook in HOOKS:
         rows = torch.cat([store.read(f"act/{hook}", i) for i in range(len(store.shards))])[: n * 32]
         ref = cache[hook].reshape(n * 32, -1)
-        assert torch.equal(rows, ref), hook
+        # the module path computes the same sums in another order (folded weights, fused q/k/v): float32 rounding
+        torch.testing.assert_close(rows, ref, rtol=1e-5, atol=1e-6, msg=hook)
     assert store.hook_shape("blocks.1.attn.hook_z") == [4, 8]
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
+import interp
 from interp.circuits.components import ComponentGraph, capture_sources, check_decomposition, patched_logits
 from interp.circuits.generators import induction_task
+from interp.errors import InterpError
 
 TORCH_THREADS = 1  # see conftest.py
 
@@ -56,3 +61,23 @@ def test_source_outputs_sum_to_the_residual_stream(demo_model):
     # the sum of source outputs misses only the attention output biases b_O
     residual = got["r"] - out.sum(0)
     assert torch.allclose(residual, residual[:1, :1].expand_as(residual), atol=1e-4)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_llama_decomposes_and_grouped_query_attention_is_refused(kv_heads, tiny_model_dir: Path, tmp_path: Path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model = interp.load_model(str(tmp_path))
+    task = induction_task(model, n_prompts=4, seq_len=5)
+    if kv_heads == 4:
+        check_decomposition(model, ComponentGraph.of(model), task.clean)
+    else:
+        with pytest.raises(InterpError, match="grouped-query attention"):
+            check_decomposition(model, ComponentGraph.of(model), task.clean)

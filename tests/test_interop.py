@@ -265,7 +265,9 @@ def test_hand_written_sparsify_coder_reproduces_the_reference(tmp_path, transcod
         "d_in": D_IN,
     }
     d = import_dictionary(_write(tmp_path / "layers.3.mlp", cfg, tensors, "sae.safetensors"), "sparsify")
-    assert d.cfg.hook_in == "layers.3.mlp" and d.cfg.architecture == ("skip_transcoder" if transcode else "topk")
+    assert d.cfg.hook_in == ("layers.3.mlp" if transcode else "blocks.3.hook_mlp_out")
+    assert d.cfg.hook_out == ("blocks.3.hook_mlp_out" if transcode else None)
+    assert d.cfg.architecture == ("skip_transcoder" if transcode else "topk")
     x = torch.randn(20, D_IN)
     centred = x if transcode else x - tensors["b_dec"]
     top = F.relu(centred @ tensors["encoder.weight"].T + tensors["encoder.bias"]).topk(6, dim=1)
@@ -278,7 +280,13 @@ def test_hand_written_sparsify_coder_reproduces_the_reference(tmp_path, transcod
 # ---- refusals ------------------------------------------------------------------------------------
 def test_architectures_without_a_counterpart_are_refused_by_name(tmp_path):
     unmapped_saelens = sorted(set(REGISTRY) - set(TO_SAELENS))
-    assert unmapped_saelens == ["codebook", "skip_transcoder"]
+    assert unmapped_saelens == ["clt", "codebook", "skip_transcoder"]
+    with pytest.raises(InterpError, match="'clt' dictionary has no SAELens counterpart"):
+        export_dictionary(create("clt", 2 * D_IN, 2 * D_SAE, hooks_in=("a.0", "a.1"), hooks_out=("b.0", "b.1")),
+                          tmp_path / "a", "saelens")
+    with pytest.raises(InterpError, match="reads several hooks"):
+        export_dictionary(create("topk", 2 * D_IN, D_SAE, k=3, hook_in="a.*", hooks_in=("a.0", "a.1")),
+                          tmp_path / "a", "sparsify")
     with pytest.raises(InterpError, match="'codebook' dictionary has no SAELens counterpart.*gated.*topk"):
         export_dictionary(create("codebook", D_IN, D_SAE), tmp_path / "a", "saelens")
     with pytest.raises(InterpError, match="'relu' dictionary has no sparsify counterpart.*skip_transcoder"):

@@ -1,7 +1,10 @@
-"""The store reader: shuffled streaming is a deterministic permutation, and memory stays flat."""
+"""The store reader: shuffled streaming is a deterministic permutation (the same batches as before its buffers
+were reworked), BOS rows are dropped wherever they sit, corrupt shards are refused while hashing runs in the
+background, buffers are lent per pass, and memory stays flat."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -11,26 +14,30 @@ import pytest
 import torch
 
 from interp.activations.store import FORMAT, MANIFEST, ActivationStore, shard_name
+from interp.errors import InterpError
 from interp.io import atomic_write_json, save_tensors
 
 
-def write_store(path: Path, n_shards: int, rows: int, d: int, ctx_len: int = 16, seed: int = 0) -> ActivationStore:
-    """A store in the on-disk format whose row i holds the value i in every column (so rows are traceable)."""
+def write_store(path: Path, n_shards: int, rows: int, d: int, ctx_len: int = 16, grads: bool = False,
+                pos: torch.Tensor | None = None) -> ActivationStore:
+    """Row i holds i in every column (grads: -i); ``pos`` defaults to a BOS every ``ctx_len`` rows."""
     path.mkdir(parents=True)
-    shards = []
-    start = 0
+    shards, start = [], 0
     for s in range(n_shards):
         ids = torch.arange(start, start + rows, dtype=torch.float32)
-        pos = (torch.arange(rows, dtype=torch.int32) % ctx_len) - 1
         tensors = {"act/h": ids[:, None].repeat(1, d), "tokens": torch.zeros(rows, dtype=torch.int32),
-                   "doc": torch.zeros(rows, dtype=torch.int64), "pos": pos}
+                   "doc": torch.zeros(rows, dtype=torch.int64),
+                   "pos": pos[start : start + rows] if pos is not None
+                   else (torch.arange(rows, dtype=torch.int32) % ctx_len) - 1}
+        if grads:
+            tensors["grad/h"] = -ids[:, None].repeat(1, d)
         sha = save_tensors(path / shard_name(s), tensors)
         shards.append({"file": shard_name(s), "rows": rows, "contexts": rows // ctx_len,
                        "bytes": (path / shard_name(s)).stat().st_size, "sha256": sha})
         start += rows
     atomic_write_json(path / MANIFEST, {"format": FORMAT, "version": 1, "model": {"name": "none"},
                                         "hooks": {"h": {"shape": [d], "d": d}}, "ctx_len": ctx_len,
-                                        "dtype": "float32", "with_grads": False, "shards": shards,
+                                        "dtype": "float32", "with_grads": grads, "shards": shards,
                                         "n_contexts": start // ctx_len, "complete": True})
     return ActivationStore(path)
 
@@ -88,3 +95,80 @@ def test_reader_memory_does_not_grow_with_store(tmp_path):
         peaks[name] = kib
     grown_mib = (peaks["big"] - peaks["small"]) / 1024
     assert grown_mib < 16, f"peak RSS grew {grown_mib:.1f} MiB for 112 MiB more data: {json.dumps(peaks)}"
+
+
+# sha256 (16 hex digits) of the row-id sequences the reader gave before its buffers were reworked (main at
+# 6871f24, same store and configs); rows hold their own index, so a sequence is the order rows come out in.
+PINNED = {
+    '{"buffer_rows": 700}': ("d4b627615c931a7e", 43),
+    '{"buffer_rows": 700, "exclude_bos": false}': ("0a0387ca6a1dee07", 46),
+    '{"buffer_rows": 700, "epochs": 2, "drop_last": false}': ("c69b9fa1e0565527", 88),
+    '{"buffer_rows": 100, "grads": true, "drop_last": false}': ("d9378b25431c68af", 44),
+    "{}": ("5ec5263cac279cef", 43),
+    '{"epochs": 3, "exclude_bos": false}': ("94589126b23830b0", 140),
+    '{"buffer_rows": 0}': ("3d5fd94a38320b79", 43),
+    '{"shuffle": false, "drop_last": false}': ("5ed2fcd7c1c3d03c", 44),
+    '{"buffer_rows": 4000, "epochs": 2}': ("fc7a591d334bead1", 87),
+}
+
+
+@pytest.mark.parametrize("config", list(PINNED))
+def test_batches_are_those_the_previous_reader_gave(tmp_path, config):
+    store = write_store(tmp_path / "s", n_shards=3, rows=1000, d=3, grads=True)
+    kw = json.loads(config)
+    seq = []
+    for b in store.batches("h", 64, seed=3, **kw):
+        seq.append([int(v) for v in b.acts["h"][:, 0].tolist()])
+        assert b.acts["h"].is_contiguous() and (not kw.get("grads") or torch.equal(b.grads["h"], -b.acts["h"]))
+    assert (hashlib.sha256(json.dumps(seq).encode()).hexdigest()[:16], len(seq)) == PINNED[config]
+
+
+def test_bos_rows_anywhere_are_dropped(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randint(0, 50, (2 * 700,), generator=g, dtype=torch.int32)
+    pos[torch.rand(2 * 700, generator=g) < 0.2] = -1  # runs of BOS rows of every length, at the shard edges too
+    pos[:3] = -1
+    pos[697:702] = -1
+    store = write_store(tmp_path / "s", n_shards=2, rows=700, d=5, pos=pos)
+    got = [int(v) for b in store.batches("h", 37, shuffle=False, drop_last=False) for v in b.acts["h"][:, 0]]
+    assert got == [i for i in range(1400) if pos[i] >= 0]
+    shuffled = [int(v) for b in store.batches("h", 37, buffer_rows=100, drop_last=False) for v in b.acts["h"][:, 4]]
+    assert sorted(shuffled) == got
+
+
+def test_a_corrupt_shard_is_refused_while_hashing_runs_in_the_background(tmp_path):
+    store = write_store(tmp_path / "s", n_shards=3, rows=2000, d=8)
+    shard = tmp_path / "s" / shard_name(1)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size: only the sha256 can tell
+    shard.write_bytes(bytes(data))
+    with pytest.raises(InterpError, match=f"{shard_name(1)} .*fails its sha256"):
+        list(ActivationStore(store.path).batches("h", 64))
+    assert len(list(ActivationStore(store.path, verify=False).batches("h", 64))) > 0
+
+
+def test_passes_borrow_buffers_and_do_not_share_them(tmp_path):
+    store = write_store(tmp_path / "s", n_shards=2, rows=900, d=4)
+    alone = [b.acts["h"].clone() for b in store.batches("h", 50, seed=1, buffer_rows=300)]
+    first = store.batches("h", 50, seed=1, buffer_rows=300)
+    second = store.batches("h", 50, seed=1, buffer_rows=300)
+    together = [(a.acts["h"], b.acts["h"]) for a, b in zip(first, second)]  # two passes at once
+    assert len(together) == len(alone)
+    assert all(torch.equal(a, x) and torch.equal(b, x) for (a, b), x in zip(together, alone))
+    kept = list(store.batches("h", 50, seed=1, buffer_rows=300))  # batches may be kept: none is overwritten
+    assert all(torch.equal(k.acts["h"], x) for k, x in zip(kept, alone))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pinned_batches_copy_to_the_gpu_without_blocking(tmp_path):
+    store = write_store(tmp_path / "s", n_shards=2, rows=4096, d=64)
+    want = [b.acts["h"] for b in store.batches("h", 512, seed=2)]
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        got = []
+        for b in store.batches("h", 512, seed=2, pin_memory=True):
+            assert b.acts["h"].is_pinned()
+            got.append(b.acts["h"].to("cuda", non_blocking=True))
+    stream.synchronize()
+    assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want))

@@ -55,7 +55,7 @@ def test_batches_are_seeded_shuffled_and_drop_bos(tiny_model, corpus_dir):
     assert not torch.equal(every, unshuffled[: len(every)]), "shuffled"
 
 
-def test_trains_gsae_on_the_fly_and_resumes_bit_identically(tiny_model, corpus_dir, tmp_path):
+def test_trains_gsae_on_the_fly_and_resumes_bit_identically(tiny_model, corpus_dir, tmp_path, interrupting):
     cfg = TrainConfig(architecture="gsae", hook=HOOK, d_sae=64, k=4, n_tokens=64 * 24, batch_size=64,
                       checkpoint_every=5, init_tokens=256, log_every=4)
     full = train_dictionary(cfg, _source(tiny_model, corpus_dir), tmp_path / "a", progress=False)
@@ -64,7 +64,7 @@ def test_trains_gsae_on_the_fly_and_resumes_bit_identically(tiny_model, corpus_d
     (metrics,) = full.metrics.values()
     assert metrics["l0"] <= 4 and metrics["fvu"] < 1
     with pytest.raises(KeyboardInterrupt):  # stopped after the checkpoint at step 10
-        train_dictionary(cfg, _Interrupting(_source(tiny_model, corpus_dir), after=12), tmp_path / "b",
+        train_dictionary(cfg, interrupting(_source(tiny_model, corpus_dir), after=12), tmp_path / "b",
                          progress=False)
     assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 10
     resumed = load_dictionary(
@@ -72,23 +72,6 @@ def test_trains_gsae_on_the_fly_and_resumes_bit_identically(tiny_model, corpus_d
     )
     for name, value in d.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
-
-
-class _Interrupting:
-    """A source that raises KeyboardInterrupt after ``after`` batches of the training order."""
-
-    def __init__(self, inner: ModelSource, after: int):
-        self.inner, self.after, self.calls = inner, after, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def batches(self, *args, **kw):
-        self.calls += 1
-        for i, b in enumerate(self.inner.batches(*args, **kw)):
-            if self.calls > 1 and i >= self.after:  # the first call is the init sample
-                raise KeyboardInterrupt
-            yield b
 
 
 def test_bad_model_source_input_is_refused(tiny_model, corpus_dir, tmp_path):

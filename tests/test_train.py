@@ -35,6 +35,7 @@ MMCS_FLOOR = {
     "codebook": 0.9,
     "transcoder": 0.85,
     "skip_transcoder": 0.65,
+    "clt": 0.9,
 }
 PARAMS = {
     "topk": {"k": 4},
@@ -44,8 +45,8 @@ PARAMS = {
     "mp": {"k": 4},
     "codebook": {"k": 2},
     "skip_transcoder": {"k": 4},
-    "jumprelu": {"params": {"threshold_init": 1.0, "bandwidth": 0.1, "l0_coeff": 3.0}},
     "transcoder": {"params": {"l1_coeff": 1.0}},
+    "clt": {"params": {"sparsity_coeff": 0.3}},
 }
 
 
@@ -55,7 +56,15 @@ def toy():
 
 
 def _source(arch: str, toy) -> tuple[TensorSource, torch.Tensor, dict]:
-    """Autoencoders read x; transcoders map x to y = the same codes in other directions; g-SAE gets grads."""
+    """Autoencoders read x; transcoders map x to y = the same codes in other directions; g-SAE gets grads.
+    The cross-layer transcoder reads two layers x.0, x.1 and predicts y.0 = c0 A, y.1 = c0 B + c1 C: layer-0
+    features must learn decoders to both layers ([A, B]), layer-1 features [0, C]."""
+    if arch == "clt":
+        other = toy_superposition(len(toy.x), d=32, n_features=64, p_active=0.04, seed=3)
+        A, B, C = (toy_superposition(1, d=32, n_features=64, seed=s).directions for s in (1, 4, 5))
+        acts = {"x.0": toy.x, "x.1": other.x, "y.0": toy.coeffs @ A, "y.1": toy.coeffs @ B + other.coeffs @ C}
+        truth = torch.cat([torch.cat([A, B], 1), torch.cat([torch.zeros_like(C), C], 1)])
+        return TensorSource(acts), truth, {"hook": "x.*", "hook_out": "y.*"}
     if arch in ("transcoder", "skip_transcoder"):
         out_dirs = toy_superposition(1, d=32, n_features=64, seed=1).directions
         return TensorSource({"x": toy.x, "y": toy.coeffs @ out_dirs}), out_dirs, {"hook": "x", "hook_out": "y"}
@@ -100,7 +109,7 @@ def test_resume_after_a_stop_is_bit_identical(arch, toy, tmp_path):
     )
     first_epoch = torch.randperm(4096, generator=torch.Generator().manual_seed(0))  # TensorSource's order, seed 0
     poisoned = {h: v.clone() for h, v in clean.acts.items()}
-    poisoned[hooks.get("hook", "x")][first_epoch[12 * 256 + 7], 0] = float("nan")  # batch 12, after the init sample
+    poisoned[hooks.get("hook", "x").replace("*", "0")][first_epoch[12 * 256 + 7], 0] = float("nan")  # batch 12
     with pytest.raises(InterpError, match="non-finite"):
         train_dictionary(_cfg(arch, **hooks, **kw), TensorSource(poisoned, clean.grads), tmp_path / "b",
                          progress=False)

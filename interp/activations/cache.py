@@ -8,13 +8,25 @@ Guarantees:
   context sequence is a pure function of the corpus config, shards hold a fixed number of contexts, and
   batches never straddle a shard boundary, so every shard is computed from the same batches either way.
 - The forward pass stops after the last hooked block (unless gradients are asked for).
-- Shards are serialised, hashed and written on a background thread while the model runs.
+- Shards are serialised, hashed and written on a background thread while the model runs. An error in
+  that thread (a full disk, say) ends the job on the main thread with that error; the writer never leaves
+  the main thread waiting for it.
+- A resumed run checks that the corpus still gives the contexts its finished shards hold (each shard's entry
+  keeps a sha256 of its token ids, document indices and positions, ``contexts_sha256``) and refuses a changed
+  corpus before it writes anything; a finished store checks its first shard's contexts the same way.
+- One job at a time writes a store: rank 0 holds an ``flock`` on the directory while the job runs, and a
+  second ``interp cache`` on the same directory is refused.
+- A write that does not fit on the disk ends in an InterpError that says what to do; the store stays valid
+  and the same command resumes it once there is space.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -23,16 +35,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from interp.activations.source import act_key, grad_key, probe_shapes
 from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, shard_name
+from interp.distributed import any_rank, barrier, check_same_everywhere, rank_and_world
 from interp.errors import InterpError
-from interp.io import atomic_write_json, read_json, remove_temporaries, save_tensors
+from interp.io import atomic_write_json, disk_full_errors, read_json, remove_temporaries, save_tensors
 from interp.model.corpus import Context, CorpusConfig, iter_contexts
 from interp.model.model import Model, load_model
+from interp.progress import progress_bar
 
 log = logging.getLogger(__name__)
+PART_GLOB = "manifest.rank*.json"
+"""Per-rank lists of finished shards while ranks split the work (merged into the manifest at the end)."""
 
 
 @dataclass(frozen=True)
@@ -88,26 +103,94 @@ def cache_activations(
 ) -> ActivationStore:
     """Write (or resume, or find complete) the activation store for ``cfg`` in ``out_dir``.
 
-    ``model`` reuses an already loaded model (it must be the one ``cfg.model`` names).
+    ``model`` reuses an already loaded model (it must be the one ``cfg.model`` names). Under ``torchrun``
+    the ranks split the shards (shard ``s`` is computed by rank ``s % world``), each writes its own, and rank
+    0 merges one manifest at the end: the store is byte-identical to one process's, and a rerun with any
+    number of processes resumes it.
     """
     out = Path(out_dir)
+    rank, world = rank_and_world()
     _check_out_dir(out)
-    if model is None:
-        model = load_model(cfg.model, device=cfg.device, processing=cfg.processing)
-    hooks = model.resolve_hooks(list(cfg.hooks))
-    if cfg.ctx_len > model.info.n_ctx:
-        raise InterpError(f"ctx_len {cfg.ctx_len} exceeds the model's context of {model.info.n_ctx} tokens.")
-    contexts = iter_contexts(cfg.corpus, model.tokenizer, cfg.ctx_len, model.info.bos_token_id)
-    first = next(contexts)  # raises InterpError for an empty corpus, before anything is written
-    shapes = probe_shapes(model, hooks, first)
-    manifest = _new_manifest(cfg, model, hooks, shapes)
-    manifest = _reconcile(out, manifest)
-    if manifest["complete"]:
-        log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
-        return ActivationStore(out)
-    contexts = _prefetch(contexts, depth=4 * cfg.batch_size)
-    _write(cfg, model, hooks, shapes, _prepend(first, contexts), out, manifest, progress)
+    lock = _DirectoryLock(out)
+    try:
+        if out.is_dir():  # refuse a second job before loading the model
+            lock.acquire_on_rank0()
+        if model is None:
+            model = load_model(cfg.model, device=cfg.device, processing=cfg.processing)
+        hooks = model.resolve_hooks(list(cfg.hooks))
+        if cfg.ctx_len > model.info.n_ctx:
+            raise InterpError(f"ctx_len {cfg.ctx_len} exceeds the model's context of {model.info.n_ctx} tokens.")
+        contexts = iter_contexts(cfg.corpus, model.tokenizer, cfg.ctx_len, model.info.bos_token_id)
+        first = next(contexts)  # raises InterpError for an empty corpus, before anything is written
+        shapes = probe_shapes(model, hooks, first)
+        manifest = _new_manifest(cfg, model, hooks, shapes)
+        check_same_everywhere({"spec": manifest["spec"], "out": str(out.resolve())}, "cache config")
+        with disk_full_errors(DISK_FULL_HINT):
+            lock.acquire_on_rank0()
+            if rank == 0:
+                manifest = _reconcile(out, manifest)
+            barrier()  # the other ranks read what rank 0 created or validated
+            manifest = manifest if rank == 0 else read_json(out / MANIFEST, "store manifest")
+            contexts = _prefetch(_prepend(first, contexts), depth=4 * cfg.batch_size)
+            if manifest["complete"]:
+                per_shard = _contexts_per_shard(cfg, shapes)
+                next(_checked(enumerate(_shard_groups(contexts, per_shard, per_shard)), _listed(manifest, 1), out))
+                log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
+            else:
+                _write(cfg, model, hooks, shapes, contexts, out, manifest, progress and rank == 0)
+    finally:
+        lock.release()
     return ActivationStore(out)
+
+
+DISK_FULL_HINT = (
+    "The store stays valid with the shards completed so far. Free space there (or pass --out on another disk) "
+    "and run the same interp cache command again: it resumes after the last complete shard."
+)
+
+
+class _DirectoryLock:
+    """An exclusive ``flock`` on the store directory, held by rank 0 while a job writes the store; another job
+    is refused. The lock lives on the directory itself, so it adds no file to the store, and the kernel releases
+    it when the process ends, however it ends."""
+
+    def __init__(self, out: Path):
+        self.out, self.fd = out, -1
+
+    def acquire_on_rank0(self) -> None:
+        """Rank 0 takes the lock (creating the directory) unless it holds it already; every rank raises the same
+        InterpError when another job holds it (a collective: every rank calls this at the same point)."""
+        refused: InterpError | None = None
+        if rank_and_world()[0] == 0 and self.fd < 0:
+            try:
+                self._acquire()
+            except InterpError as e:
+                refused = e
+        if any_rank(refused is not None):
+            raise refused or InterpError(f"Another job is writing the activation store {self.out}; see rank 0.")
+
+    def _acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            self.release()
+            raise InterpError(
+                f"Another process is writing the activation store {self.out} (it holds the directory's lock). Wait "
+                "for it to finish, or stop it and run this command again to resume; or choose another --out."
+            ) from e
+        except OSError as e:  # a filesystem without flock (some network mounts)
+            log.warning("cannot lock %s (%s); make sure only one interp cache writes it", self.out, e)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _check_out_dir(out: Path) -> None:
@@ -134,12 +217,54 @@ def _new_manifest(cfg: CacheConfig, model: Model, hooks: list[str], shapes: dict
         "ctx_len": cfg.ctx_len,
         "dtype": cfg.dtype,
         "with_grads": cfg.with_grads,
+        "capture": model.capture_path(hooks),  # the engine that computed the rows: "modules" or "bridge"
         "corpus": asdict(cfg.corpus),
         "spec": spec,
         "shards": [],
         "n_contexts": 0,
         "complete": False,
     }
+
+
+def contexts_digest(tokens: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> str:
+    """sha256 of a shard's ``tokens`` (int32), ``doc`` (int64) and ``pos`` (int32) columns, in that order: what
+    the corpus gave the shard. Recorded in the shard's manifest entry as ``contexts_sha256``."""
+    h = hashlib.sha256()
+    for column, dtype in ((tokens, torch.int32), (doc, torch.int64), (pos, torch.int32)):
+        h.update(column.to(dtype).contiguous().numpy().data)
+    return h.hexdigest()
+
+
+def _listed(manifest: dict[str, Any], n: int | None = None) -> dict[int, dict[str, Any]]:
+    """Shard index -> manifest entry of the first ``n`` (all) shards the manifest lists."""
+    return dict(enumerate(manifest["shards"][:n]))
+
+
+def _checked(
+    groups: Iterator[tuple[int, list[Context]]], done: dict[int, dict[str, Any]], out: Path
+) -> Iterator[tuple[int, list[Context]]]:
+    """Pass (index, contexts) pairs through, checking the contexts of every shard in ``done`` against its recorded
+    digest; raise InterpError at the first that differs, and when the corpus ends before the last of them."""
+    if any("contexts_sha256" not in entry for entry in done.values()):
+        log.warning("store %s predates corpus digests; cannot check that the corpus is unchanged", out)
+        done = {}
+    seen = -1
+    for index, group in groups:
+        entry, seen = done.get(index), index
+        if entry is not None:
+            found = contexts_digest(*(torch.cat([c[j] for c in group]) for j in range(3)))
+            if len(group) != entry["contexts"] or found != entry["contexts_sha256"]:
+                _corpus_changed(out, entry["file"], "different tokens")
+        yield index, group
+    if done and seen < max(done):
+        _corpus_changed(out, done[max(done)]["file"], "it ends before them")
+
+
+def _corpus_changed(out: Path, file: str, how: str) -> None:
+    raise InterpError(
+        f"The corpus changed since {out} was written: it no longer gives the contexts of {file} ({how}), so "
+        "resuming would mix two corpora. Restore the original corpus, or cache this one to a new --out directory."
+    )
 
 
 def _reconcile(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +323,9 @@ def _prefetch(items: Iterator[Context], depth: int) -> Iterator[Context]:
             yield item
     finally:
         stop.set()
+        with contextlib.suppress(queue.Empty):  # make room for a producer blocked in put(); it then sees ``stop``
+            while True:
+                q.get_nowait()
 
 
 def _contexts_per_shard(cfg: CacheConfig, shapes: dict[str, list[int]]) -> int:
@@ -218,32 +346,79 @@ def _write(
     manifest: dict[str, Any],
     progress: bool,
 ) -> None:
+    """Compute and write the shards this rank owns that no earlier run finished; then, with several ranks
+    (or parts left by an earlier run with several), merge every rank's shard list into the manifest."""
+    rank, world = rank_and_world()
     per_shard = _contexts_per_shard(cfg, shapes)
-    done = manifest["n_contexts"]
-    for _ in range(done):  # skip what complete shards hold; the sequence is deterministic
-        next(contexts)
-    writer = _ShardWriter(out, manifest)
-    bar = tqdm(total=cfg.n_contexts * cfg.ctx_len, initial=done * cfg.ctx_len, unit="tok", unit_scale=True,
-               desc="cache", disable=not progress, smoothing=0.1)
-    try:
-        shard_index = len(manifest["shards"])
-        while done < cfg.n_contexts:
-            want = min(per_shard, cfg.n_contexts - done)
-            group = [c for _, c in zip(range(want), contexts)]
-            if not group:  # the corpus ended exactly at a shard boundary
-                writer.finish_empty()
+    done = _shards_done(out, manifest)
+    groups: Iterator[tuple[int, list[Context]]] = enumerate(_shard_groups(contexts, per_shard, cfg.n_contexts))
+    if set(done) == set(range(len(done))):  # the finished shards come first: check them as they pass
+        groups = _checked(groups, done, out)
+    else:  # ranks left gaps: check every finished shard before writing anything (tokenising that part twice)
+        fresh = iter_contexts(cfg.corpus, model.tokenizer, cfg.ctx_len, model.info.bos_token_id)
+        for index, _ in _checked(enumerate(_shard_groups(fresh, per_shard, cfg.n_contexts)), done, out):
+            if index >= max(done):
                 break
-            tensors = _compute_shard(cfg, model, hooks, group, done, bar)
-            last = done + len(group) >= cfg.n_contexts or len(group) < want
-            writer.put(shard_index, tensors, len(group), last)
-            shard_index += 1
-            done += len(group)
-        if done < cfg.n_contexts:
+    parts = world > 1 or any(i >= len(manifest["shards"]) for i in done)
+    writer = _ShardWriter(out, manifest, part=rank if parts else None)
+    bar = progress_bar(cfg.n_contexts * cfg.ctx_len, "cache", enabled=progress)
+    try:
+        n_contexts, last = 0, False
+        for index, group in groups:
+            last = n_contexts + len(group) >= cfg.n_contexts or len(group) < per_shard
+            if index in done or index % world != rank:
+                bar.update(len(group) * cfg.ctx_len)
+            else:
+                writer.put(index, _compute_shard(cfg, model, hooks, group, n_contexts, bar), len(group), last)
+            n_contexts += len(group)
+        if not parts and not last:
+            writer.finish_empty()  # the corpus ended exactly at a shard boundary
+        if n_contexts < cfg.n_contexts:
             log.warning("corpus ran out after %d of %d contexts; the store is complete with what there was",
-                        done, cfg.n_contexts)
+                        n_contexts, cfg.n_contexts)
     finally:
         bar.close()
         writer.close()
+    if parts:
+        _merge_parts(out, manifest, n_contexts)
+
+
+def _shard_groups(contexts: Iterator[Context], per_shard: int, n_contexts: int) -> Iterator[list[Context]]:
+    """The contexts of shard 0, 1, ...: ``per_shard`` each (the last may be shorter), ``n_contexts`` in all."""
+    taken = 0
+    while taken < n_contexts:
+        group = [c for _, c in zip(range(min(per_shard, n_contexts - taken)), contexts)]
+        if not group:
+            return
+        yield group
+        taken += len(group)
+
+
+def _shards_done(out: Path, manifest: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Shard index -> manifest entry of every shard an earlier run finished: those listed in the manifest,
+    and those listed by any rank's part file (``manifest.rank<r>.json``) of an interrupted run."""
+    done = {i: entry for i, entry in enumerate(manifest["shards"])}
+    for part in sorted(out.glob(PART_GLOB)):
+        for entry in read_json(part, "store manifest part")["shards"]:
+            done[int(entry["index"])] = {k: v for k, v in entry.items() if k != "index"}
+    return done
+
+
+def _merge_parts(out: Path, manifest: dict[str, Any], n_contexts: int) -> None:
+    """Rank 0, once every rank is done: the manifest lists every shard in order, and is complete."""
+    barrier()
+    if rank_and_world()[0] == 0:
+        done = _shards_done(out, manifest)
+        missing = sorted(set(range(len(done))) ^ set(done))
+        if missing or sum(e["contexts"] for e in done.values()) != n_contexts:
+            raise InterpError(f"Store {out} is missing shards {missing[:5]} after every rank finished; rerun the "
+                              "same command to compute them.")
+        merged = {**manifest, "shards": [done[i] for i in range(len(done))], "n_contexts": n_contexts,
+                  "complete": True}
+        atomic_write_json(out / MANIFEST, merged)
+        for part in out.glob(PART_GLOB):
+            part.unlink()
+    barrier()
 
 
 def _compute_shard(
@@ -279,10 +454,20 @@ def _check_finite(t: torch.Tensor, hook: str, ctx: int, what: str) -> None:
 
 
 class _ShardWriter:
-    """Writes shards on one background thread, in order, and updates the manifest after each."""
+    """Writes shards on one background thread, in order, and lists each one after it is on disk: in the
+    manifest, or (``part`` = this rank, when ranks split the work) in the rank's part file, which rank 0
+    merges into the manifest at the end.
 
-    def __init__(self, out: Path, manifest: dict[str, Any]):
-        self.out, self.manifest = out, manifest
+    After an error the thread keeps taking (and dropping) items until it is closed, so the main thread never
+    waits on a dead writer; the error is raised on the main thread by the next ``put`` or by ``close``.
+    """
+
+    def __init__(self, out: Path, manifest: dict[str, Any], part: int | None = None):
+        self.out, self.manifest, self.part = out, manifest, part
+        self.part_path = out / f"manifest.rank{part}.json"
+        self.listed: list[dict[str, Any]] = []
+        if part is not None and self.part_path.exists():
+            self.listed = list(read_json(self.part_path, "store manifest part")["shards"])
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="interp-shard-writer", daemon=True)
@@ -294,28 +479,33 @@ class _ShardWriter:
 
     def finish_empty(self) -> None:
         """Mark complete when the corpus ended exactly at a shard boundary."""
+        self._raise()
         self._queue.put((None, None, 0, True))
 
     def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is StopIteration:
-                return
+        while (item := self._queue.get()) is not StopIteration:
+            if self._error is not None:
+                continue  # drop: the job is ending with the error
             try:
                 self._write(*item)
             except BaseException as e:  # surfaced on the main thread by _raise / close
                 self._error = e
-                return
 
     def _write(self, index: int | None, tensors: dict[str, torch.Tensor] | None, contexts: int, last: bool) -> None:
+        entry = None
         if index is not None and tensors is not None:
             name = shard_name(index)
             sha = save_tensors(self.out / name, tensors)
-            size = (self.out / name).stat().st_size
-            self.manifest["shards"].append(
-                {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts, "bytes": size,
-                 "sha256": sha}
-            )
+            entry = {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts,
+                     "bytes": (self.out / name).stat().st_size, "sha256": sha,
+                     "contexts_sha256": contexts_digest(tensors["tokens"], tensors["doc"], tensors["pos"])}
+        if self.part is not None:
+            if entry is not None:
+                self.listed.append({**entry, "index": index})
+                atomic_write_json(self.part_path, {"format": f"{FORMAT}-part", "shards": self.listed})
+            return
+        if entry is not None:
+            self.manifest["shards"].append(entry)
             self.manifest["n_contexts"] += contexts
         if last:
             self.manifest["complete"] = True
@@ -326,7 +516,6 @@ class _ShardWriter:
             raise self._error
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(StopIteration)
-            self._thread.join()
+        self._queue.put(StopIteration)  # the thread takes items until this one, even after an error
+        self._thread.join()
         self._raise()

@@ -16,6 +16,7 @@ activations would not fit on disk.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ class ModelSource(RowSource):
         if batch_contexts < 1 or (n_tokens is not None and n_tokens < ctx_len):
             raise InterpError("batch_contexts must be >= 1 and n_tokens (when given) at least one context.")
         self.ctx_len, self.batch_contexts, self.n_tokens = ctx_len, batch_contexts, n_tokens
+        self._share = (0, 1)  # (rank, n): this source computes contexts i with i % n == rank
         self._hooks = self.lm.resolve_hooks(list(hooks))
         first = next(self._contexts())  # an empty corpus fails here, before any training
         self.shapes = probe_shapes(self.lm, self._hooks, first)
@@ -90,11 +92,19 @@ class ModelSource(RowSource):
         if group:
             yield self._forward(group, hooks, grads, exclude_bos)
 
+    def _for_rank(self, rank: int, n: int) -> ModelSource:
+        """This source restricted to contexts ``rank``, ``rank + n``, ...: each rank runs the model on its own
+        share of the corpus."""
+        local = copy.copy(self)
+        local._share = (rank, n)
+        return local
+
     def _contexts(self) -> Iterator[Context]:
         contexts = iter_contexts(self.corpus, self.lm.tokenizer, self.ctx_len, self.lm.info.bos_token_id)
-        if self.n_tokens is None:
-            return contexts
-        return (c for _, c in zip(range(-(-self.n_tokens // self.ctx_len)), contexts))
+        if self.n_tokens is not None:
+            contexts = (c for _, c in zip(range(-(-self.n_tokens // self.ctx_len)), contexts))
+        rank, n = self._share
+        return contexts if n == 1 else (c for i, c in enumerate(contexts) if i % n == rank)
 
     def _forward(
         self, group: list[Context], hooks: list[str], grads: bool, exclude_bos: bool

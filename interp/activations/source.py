@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
+from interp.activations.shuffle import Assembler, ShuffleBuffer, Workspace
 from interp.errors import InterpError
 from interp.model import Model
 from interp.model.corpus import Context
@@ -63,6 +64,11 @@ class ActivationSource(Protocol):
     @property
     def path(self) -> Path | None: ...
 
+    @property
+    def ctx_len(self) -> int | None:
+        """Tokens per context the rows were computed in (BOS included); None when rows are not from contexts."""
+        ...
+
     def d(self, hook: str) -> int:
         """Row width of ``hook`` (its per-token activation flattened)."""
         ...
@@ -79,12 +85,18 @@ class ActivationSource(Protocol):
         exclude_bos: bool = True,
         grads: bool = False,
         drop_last: bool = True,
+        part: tuple[int, int] = (0, 1),
+        pin_memory: bool = False,
     ) -> Iterator[Batch]:
         """``epochs`` passes over the rows in batches of ``batch_size`` (float32, shape (batch, d) per hook).
 
         ``shuffle=False`` keeps source order; ``buffer_rows`` sizes the shuffle buffer (each source has a
         default); ``exclude_bos`` drops inserted BOS rows; ``grads`` adds LM-loss gradients (sources with
-        ``has_grads``); ``drop_last`` drops a final partial batch."""
+        ``has_grads``); ``drop_last`` drops a final partial batch. ``part=(rank, n)`` gives this rank's
+        ``batch_size // n`` rows of each batch, for data-parallel training: the rows ``rank`` of ``n`` equal
+        slices of the batch one process would get, or, for a source that computes its rows (the live model),
+        the rows of the contexts it assigns to ``rank``. ``pin_memory`` puts shuffled batches in
+        page-locked memory, for ``.to("cuda", non_blocking=True)`` (needs CUDA)."""
         ...
 
 
@@ -112,10 +124,27 @@ class RowSource(ABC):
         by :func:`act_key` / :func:`grad_key`, in an order drawn from ``gen`` (None: source order);
         ``block_rows`` is a hint for the group size."""
 
+    def _for_rank(self, rank: int, n: int) -> RowSource | None:
+        """A source computing only rank ``rank`` of ``n``'s share of the work (None: every rank reads the
+        whole batch and keeps its slice, which keeps the batches one process would see)."""
+        return None
+
     def _default_buffer_rows(self, batch_size: int) -> int | None:
         """Shuffle-buffer rows when the caller gives none: None sizes it by bytes (about 256 MiB), 0 disables
         it (for sources whose ``_epoch`` is already fully shuffled)."""
         return None
+
+    def _max_rows(self) -> int | None:
+        """At most this many rows in one epoch (None: not known); the shuffle buffer is never made larger."""
+        return None
+
+    @property
+    def _workspace(self) -> Workspace:
+        """Memory the shuffle buffer keeps between passes over this source."""
+        found = self.__dict__.get("_shuffle_workspace")
+        if found is None:
+            found = self.__dict__["_shuffle_workspace"] = Workspace()
+        return found
 
     def batches(
         self,
@@ -129,8 +158,24 @@ class RowSource(ABC):
         exclude_bos: bool = True,
         grads: bool = False,
         drop_last: bool = True,
+        part: tuple[int, int] = (0, 1),
+        pin_memory: bool = False,
     ) -> Iterator[Batch]:
         """See :meth:`ActivationSource.batches`."""
+        rank, n = part
+        if n > 1:
+            if batch_size % n or not 0 <= rank < n:
+                raise InterpError(f"A batch of {batch_size} rows does not split into {n} equal parts.")
+            kw = dict(epochs=epochs, seed=seed, shuffle=shuffle, buffer_rows=buffer_rows, exclude_bos=exclude_bos,
+                      grads=grads, drop_last=drop_last, pin_memory=pin_memory)
+            local = self._for_rank(rank, n)
+            if local is not None:
+                yield from local.batches(hooks, batch_size // n, **kw)  # type: ignore[arg-type]
+                return
+            lo, hi = rank * batch_size // n, (rank + 1) * batch_size // n
+            for b in self.batches(hooks, batch_size, **kw):  # type: ignore[arg-type]
+                yield Batch({h: v[lo:hi] for h, v in b.acts.items()}, {h: v[lo:hi] for h, v in b.grads.items()})
+            return
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         widths = [self.d(h) for h in hooks]  # raises for a hook the source does not have
         if grads and not self.has_grads:
@@ -139,7 +184,8 @@ class RowSource(ABC):
         yield from shuffled_batches(
             lambda: self._epoch(hooks, grads, batch_size, gen, exclude_bos), hooks, widths, batch_size, epochs=epochs,
             gen=gen, buffer_rows=buffer_rows if buffer_rows is not None else self._default_buffer_rows(batch_size),
-            grads=grads, drop_last=drop_last,
+            grads=grads, drop_last=drop_last, max_rows=self._max_rows(), workspace=self._workspace,
+            pin_memory=pin_memory,
         )
 
 
@@ -154,71 +200,56 @@ def shuffled_batches(
     buffer_rows: int | None,
     grads: bool,
     drop_last: bool,
+    max_rows: int | None = None,
+    workspace: Workspace | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[Batch]:
     """Batches of exactly ``batch_size`` rows from ``epochs`` calls of ``epoch_blocks`` (row groups keyed
     by :func:`act_key` / :func:`grad_key`), mixed through a shuffle buffer unless ``gen`` is None.
 
-    The buffer holds ``buffer_rows`` rows (None: about 256 MiB of them, at least 4 batches; 0: no buffer)."""
+    The buffer holds ``buffer_rows`` rows (None: about 256 MiB of them, at least 4 batches; 0: no buffer), or
+    ``epochs * max_rows`` when an epoch has at most ``max_rows`` rows and that is fewer (the batches are the
+    same). Its memory comes from ``workspace`` when given (kept for the next pass). ``pin_memory``: shuffled
+    batches are made in page-locked memory (for copies to a GPU with ``non_blocking=True``)."""
     if batch_size < 1 or epochs < 1:
         raise InterpError(f"batch_size and epochs must be >= 1 (got {batch_size}, {epochs}).")
     if buffer_rows is None:
         row_bytes = 4 * sum(widths) * (2 if grads else 1)
         buffer_rows = max(4 * batch_size, (256 << 20) // row_bytes)
-    buf = _ShuffleBuffer(max(buffer_rows, batch_size), gen) if gen is not None and buffer_rows > 0 else None
+    if gen is None or buffer_rows <= 0:
+        yield from _unbuffered(epoch_blocks, hooks, batch_size, epochs, grads, drop_last)
+        return
+    capacity = max(buffer_rows, batch_size)
+    if max_rows is not None:
+        capacity = max(1, min(capacity, epochs * max_rows))
+    out = Assembler(batch_size, pin_memory)
+    buf = ShuffleBuffer(capacity, gen, out, workspace or Workspace())
+    try:
+        for _ in range(epochs):
+            for rows in epoch_blocks():
+                buf.push(rows)
+                yield from _as_batches(out.take_ready(), hooks, grads)
+        for _ in buf.flush():
+            yield from _as_batches(out.take_ready(), hooks, grads)
+        tail = out.tail()
+        if tail is not None and not drop_last:
+            yield from _as_batches([tail], hooks, grads)
+    finally:
+        buf.release()
+
+
+def _as_batches(groups: list[dict[str, torch.Tensor]], hooks: list[str], grads: bool) -> Iterator[Batch]:
+    for rows in groups:
+        yield Batch({h: rows[act_key(h)] for h in hooks}, {h: rows[grad_key(h)] for h in hooks} if grads else {})
+
+
+def _unbuffered(epoch_blocks: Callable[[], Iterator[dict[str, torch.Tensor]]], hooks: list[str], batch_size: int,
+                epochs: int, grads: bool, drop_last: bool) -> Iterator[Batch]:
     batcher = _Batcher(batch_size, hooks, grads)
     for _ in range(epochs):
         for rows in epoch_blocks():
-            for out in buf.push(rows) if buf is not None else [rows]:
-                yield from batcher.add(out)
-    if buf is not None:
-        yield from batcher.add(buf.flush())
+            yield from batcher.add(rows)
     yield from batcher.finish(keep_tail=not drop_last)
-
-
-class _ShuffleBuffer:
-    """A full buffer of rows; each incoming block takes the slots of the rows it evicts, which go out.
-
-    Slots are visited in the order of a fresh random permutation per buffer-full, so each row is copied
-    once in and once out, and mixing spans many shards and blocks.
-    """
-
-    def __init__(self, capacity: int, gen: torch.Generator):
-        self.capacity, self.gen = capacity, gen
-        self.data: dict[str, torch.Tensor] = {}
-        self.n = 0
-        self.perm = torch.empty(0, dtype=torch.int64)
-        self.cursor = capacity  # a permutation is drawn when the buffer first fills
-
-    def push(self, rows: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
-        m = next(iter(rows.values())).shape[0]
-        if not self.data:
-            self.data = {k: torch.empty(self.capacity, *v.shape[1:], dtype=v.dtype) for k, v in rows.items()}
-        i = 0
-        while i < m:
-            if self.n < self.capacity:  # still filling
-                take = min(self.capacity - self.n, m - i)
-                for k, v in rows.items():
-                    self.data[k][self.n : self.n + take] = v[i : i + take]
-                self.n += take
-            else:
-                if self.cursor >= self.capacity:
-                    self.perm = torch.randperm(self.capacity, generator=self.gen)
-                    self.cursor = 0
-                take = min(self.capacity - self.cursor, m - i)
-                slots = self.perm[self.cursor : self.cursor + take]
-                self.cursor += take
-                out = {k: v.index_select(0, slots) for k, v in self.data.items()}
-                for k, v in rows.items():
-                    self.data[k].index_copy_(0, slots, v[i : i + take])
-                yield out
-            i += take
-
-    def flush(self) -> dict[str, torch.Tensor]:
-        """Everything still buffered, in random order; the buffer is empty afterwards."""
-        perm = torch.randperm(self.n, generator=self.gen)
-        out = {k: v[: self.n].index_select(0, perm) for k, v in self.data.items()}
-        self.n, self.cursor = 0, self.capacity
-        return out
 
 
 class _Batcher:
@@ -257,8 +288,7 @@ class _Batcher:
         self.pending, self.count = [], 0
 
     def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
-        return Batch({h: rows[act_key(h)] for h in self.hooks},
-                     {h: rows[grad_key(h)] for h in self.hooks} if self.grads else {})
+        return next(_as_batches([rows], self.hooks, self.grads))
 
 
 def probe_shapes(model: Model, hooks: list[str], first: Context) -> dict[str, list[int]]:

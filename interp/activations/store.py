@@ -21,13 +21,16 @@ not grow with the size of the store.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,6 +63,8 @@ class ShardInfo:
     contexts: int
     bytes: int
     sha256: str
+    contexts_sha256: str | None = None
+    """sha256 of the shard's tokens, doc and pos columns (what the corpus gave it); None in older stores."""
 
 
 class Chunk(NamedTuple):
@@ -92,36 +97,67 @@ class _Shard:
         header.pop("__metadata__", None)
         self._base = 8 + n
         self.header: dict[str, Any] = header
+        self._scratch = memoryview(bytearray(0))
 
     def rows(self, key: str) -> int:
         return int(self.header[key]["shape"][0])
 
-    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Rows ``start:stop`` of tensor ``key``, as a new tensor in the stored dtype."""
+    def read(self, key: str, start: int = 0, stop: int | None = None, keep: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``key`` as a new tensor in the stored dtype; with ``keep`` (a bool mask
+        over those rows) only the kept rows, read straight into place (dropped rows go to a scratch buffer)."""
         entry = self.header[key]
         dtype = _ST_DTYPES[entry["dtype"]]
         shape = entry["shape"]
         stop = shape[0] if stop is None else stop
-        out = torch.empty((stop - start, *shape[1:]), dtype=dtype)
-        if out.numel() == 0:
+        n = stop - start if keep is None else int(keep.sum())
+        out = torch.empty((n, *shape[1:]), dtype=dtype)
+        if stop == start:
             return out
-        row_bytes = out[0].numel() * out.element_size()
+        row_bytes = math.prod(shape[1:]) * out.element_size()
         view = memoryview(out.view(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
-        offset = self._base + entry["data_offsets"][0] + start * row_bytes
-        done = 0
-        while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], offset + done)
+        pieces = [view] if keep is None else self._scatter(view, keep, row_bytes)
+        self._readv(pieces, self._base + entry["data_offsets"][0] + start * row_bytes, key)
+        return out
+
+    def _scatter(self, view: memoryview, keep: torch.Tensor, row_bytes: int) -> list[memoryview]:
+        """The buffers a contiguous read of the masked rows goes to, in file order: kept runs land packed in
+        ``view``, dropped runs in scratch."""
+        flips = (torch.nonzero(keep[1:] != keep[:-1]).squeeze(1) + 1).tolist()
+        bounds, kept, done = [0, *flips, keep.shape[0]], bool(keep[0]), 0
+        pieces = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            size = (b - a) * row_bytes
+            if kept:
+                pieces.append(view[done : done + size])
+                done += size
+            else:
+                if len(self._scratch) < size:
+                    self._scratch = memoryview(bytearray(size))
+                pieces.append(self._scratch[:size])
+            kept = not kept
+        return pieces
+
+    def _readv(self, pieces: list[memoryview], offset: int, key: str) -> None:
+        """Fill ``pieces`` from consecutive bytes at ``offset`` (preadv, at most 1024 buffers a call)."""
+        while pieces:
+            got = os.preadv(self.fd, pieces[:1024], offset)
             if got <= 0:
                 raise InterpError(f"Shard {self.path.name} ended early while reading {key}: it is truncated.")
-            done += got
-        return out
+            offset += got
+            while pieces and got >= len(pieces[0]):
+                got -= len(pieces[0])
+                pieces.pop(0)
+            if got:
+                pieces[0] = pieces[0][got:]
 
     def sha256(self) -> str:
         h = hashlib.sha256()
+        buf = memoryview(bytearray(1 << 22))
         offset = 0
-        while block := os.pread(self.fd, 1 << 24, offset):
-            h.update(block)
-            offset += len(block)
+        while got := os.preadv(self.fd, [buf], offset):
+            h.update(buf[:got])
+            offset += got
         return h.hexdigest()
 
     def close(self) -> None:
@@ -143,7 +179,11 @@ class ActivationStore(RowSource):
             raise InterpError(f"{self.path / MANIFEST} is not an interp activation store manifest.")
         if self.manifest.get("version", 0) > VERSION:
             raise InterpError(f"Store {self.path} has format version {self.manifest['version']}; upgrade interp.")
-        self.shards = [ShardInfo(**s) for s in self.manifest["shards"]]
+        known = {f.name for f in fields(ShardInfo)}
+        self.shards = [ShardInfo(**{k: v for k, v in s.items() if k in known}) for s in self.manifest["shards"]]
+        if not self.complete:
+            log.warning("store %s is incomplete (being written, or interrupted): reading its %d complete shards; "
+                        "run the same interp cache command to finish it", self.path, len(self.shards))
         self.verify = verify
         self._verified: set[str] = set()
 
@@ -167,6 +207,9 @@ class ActivationStore(RowSource):
     @property
     def has_grads(self) -> bool:
         return bool(self.manifest.get("with_grads"))
+
+    def _max_rows(self) -> int:
+        return self.n_rows
 
     @property
     def model(self) -> dict[str, Any]:
@@ -196,8 +239,8 @@ class ActivationStore(RowSource):
         return dict(hooks[hook])
 
     # ---- shard access -----------------------------------------------------------------------
-    def open_shard(self, index: int) -> _Shard:
-        """Map shard ``index`` after checking its size (and, first time, its sha256)."""
+    def open_shard(self, index: int, check: bool = True) -> _Shard:
+        """Open shard ``index`` after checking its size and (with ``check``, the first time) its sha256."""
         info = self.shards[index]
         path = self.path / info.file
         if not path.is_file():
@@ -209,15 +252,37 @@ class ActivationStore(RowSource):
                 "truncated or was overwritten. Delete it and re-run the same interp cache command to rebuild it."
             )
         shard = _Shard(path)
-        if self.verify and info.file not in self._verified:
-            if shard.sha256() != info.sha256:
+        if check and self.verify and info.file not in self._verified:
+            try:
+                self._check_digest(info, shard.sha256())
+            except BaseException:
                 shard.close()
-                raise InterpError(
-                    f"Shard {info.file} of store {self.path} fails its sha256 check: it is corrupted. Delete it and "
-                    "re-run the same interp cache command to rebuild it."
-                )
-            self._verified.add(info.file)
+                raise
         return shard
+
+    def _check_digest(self, info: ShardInfo, digest: str) -> None:
+        if digest != info.sha256:
+            raise InterpError(
+                f"Shard {info.file} of store {self.path} fails its sha256 check: it is corrupted. Delete it and "
+                "re-run the same interp cache command to rebuild it."
+            )
+        self._verified.add(info.file)
+
+    def _verify_in_background(self, order: list[int]) -> dict[str, Future[str]]:
+        """Start hashing the shards of ``order`` not yet verified, on the shared verification threads."""
+        if not self.verify:
+            return {}
+        pool = _verify_pool()
+        return {self.shards[i].file: pool.submit(_digest, self.path / self.shards[i].file)
+                for i in order if self.shards[i].file not in self._verified}
+
+    def _collect(self, pending: dict[str, Future[str]], wait: bool) -> None:
+        """Check the hashes that are done (all of them with ``wait``); raises for a corrupt shard."""
+        by_file = {s.file: s for s in self.shards}
+        for file, fut in list(pending.items()):
+            if wait or fut.done():
+                del pending[file]
+                self._check_digest(by_file[file], fut.result())
 
     def verify_all(self) -> None:
         """Check every shard's size and checksum now (raises on the first bad one)."""
@@ -265,25 +330,41 @@ class ActivationStore(RowSource):
     ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of contiguous row blocks as float32 copies: shards, and blocks in them, in seeded order
         (rows then pass through a shuffle buffer of about 256 MiB unless the caller sizes it); BOS rows
-        (``pos == -1``), whose activations are outliers, are dropped with ``exclude_bos``."""
+        (``pos == -1``), whose activations are outliers, are dropped with ``exclude_bos``.
+
+        Unverified shards are hashed on background threads while the epoch reads them; a shard that fails its
+        sha256 raises as soon as its hash is done, at the latest when the epoch ends."""
         keys = [act_key(h) for h in hooks] + ([grad_key(h) for h in hooks] if grads else [])
         n = len(self.shards)
-        for i in (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).tolist():
+        shard_order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).tolist()
+        pending = self._verify_in_background(shard_order)
+        for i in shard_order:
             info = self.shards[i]
-            shard = self.open_shard(i)
+            shard = self.open_shard(i, check=False)
             try:
                 n_blocks = (info.rows + block - 1) // block
                 order = torch.randperm(n_blocks, generator=gen) if gen is not None else torch.arange(n_blocks)
                 for j in order.tolist():
                     a, b = j * block, min((j + 1) * block, info.rows)
-                    rows = {k: shard.read(k, a, b).float() for k in keys}
-                    if exclude_bos:
-                        keep = shard.read("pos", a, b) >= 0
-                        if not bool(keep.all()):
-                            idx = keep.nonzero().squeeze(1)
-                            rows = {k: v.index_select(0, idx) for k, v in rows.items()}
-                    yield rows
+                    keep = shard.read("pos", a, b) >= 0 if exclude_bos else None
+                    if keep is not None and bool(keep.all()):
+                        keep = None
+                    yield {k: shard.read(k, a, b, keep).float() for k in keys}
+                    self._collect(pending, wait=False)
             finally:
                 shard.close()
+        self._collect(pending, wait=True)
 
 
+def _digest(path: Path) -> str:
+    shard = _Shard(path)
+    try:
+        return shard.sha256()
+    finally:
+        shard.close()
+
+
+@functools.cache
+def _verify_pool() -> ThreadPoolExecutor:
+    """Threads that hash shards (hashlib and pread release the GIL): one per core but one, at least one."""
+    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="interp-verify")

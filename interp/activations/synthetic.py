@@ -2,6 +2,9 @@
 
 - :func:`toy_superposition`: sparse, optionally correlated, non-negative features embedded in fewer
   dimensions than there are features (Sharkey et al. 2022 style); the ground-truth directions are known.
+- :func:`toy_varied`: a less uniform set: features of different frequencies and scales (each log-uniform),
+  pairs with correlated directions, pairs that tend to fire together, a large mean offset and noise. Defaults
+  that work on both toy sets without tuning do not depend on one generator's scale.
 - :func:`hierarchical_tree`: the MP-SAE hierarchical benchmark (specs/methods.md section 3): 20 read-out
   features in a tree of mutually exclusive parents, children and singletons, with mixed directions.
 Wrap the samples in :class:`interp.activations.tensors.TensorSource` to train on them.
@@ -56,6 +59,57 @@ def toy_superposition(
         on[:, 2 * i + 1] = on[:, 2 * i]
     coeffs = on * (0.5 + torch.rand(n, n_features, generator=gen))
     return ToyData(coeffs @ directions, coeffs, directions)
+
+
+def toy_varied(
+    n: int,
+    d: int = 48,
+    n_features: int = 96,
+    *,
+    p_range: tuple[float, float] = (0.015, 0.06),
+    scale_range: tuple[float, float] = (0.6, 1.8),
+    similar_pairs: int = 12,
+    similarity: float = 0.4,
+    cofiring_pairs: int = 12,
+    offset_norm: float = 3.0,
+    noise: float = 0.02,
+    seed: int = 0,
+) -> ToyData:
+    """``n`` samples of ``n_features`` sparse features in ``d`` dimensions, unlike :func:`toy_superposition` in
+    every way that could hide a scale-dependent default:
+
+    - feature i fires with probability p_i, log-uniform in ``p_range`` (rare and common features);
+    - its magnitude is s_i * U(0.6, 1.4), with s_i log-uniform in ``scale_range``;
+    - the first ``similar_pairs`` pairs (2j, 2j+1) have directions with cosine ``similarity``;
+    - in the next ``cofiring_pairs`` pairs the second feature also fires, half the time, when the first does;
+    - every sample adds a fixed offset of norm ``offset_norm`` (activations have a large mean) and isotropic
+      Gaussian noise of standard deviation ``noise`` per dimension.
+
+    ``x = coeffs @ directions + offset + noise``; ``directions`` are the unit ground truth.
+    """
+    if d < 2 or n_features < 2 * (similar_pairs + cofiring_pairs):
+        raise InterpError("toy_varied needs d >= 2 and n_features >= 2 * (similar_pairs + cofiring_pairs).")
+    gen = torch.Generator().manual_seed(seed)
+
+    def log_uniform(bounds: tuple[float, float], size: int) -> torch.Tensor:
+        lo, hi = torch.tensor(bounds).log().tolist()
+        return torch.exp(lo + (hi - lo) * torch.rand(size, generator=gen))
+
+    directions = torch.randn(n_features, d, generator=gen)
+    directions /= directions.norm(dim=1, keepdim=True)
+    for j in range(similar_pairs):  # turn 2j+1 towards 2j until their cosine is ``similarity``
+        a, b = directions[2 * j], directions[2 * j + 1]
+        b = b - (b @ a) * a
+        directions[2 * j + 1] = similarity * a + (1 - similarity**2) ** 0.5 * b / b.norm()
+    on = torch.rand(n, n_features, generator=gen) < log_uniform(p_range, n_features)
+    for j in range(similar_pairs, similar_pairs + cofiring_pairs):
+        on[:, 2 * j + 1] |= on[:, 2 * j] & (torch.rand(n, generator=gen) < 0.5)
+    scale = log_uniform(scale_range, n_features)
+    coeffs = on * scale * (0.6 + 0.8 * torch.rand(n, n_features, generator=gen))
+    offset = torch.randn(d, generator=gen)
+    offset *= offset_norm / offset.norm()
+    x = coeffs @ directions + offset + noise * torch.randn(n, d, generator=gen)
+    return ToyData(x, coeffs, directions)
 
 
 def _mix(q: torch.Tensor, members: Sequence[int], eps: float) -> None:

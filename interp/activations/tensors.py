@@ -31,6 +31,7 @@ class TensorSource(RowSource):
         self.grads = {k: v.float() for k, v in (grads or {}).items()}
         self.model: dict[str, Any] = dict(model or {})
         self.path = None
+        self.ctx_len: int | None = None  # rows are not from contexts
 
     @property
     def hooks(self) -> list[str]:

@@ -10,6 +10,16 @@ A ten-line analysis::
     print([e.key for e in graph.top_edges(5)], graph.metadata["evaluation"]["faithfulness"]["cpr"])
     interp.save_graph(graph, "runs/eap.json")
 
+Through dictionaries (issue 12): transcoder circuits (Dunefsky et al. 2024: pullbacks, attributions, greedy paths
+through per-layer, skip or cross-layer transcoders) and attention-SAE direct feature attribution (Kissane et al.
+2024); see docs/circuits.md::
+
+    from interp.circuits import TranscoderSet, trace, logit_root, greedy_paths, paths_graph
+    transcoders = TranscoderSet.load(["runs/demo/dicts/clt"], model)      # per-layer transcoders or one CLT
+    tr = trace(model, "def add(a, b):\n    return a + b", transcoders)
+    search = greedy_paths(model, tr, logit_root(model, tr, token=int(tr.tokens[-1])), num_iters=3)
+    graph = paths_graph(model, tr, search)                                 # with error nodes
+
 Names are imported on first use (reading a graph with :mod:`interp.circuits.graph` does not import torch).
 """
 
@@ -41,6 +51,36 @@ _EXPORTS = {
     "literature_ground_truth": "interp.circuits.truth",
     "compare_methods": "interp.circuits.compare",
     "write_comparison": "interp.circuits.compare",
+    "TranscoderSet": "interp.circuits.replacement",
+    "Trace": "interp.circuits.replacement",
+    "trace": "interp.circuits.replacement",
+    "affine_encoder": "interp.circuits.replacement",
+    "Site": "interp.circuits.decompose",
+    "Component": "interp.circuits.decompose",
+    "Decomposition": "interp.circuits.decompose",
+    "decompose": "interp.circuits.decompose",
+    "child": "interp.circuits.decompose",
+    "ln_pullback": "interp.circuits.decompose",
+    "pullback": "interp.circuits.decompose",
+    "deembedding": "interp.circuits.decompose",
+    "ov_pullback": "interp.circuits.decompose",
+    "Root": "interp.circuits.pathsearch",
+    "feature_root": "interp.circuits.pathsearch",
+    "logit_root": "interp.circuits.pathsearch",
+    "vector_root": "interp.circuits.pathsearch",
+    "PathNode": "interp.circuits.pathsearch",
+    "PathSearch": "interp.circuits.pathsearch",
+    "greedy_paths": "interp.circuits.pathsearch",
+    "paths_graph": "interp.circuits.pathsearch",
+    "MeanAttribution": "interp.circuits.mean_attribution",
+    "mean_attribution": "interp.circuits.mean_attribution",
+    "replacement_logits": "interp.circuits.replacement",
+    "TranscoderPathsConfig": "interp.circuits.paths_api",
+    "transcoder_paths": "interp.circuits.paths_api",
+    "FeatureDFA": "interp.circuits.dfa",
+    "attention_dfa": "interp.circuits.dfa",
+    "recursive_dfa": "interp.circuits.dfa",
+    "attention_feature_root": "interp.circuits.dfa",
 }
 
 __all__ = sorted(_EXPORTS)

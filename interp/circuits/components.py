@@ -226,6 +226,19 @@ def check_decomposition(model: Any, cg: ComponentGraph, tokens: torch.Tensor, at
     This is the contract every edge method relies on; it fails for architectures whose blocks do not read the
     residual stream as a sum of earlier component outputs (e.g. parallel attention and MLP).
     """
+    needed = [name for name, _ in dest_hook_names(cg)] + ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_z"]
+    missing = [name for name in needed if name not in model.hook_names]
+    if missing:
+        raise InterpError(f"Model {model.info.name!r} lacks hooks the component graph needs ({', '.join(missing[:4])}"
+                          f"{' ...' if len(missing) > 4 else ''}); edge methods need split q/k/v input hooks.")
+    widths = {name: act.shape[2] for name, act in capture_hooks(model, tokens[:1], [
+        "blocks.0.hook_q_input", "blocks.0.hook_k_input", "blocks.0.hook_v_input"]).items()}
+    if set(widths.values()) != {cg.n_heads}:
+        raise InterpError(
+            f"Model {model.info.name!r} has grouped-query attention (q/k/v inputs per head: {widths}); the "
+            "component graph has one key and one value input per query head, so edge methods do not support it "
+            "yet. Node methods (activation-patching, attribution-patching) do."
+        )
     other = tokens.flip(0)
     last = torch.full((len(tokens),), tokens.shape[1] - 1)
     corrupted, want = capture_sources(model, cg, other, last)

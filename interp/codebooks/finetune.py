@@ -322,11 +322,9 @@ def replace_dead_codes(
 
 
 def _progress(enabled: bool, total: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+    from interp.progress import progress_bar
 
-    return tqdm(total=total, unit="tok", unit_scale=True, desc="codebook finetune", dynamic_ncols=True)
+    return progress_bar(total, "codebook finetune") if enabled else None
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Model, Codebooks]:

@@ -4,7 +4,7 @@ Adding an architecture is one new module here that defines a :class:`Dictionary`
 :func:`register`, plus one import line below.
 """
 
-from interp.dictionaries import codebook, gated, jumprelu, matryoshka, mp, relu, topk  # noqa: F401  (registers)
+from interp.dictionaries import clt, codebook, gated, jumprelu, matryoshka, mp, relu, topk  # noqa: F401  (registers)
 from interp.dictionaries.attention import head_attribution
 from interp.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, TrainBatch, TrainState
 from interp.dictionaries.registry import DESCRIPTIONS, PRESETS, REGISTRY, create, register

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -47,6 +47,12 @@ class DictionaryConfig:
     """The hook the dictionary reads, e.g. ``blocks.1.hook_resid_post``."""
     hook_out: str | None = None
     """The hook a transcoder predicts; None for autoencoders."""
+    hooks_in: tuple[str, ...] = ()
+    """Every hook the dictionary reads, in order, when it reads several (a cross-layer transcoder reads every
+    layer's MLP input). Its input row is their rows concatenated, each ``d_in // len(hooks_in)`` wide, and
+    ``hook_in`` is the pattern that matched them. Empty: it reads ``hook_in`` alone."""
+    hooks_out: tuple[str, ...] = ()
+    """Likewise, every hook a multi-hook transcoder predicts (``d_out // len(hooks_out)`` wide each)."""
     model_name: str | None = None
     """Name of the model whose activations trained it (``ModelInfo.name``)."""
     model_fingerprint: str | None = None
@@ -62,6 +68,13 @@ class DictionaryConfig:
     def __post_init__(self) -> None:
         if self.d_out == 0:
             object.__setattr__(self, "d_out", self.d_in)
+        object.__setattr__(self, "hooks_in", tuple(self.hooks_in))
+        object.__setattr__(self, "hooks_out", tuple(self.hooks_out))
+        for hooks, width in ((self.hooks_in, self.d_in), (self.hooks_out, self.d_out)):
+            if hooks and width % len(hooks):
+                raise InterpError(f"A width of {width} does not split evenly over the {len(hooks)} hooks {hooks}.")
+        if self.normalization == "standardize" and len(self.hooks_in) > 1:
+            raise InterpError("Per-token standardisation is not defined over several hooks; use 'scalar'.")
         if min(self.d_in, self.d_sae, self.d_out) < 1:
             raise InterpError(f"Dictionary sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae}).")
         if self.normalization not in NORMALIZATIONS:
@@ -75,7 +88,7 @@ class DictionaryConfig:
 
     @property
     def is_transcoder(self) -> bool:
-        return self.hook_out is not None or bool(self.params.get("transcoder"))
+        return self.hook_out is not None or bool(self.hooks_out) or bool(self.params.get("transcoder"))
 
 
 class TrainBatch(NamedTuple):
@@ -128,16 +141,21 @@ class Dictionary(nn.Module, ABC):
     """Architecture hyperparameters and their defaults; ``create`` rejects other names."""
     needs_grads: bool = False
     """True when training reads LM-loss gradients from the store (``interp cache --with-grads``)."""
+    causal: bool = False
+    """With several input and output hooks: output hook i depends only on input hooks 0..i (a cross-layer
+    transcoder), so one forward pass can splice every output hook (``interp.training.evals``)."""
     in_scale: torch.Tensor
-    """() buffer: the ``scalar`` normalisation's input multiplier (1 otherwise)."""
+    """() buffer: the ``scalar`` normalisation's input multiplier (1 otherwise); (n_hooks,), one per input
+    hook, for a dictionary that reads several."""
     out_scale: torch.Tensor
-    """() buffer: the ``scalar`` normalisation's target multiplier (1 otherwise)."""
+    """() buffer: the ``scalar`` normalisation's target multiplier; (n_hooks,) like ``in_scale``."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("in_scale", torch.ones(()))
-        self.register_buffer("out_scale", torch.ones(()))
+        n_in, n_out = len(cfg.hooks_in), len(cfg.hooks_out or cfg.hooks_in)
+        self.register_buffer("in_scale", torch.ones(n_in) if n_in > 1 else torch.ones(()))
+        self.register_buffer("out_scale", torch.ones(n_out) if n_out > 1 else torch.ones(()))
 
     @property
     def p(self) -> dict[str, Any]:
@@ -145,13 +163,39 @@ class Dictionary(nn.Module, ABC):
 
     @property
     def input_hook(self) -> str:
-        """The hook the dictionary reads (``cfg.hook_in``); InterpError for one made without a hook."""
+        """The hook the dictionary reads (``cfg.hook_in``); InterpError for one made without a hook, or for one
+        that reads several hooks (see :attr:`input_hooks`)."""
         if self.cfg.hook_in is None:
             raise InterpError(
                 f"This {self.cfg.architecture} dictionary names no input hook (cfg.hook_in); it was not made "
                 "from activations of a model. Create it with hook_in=..."
             )
+        if len(self.cfg.hooks_in) > 1:
+            raise InterpError(
+                f"This {self.cfg.architecture} dictionary reads {len(self.cfg.hooks_in)} hooks "
+                f"({self.cfg.hook_in}); this step handles dictionaries that read one hook."
+            )
         return self.cfg.hook_in
+
+    @property
+    def input_hooks(self) -> tuple[str, ...]:
+        """Every hook the dictionary reads, in the order their rows are concatenated into its input."""
+        return self.cfg.hooks_in or (self.input_hook,)
+
+    @property
+    def output_hooks(self) -> tuple[str, ...]:
+        """Every hook it reconstructs, in the order of its output: a transcoder's targets, else its inputs."""
+        if self.cfg.hooks_out:
+            return self.cfg.hooks_out
+        return (self.cfg.hook_out,) if self.cfg.hook_out else self.input_hooks
+
+    def input_rows(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Its input rows (N, d_in) from ``acts`` (hook -> (N, width) rows): the input hooks' rows concatenated."""
+        return _concat_rows(acts, self.input_hooks)
+
+    def output_rows(self, acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Its target rows (N, d_out) from ``acts``: the output hooks' rows concatenated."""
+        return _concat_rows(acts, self.output_hooks)
 
     # ---- normalisation ----------------------------------------------------------------------
     def normalize_input(
@@ -163,7 +207,7 @@ class Dictionary(nn.Module, ABC):
             mu = x.mean(-1, keepdim=True)
             std = x.std(-1, keepdim=True) + _EPS
             return (x - mu) / std, (mu, std)
-        return x * self.in_scale, None
+        return x * per_column(self.in_scale, self.cfg.d_in), None
 
     def normalize_target(
         self, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
@@ -172,28 +216,31 @@ class Dictionary(nn.Module, ABC):
         y = y.to(self.out_scale.dtype)
         if stats is not None:
             return (y - stats[0]) / stats[1]
-        return y * self.out_scale
+        return y * per_column(self.out_scale, self.cfg.d_out)
 
     def normalize_grad(
         self, g: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
         """d(loss)/dx (raw) -> d(loss)/d(normalised x) (the per-token mean's dependence is ignored)."""
         g = g.to(self.in_scale.dtype)
-        return g * stats[1] if stats is not None else g / self.in_scale
+        return g * stats[1] if stats is not None else g / per_column(self.in_scale, self.cfg.d_in)
 
     def denormalize_output(
         self, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
         if stats is not None:
             return y * stats[1] + stats[0]
-        return y / self.out_scale
+        return y / per_column(self.out_scale, self.cfg.d_out)
 
     @torch.no_grad()
     def fit_normalization(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Set the ``scalar`` constants from a raw sample so that E||x|| = sqrt(d) (no-op otherwise)."""
+        """Set the ``scalar`` constants from a raw sample so that E||x|| = sqrt(d) (no-op otherwise); one
+        constant per hook for a dictionary that reads (or predicts) several."""
         if self.cfg.normalization == "scalar":
-            self.in_scale.fill_(math.sqrt(x.shape[1]) / x.norm(dim=1).mean().clamp_min(1e-12).item())
-            self.out_scale.fill_(math.sqrt(y.shape[1]) / y.norm(dim=1).mean().clamp_min(1e-12).item())
+            for scale, rows in ((self.in_scale, x), (self.out_scale, y)):
+                blocks = rows.view(len(rows), scale.numel(), -1)
+                mean_norm = blocks.norm(dim=2).mean(0).clamp_min(1e-12).double()
+                scale.copy_((math.sqrt(blocks.shape[2]) / mean_norm).view_as(scale))
 
     # ---- public inference API ---------------------------------------------------------------
     def encode(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
@@ -256,6 +303,16 @@ class Dictionary(nn.Module, ABC):
         their Adam moments. The default does nothing (TopK-style codes use an auxiliary loss instead).
         """
         return {}
+
+
+def _concat_rows(acts: Mapping[str, torch.Tensor], hooks: Sequence[str]) -> torch.Tensor:
+    return acts[hooks[0]] if len(hooks) == 1 else torch.cat([acts[h] for h in hooks], dim=1)
+
+
+def per_column(scale: torch.Tensor, width: int) -> torch.Tensor:
+    """A normalisation constant as a multiplier of rows ``width`` wide: a () scale as is, an (n_hooks,) scale
+    repeated over each hook's block of columns."""
+    return scale if scale.dim() == 0 else scale.repeat_interleave(width // scale.numel())
 
 
 def revive_at_rows(

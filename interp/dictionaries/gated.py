@@ -24,19 +24,36 @@ from interp.dictionaries.relu import sum_sq_error, warmup
     "gated", description="Gated SAE: gate/magnitude paths with an auxiliary loss (Rajamanoharan et al. 2024a)"
 )
 class GatedSAE(LinearSAE):
-    """Gated SAE: a gate decides which latents fire, a magnitude path sets their values."""
+    """Gated SAE: a gate decides which latents fire, a magnitude path sets their values.
+
+    The L1 coefficient depends on the data's scale (the penalty grows linearly with it, the squared error
+    quadratically), so by default it is derived from the init sample: ``l1_coeff`` = ``sparsity`` x
+    sqrt(E||y - b_dec||^2). A number given for ``l1_coeff`` is used as it is. The value used is kept in the
+    ``l1_coeff_`` buffer, so a resumed run goes on with it.
+    """
 
     param_defaults: dict[str, Any] = {
         **LINEAR_DEFAULTS,
-        "l1_coeff": 5.0,
+        "l1_coeff": None,
+        "sparsity": 0.65,
         "l1_warmup": 0.0,
         "resample": True,
     }
+    derived = ("l1_coeff_",)
+    l1_coeff_: torch.Tensor
+    """() buffer: the L1 coefficient in use (-1 until derived from the data)."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        given = self.p["l1_coeff"]
+        self.register_buffer("l1_coeff_", torch.tensor(-1.0 if given is None else float(given)))
+
+    @torch.no_grad()
+    def derive(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.p["l1_coeff"] is None:
+            self.l1_coeff_.fill_(float(self.p["sparsity"]) * self.centred_energy(y) ** 0.5)
 
     def _paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xc = x - self.input_bias()
@@ -49,6 +66,8 @@ class GatedSAE(LinearSAE):
         return (gate > 0) * F.relu(mag)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
+        if self.l1_coeff_ < 0:  # trained without init_from_data
+            self.derive(batch.x, batch.y)
         gate, mag = self._paths(batch.x)
         f = (gate > 0) * F.relu(mag)
         y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)
@@ -56,7 +75,7 @@ class GatedSAE(LinearSAE):
         gate_act = F.relu(gate)
         l1 = gate_act.sum(1).mean()
         aux = sum_sq_error(gate_act @ self.W_dec_.detach() + self.b_dec.detach(), batch.y)
-        loss = mse + float(self.p["l1_coeff"]) * warmup(state, float(self.p["l1_warmup"])) * l1 + aux
+        loss = mse + float(self.l1_coeff_) * warmup(state, float(self.p["l1_warmup"])) * l1 + aux
         active = f > 0
         return StepOutput(
             loss,

@@ -58,37 +58,70 @@ class _Step(torch.autograd.Function):
     "jumprelu", description="JumpReLU SAE with straight-through L0 penalty (Rajamanoharan et al. 2024b)"
 )
 class JumpReluSAE(LinearSAE):
-    """JumpReLU SAE: learned per-latent thresholds, L0 penalty through straight-through estimators."""
+    """JumpReLU SAE: learned per-latent thresholds, L0 penalty through straight-through estimators.
+
+    The three settings that depend on the data's scale default to values derived from the init sample
+    (``init_from_data``), so one default holds on data of any scale:
+
+    - ``l0_coeff`` = ``sparsity`` x E||y - b_dec||^2: a latent is worth firing only where it explains at least
+      that share of a sample's centred energy (the squared error grows with the square of the scale);
+    - ``threshold_init`` = sqrt(``l0_coeff``): the activation whose square pays that cost, where the thresholds
+      settle; starting there matters, because Adam moves a log-threshold by about ``lr`` per step;
+    - ``bandwidth`` = ``threshold_init`` / 2.
+
+    A number given for any of them is used as it is. The values used are kept in buffers (``l0_coeff_``,
+    ``bandwidth_``; the threshold is a parameter), so a resumed run goes on with them.
+    """
 
     param_defaults: dict[str, Any] = {
         **LINEAR_DEFAULTS,
-        "l0_coeff": 1.0,
-        "bandwidth": 0.001,
-        "threshold_init": 0.001,
+        "l0_coeff": None,
+        "bandwidth": None,
+        "threshold_init": None,
+        "sparsity": 0.02,
         "l0_warmup": 0.1,
     }
+    derived = ("l0_coeff_", "bandwidth_")
+    l0_coeff_: torch.Tensor
+    """() buffer: the L0 coefficient in use (-1 until derived from the data)."""
+    bandwidth_: torch.Tensor
+    """() buffer: the straight-through bandwidth in use (-1 until derived from the data)."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
-        self.log_threshold = torch.nn.Parameter(
-            torch.full((cfg.d_sae,), math.log(float(self.p["threshold_init"])))
-        )
+        theta = self.p["threshold_init"]
+        self.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(float(theta or 0.001))))
+        unset = -1.0  # derived from the data by init_from_data
+        self.register_buffer("l0_coeff_", torch.tensor(unset if self.p["l0_coeff"] is None else self.p["l0_coeff"]))
+        self.register_buffer("bandwidth_", torch.tensor(unset if self.p["bandwidth"] is None else self.p["bandwidth"]))
 
     @property
     def threshold(self) -> torch.Tensor:
         return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def derive(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.p["l0_coeff"] is None:
+            self.l0_coeff_.fill_(float(self.p["sparsity"]) * self.centred_energy(y))
+        theta = self.p["threshold_init"] or float(self.l0_coeff_.sqrt().clamp_min(1e-6))
+        if self.p["threshold_init"] is None:
+            self.log_threshold.fill_(math.log(theta))
+        if self.p["bandwidth"] is None:
+            self.bandwidth_.fill_(theta / 2)
 
     def encode_normalized(self, x: torch.Tensor, **kw: Any) -> torch.Tensor:
         pi = self.pre_acts(x)
         return pi * (pi > self.threshold)
 
     def training_step(self, batch: TrainBatch, state: TrainState) -> StepOutput:
+        if self.l0_coeff_ < 0 or self.bandwidth_ < 0:  # trained without init_from_data
+            self.derive(batch.x, batch.y)
         pi = self.pre_acts(batch.x)
-        theta, eps = self.threshold, float(self.p["bandwidth"])
+        theta, eps = self.threshold, float(self.bandwidth_)
         f = _JumpReLU.apply(pi, theta, eps)
         y_hat = f @ self.W_dec_ + self.b_dec + self.skip_path(batch.x)
         mse = sum_sq_error(y_hat, batch.y)
         l0 = _Step.apply(pi.detach(), theta, eps).sum(1).mean()
-        loss = mse + float(self.p["l0_coeff"]) * warmup(state, float(self.p["l0_warmup"])) * l0
+        loss = mse + float(self.l0_coeff_) * warmup(state, float(self.p["l0_warmup"])) * l0
         active = f > 0
         return StepOutput(loss, y_hat, active.any(0), l0.item(), {"mse": mse.item(), "l0": l0.item()})

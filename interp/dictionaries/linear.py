@@ -35,6 +35,9 @@ class LinearSAE(Dictionary):
 
     unit_norm_decoder: bool = True
     """Keep W_dec rows at unit norm (with the parallel gradient removed); subclasses may switch it off."""
+    derived: tuple[str, ...] = ()
+    """Buffers holding settings derived from the init sample by :meth:`derive` (-1 until then). A dictionary
+    saved before a subclass had them loads with them unset."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
@@ -115,6 +118,20 @@ class LinearSAE(Dictionary):
         self.b_dec.copy_(center(y))
         if self.b_in is not None:
             self.b_in.copy_(center(x))
+        self.derive(x, y)
+
+    def derive(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set the scale-dependent settings left to the data (the ``derived`` buffers) from a sample of inputs
+        ``x`` and targets ``y`` in normalised coordinates, after ``b_dec`` is set. Nothing by default."""
+
+    def centred_energy(self, y: torch.Tensor) -> float:
+        """E ||y - b_dec||^2 over the rows of ``y``: the scale of the squared error."""
+        return float((y - self.b_dec).pow(2).sum(1).mean())
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in self.derived:  # dictionaries saved before the buffer existed
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def constrain_grads(self) -> None:
         if self.unit_norm_decoder and self.W_dec_.grad is not None:

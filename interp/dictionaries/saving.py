@@ -93,9 +93,10 @@ def check_compatible(
         )
     if widths is None:
         return
-    for h, width in ((d.cfg.hook_in, d.cfg.d_in), (d.cfg.hook_out, d.cfg.d_out)):
-        if h is None:
-            continue
+    ins = d.cfg.hooks_in or ((d.cfg.hook_in,) if d.cfg.hook_in else ())
+    outs = d.cfg.hooks_out or ((d.cfg.hook_out,) if d.cfg.hook_out else ())
+    pairs = [(h, d.cfg.d_in // len(ins)) for h in ins] + [(h, d.cfg.d_out // len(outs)) for h in outs]
+    for h, width in pairs:
         if h not in widths:
             raise InterpError(f"The dictionary reads {h!r}, which the store does not hold ({', '.join(widths)}).")
         if widths[h] != width:

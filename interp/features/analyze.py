@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from interp.activations.source import act_key
 from interp.activations.store import ActivationStore
@@ -60,8 +59,9 @@ from interp.features.stats import Running, SparseChunk, finish
 from interp.features.store import FORMAT, VERSION
 from interp.features.weights import cooccurrence, weight_stats
 from interp.features.windows import encode, reencode_windows
-from interp.io import atomic_write_json, read_json, remove_temporaries, save_tensors
+from interp.io import atomic_write_json, disk_full_errors, read_json, remove_temporaries, save_tensors
 from interp.model import Model, load_model
+from interp.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,31 @@ def analyze_features(
     model = model or load_model(store.model["name"])
     if model.info.fingerprint != store.model.get("fingerprint"):
         raise InterpError(f"Model {model.info.name} did not make store {store.path}; pass the one that did.")
+    with disk_full_errors(DISK_FULL_HINT):
+        return _analyze(dictionary, store, out, cfg, model, hook, fresh, progress)
+
+
+DISK_FULL_HINT = (
+    "The feature store there is marked incomplete, so readers refuse it rather than read old and new files "
+    "together. Free space there and run the same interp analyze command again: it recomputes the store."
+)
+
+
+def _analyze(
+    dictionary: Dictionary,
+    store: ActivationStore,
+    out: Path,
+    cfg: AnalyzeConfig,
+    model: Model,
+    hook: str,
+    fresh: dict[str, Any],
+    progress: bool,
+) -> Path:
+    """Compute and write the feature store. Before any other file changes the manifest says "incomplete", so a
+    failure at any point leaves a store that readers refuse rather than old and new files that disagree."""
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)
+    atomic_write_json(out / "manifest.json", fresh)
     started = time.perf_counter()
     L = store.ctx_len
     n_rows = store.n_rows if cfg.max_rows is None else min(store.n_rows, cfg.max_rows // L * L)
@@ -229,7 +252,7 @@ def _pass(
     s_rows: list[torch.Tensor] = []
     s_feats: list[torch.Tensor] = []
     taken = counted = 0
-    bar = tqdm(total=n_rows, unit="tok", unit_scale=True, desc="analyze", disable=not progress, smoothing=0.1)
+    bar = progress_bar(n_rows, "analyze", enabled=progress)
     for chunk in store.chunks(hook, chunk_rows):
         if chunk.start >= n_rows:
             break

@@ -34,6 +34,9 @@ class FeatureStore:
         self.manifest: dict[str, Any] = read_json(self.path / "manifest.json", "feature store manifest")
         if self.manifest.get("format") != FORMAT:
             raise InterpError(f"{self.path} is not a feature store. Create one with interp analyze.")
+        if self.manifest.get("version", 0) > VERSION:
+            version = self.manifest["version"]
+            raise InterpError(f"Feature store {self.path} has format version {version}; upgrade interp.")
         if not self.manifest.get("complete"):
             raise InterpError(f"Feature store {self.path} is incomplete; run the same interp analyze again.")
         self.tensors = load_tensors(self.path / "features.safetensors")

@@ -20,7 +20,8 @@ Decode: f W_dec + b_dec.
 
 sparsify: ``cfg.json`` (``activation``, ``expansion_factor``, ``normalize_decoder``, ``num_latents``,
 ``k``, ``multi_topk``, ``skip_connection``, ``transcode``, ``d_in``) + ``sae.safetensors`` in a directory
-named after the hookpoint, with
+named after the hookpoint (a Hugging Face module path; mapped from and to hook names in
+``interp.formats.hookpoints``), with
 ``encoder.weight`` (n, d_in), ``encoder.bias``, ``W_dec`` (n, d_in), ``b_dec`` (d_in), optional ``W_skip``
 (d_in, d_in). pre = (x - b_dec [unless ``transcode``]) encoder.weight^T + encoder.bias; f = top k of
 ReLU(pre); y = f W_dec + b_dec + x W_skip^T. Outputs are d_in wide, so only d_out == d_in converts.
@@ -42,14 +43,16 @@ FORMATS = ("interp", "saelens", "sparsify")
 
 
 # ---- public API ----------------------------------------------------------------------------------
-def export_dictionary(d: Dictionary, path: str | Path, fmt: str) -> Path:
-    """Write ``d`` to directory ``path`` in format ``fmt`` (``saelens``, ``sparsify`` or ``interp``)."""
+def export_dictionary(d: Dictionary, path: str | Path, fmt: str, *, hookpoint: str | None = None) -> Path:
+    """Write ``d`` to directory ``path`` in format ``fmt`` (``saelens``, ``sparsify`` or ``interp``); returns the
+    directory holding it. sparsify's layout is one directory per hookpoint: ``path/<hookpoint>/``, the hookpoint
+    (a Hugging Face module path) derived from the dictionary's hook unless ``hookpoint`` is given."""
     _check_format(fmt)
     if fmt == "interp":
         return save_dictionary(d, path)
     if fmt == "saelens":
         return write_saelens(d, Path(path))
-    return write_sparsify(d, Path(path))
+    return write_sparsify(d, Path(path), hookpoint)
 
 
 def import_dictionary(path: str | Path, fmt: str, *, scaling_factor: float | None = None) -> Dictionary:

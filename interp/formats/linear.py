@@ -80,6 +80,10 @@ def linear_of(d: Dictionary, target: str, supported: dict[str, str]) -> LinearFo
             f"A {arch!r} dictionary has no {target} counterpart. Architectures that convert to {target}: "
             f"{', '.join(sorted(supported))}."
         )
+    if len(d.cfg.hooks_in) > 1 or len(d.cfg.hooks_out) > 1:
+        raise InterpError(
+            f"This {arch!r} dictionary reads several hooks ({d.cfg.hook_in}); {target} dictionaries read one."
+        )
     if d.cfg.normalization == "standardize":
         raise InterpError(
             f"Per-token 'standardize' normalisation has no exact {target} counterpart. Retrain with "

@@ -1,17 +1,34 @@
-"""SAELens (6.x) dictionaries: ``cfg.json`` + ``sae_weights.safetensors`` (layout in ``interp.formats.interop``)."""
+"""SAELens (6.x) dictionaries: ``cfg.json`` + ``sae_weights.safetensors`` (layout in ``interp.formats.interop``).
+
+What a SAELens user needs besides the weights is in ``cfg["metadata"]``: ``hook_name``, ``context_size`` (the
+training data's context length, which ``ActivationsStore.from_sae`` requires), ``prepend_bos``, and the model:
+``model_name`` with ``model_from_pretrained_kwargs``, the weight processing the activations were computed under
+(interp's ``processing``, as the flags of ``HookedTransformer.from_pretrained``; SAELens passes them to
+``from_pretrained_no_processing``, so all four are written). For a hub model ``model_name`` is its name. The demo
+model and local checkpoints are written as the checkpoint's absolute path, which TransformerLens's
+``HookedTransformer.from_pretrained`` does not accept (it loads official names only); ``interp_model_loading``
+says how to load it instead: ``TransformerBridge.boot_transformers(model_name)`` then
+``enable_compatibility_mode(**model_from_pretrained_kwargs)`` (TransformerLens >= 3), which gives the same
+activations interp trained on (checked by ``bench/peer_formats.py``).
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from interp.activations.store import ActivationStore
 from interp.dictionaries import Dictionary, create
 from interp.errors import InterpError
 from interp.formats.linear import LinearForm, dictionary_of, linear_of, save_format
 from interp.io import load_tensors, read_json
+from interp.model import DEMO_DIR, DEMO_NAME, PROCESSING
+
+log = logging.getLogger(__name__)
 
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 SAELENS_FORMAT_VERSION = "6.0.0"
@@ -35,24 +52,78 @@ TO_SAELENS = {
 """interp architecture -> the SAELens architecture it is written as."""
 
 
+FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+PRETRAINED_KWARGS = {
+    name: {flag: not flags.get("no_processing", False) and bool(flags[flag]) for flag in FLAGS}
+    for name, flags in PROCESSING.items()
+}
+"""interp ``processing`` -> SAELens ``model_from_pretrained_kwargs`` (HookedTransformer.from_pretrained flags)."""
+
+LOCAL_LOADING = (
+    "model_name is a local checkpoint, which HookedTransformer.from_pretrained does not load (official names only). "
+    "Load it with TransformerLens >= 3: from transformer_lens.model_bridge import TransformerBridge; "
+    "model = TransformerBridge.boot_transformers(model_name); "
+    "model.enable_compatibility_mode(**model_from_pretrained_kwargs). Its hooks hold the activations this SAE was "
+    "trained on, and it can be passed to ActivationsStore.from_sae."
+)
+
+
 # ---- SAELens -------------------------------------------------------------------------------------
+def _training_facts(d: Dictionary) -> tuple[int | None, str | None]:
+    """(context length, processing) of the data ``d`` was trained on: from its training record, else from the
+    store it names (dictionaries trained before interp recorded them), else None."""
+    training = d.cfg.training
+    ctx_len, processing = training.get("ctx_len"), (training.get("model") or {}).get("processing")
+    store = training.get("store")
+    if (ctx_len is None or processing is None) and store and Path(store, "manifest.json").is_file():
+        try:
+            manifest = ActivationStore(store).manifest
+        except InterpError:
+            manifest = {}
+        ctx_len = ctx_len if ctx_len is not None else manifest.get("ctx_len")
+        processing = processing or manifest.get("model", {}).get("processing")
+    return ctx_len, processing
+
+
+def _local_checkpoint(name: str | None) -> Path | None:
+    """The checkpoint directory of the demo model or of a local path; None for a hub name."""
+    if name == DEMO_NAME:
+        return Path(DEMO_DIR).resolve()
+    if name and Path(name).expanduser().is_dir():
+        return Path(name).expanduser().resolve()
+    return None
+
+
 def _saelens_metadata(d: Dictionary) -> dict[str, Any]:
     hook = d.cfg.hook_in
     layer = re.match(r"blocks\.(\d+)\.", hook or "")
     training = d.cfg.training
+    ctx_len, processing = _training_facts(d)
+    if ctx_len is None:
+        log.warning("the training context length of this dictionary is unknown (it was not trained on a store or "
+                    "a model); SAELens's ActivationsStore.from_sae will need context_size= passed")
+    if processing is None and d.cfg.model_name:
+        log.warning("the weight processing this dictionary was trained under is unknown; "
+                    "model_from_pretrained_kwargs is left empty")
+    local = _local_checkpoint(d.cfg.model_name)
     return {
-        "model_name": d.cfg.model_name,
+        "model_name": str(local) if local else d.cfg.model_name,
+        "model_class_name": "HookedTransformer",
+        "model_from_pretrained_kwargs": PRETRAINED_KWARGS[processing] if processing in PRETRAINED_KWARGS else None,
         "hook_name": hook,
         "hook_layer": int(layer.group(1)) if layer else None,
         "hook_head_index": None,
         "hook_name_out": d.cfg.hook_out,
         "prepend_bos": True,
-        "context_size": training.get("ctx_len"),
+        "context_size": ctx_len,
         "dataset_path": training.get("store") or None,
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "sae_lens_training_version": None,
         "interp_architecture": d.cfg.architecture,
+        "interp_model_name": d.cfg.model_name,
         "interp_model_fingerprint": d.cfg.model_fingerprint,
+        "interp_processing": processing,
+        "interp_model_loading": LOCAL_LOADING if local else None,
     }
 
 
@@ -153,7 +224,8 @@ def read_saelens(path: Path, scaling_factor: float | None) -> Dictionary:
         )
     if "scaling_factor" in t and not torch.allclose(t["scaling_factor"], torch.ones(())):
         raise InterpError("SAELens finetuning scaling factors are not supported; fold them into W_dec first.")
-    hooks = {"hook_in": meta.get("hook_name"), "hook_out": meta.get("hook_name_out"), **meta}
+    hooks = {"hook_in": meta.get("hook_name"), "hook_out": meta.get("hook_name_out"), **meta,
+             "model_name": meta.get("interp_model_name") or meta.get("model_name")}
     factor = scaling_factor if norm == "expected_average_only_in" else None
     if arch == "matching_pursuit":
         return _read_saelens_mp(cfg, t, hooks)

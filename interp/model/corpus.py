@@ -203,14 +203,22 @@ def pack_contexts(
 
 
 def _encode(docs: Iterable[str], tokenizer: Any, batch: int) -> Iterator[list[int]]:
+    """Token ids of each document, encoded a few documents at a time: at most ``batch`` of them and, after
+    the first, about ``_ENCODE_CHARS`` characters, so the first context comes out after one document and the
+    encoder never runs far ahead of what a short job consumes."""
     pending: list[str] = []
+    chars, budget = 0, 1
     for doc in docs:
         pending.append(doc)
-        if len(pending) >= batch:
+        chars += len(doc)
+        if len(pending) >= batch or chars >= budget:
             yield from tokenizer(pending, add_special_tokens=False)["input_ids"]
-            pending = []
+            pending, chars, budget = [], 0, _ENCODE_CHARS
     if pending:
         yield from tokenizer(pending, add_special_tokens=False)["input_ids"]
+
+
+_ENCODE_CHARS = 1 << 16
 
 
 def iter_contexts(cfg: CorpusConfig, tokenizer: Any, ctx_len: int, bos_token_id: int | None) -> Iterator[Context]:

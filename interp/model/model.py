@@ -1,8 +1,20 @@
 """Loading language models, and the one interface the rest of interp uses to run them.
 
-interp is built on transformer-lens 4.x ``TransformerBridge`` (see the README for why). Nothing outside
-this module imports transformer-lens: stages see a :class:`Model` with TransformerLens hook names,
-activation capture (optionally with gradients of the LM loss), splicing hooks and the weight views.
+A :class:`Model` has TransformerLens hook names, activation capture (optionally with gradients of the LM loss),
+splicing hooks and the weight views. Two engines run it:
+
+- the **module path**: interp's own modules (``interp.model.transformer``) for local GPT-2 and Llama-family
+  checkpoints in safetensors, with plain forward hooks and the fused attention kernel. :meth:`Model.capture`
+  uses it for the hooks in ``interp.model.vocabulary.SERVED_IN_BLOCK`` (residual stream, attention and MLP
+  outputs, ``hook_z``, MLP input and activations, the norms' outputs);
+- **transformer-lens 4.x ``TransformerBridge``** (see the README for why), for everything else: other
+  architectures, other hooks, splicing hooks, the weight views, finetuning, ``forward``. It is booted on first
+  need, so a command that only caches served hooks never imports transformer-lens.
+
+Both compute the same activations in the same processed coordinates (``tests/test_module_capture.py``). Once
+finetunable weights are handed out (:meth:`Model.finetunable_parameters`), or while splicing hooks are attached,
+capture runs on the bridge, whose weights are then the model's. A model that has used both engines holds two
+copies of its weights.
 
 Constraints this module was designed under:
 - no network at run time on the machines that test it, so hub loading must fail fast and clearly;
@@ -15,115 +27,96 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
-import json
 import logging
 import os
 import re
-import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import urlparse
+from typing import Any, Literal
 
 import torch
 
 from interp.errors import InterpError, close_matches
+from interp.model import bridge as bridges
+from interp.model.checkpoint import Checkpoint, open_checkpoint
+from interp.model.info import Captured, ModelInfo
+from interp.model.tokenizer import Tokenizer
+from interp.model.transformer import Transformer
+from interp.model.vocabulary import hook_names, served
+from interp.model.weights import PROCESSING, load_transformer
+
+__all__ = ["DEMO_DIR", "DEMO_NAME", "PROCESSING", "Captured", "Model", "ModelInfo", "load_model", "next_token_loss"]
 
 log = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
 DEMO_DIR: Path = Path(__file__).resolve().parents[1] / "zoo" / "demo"
 """The shipped demo checkpoint (made by ``interp.zoo``'s recipe; a data directory, so no import of zoo)."""
-# Weight processing applied at load time; it fixes the coordinate system every activation is cached in.
-# "default" is SAELens's convention (LayerNorm folded into the next weights, writing weights left
-# uncentred), so interp's dictionaries export to SAELens unchanged; "transformer_lens" is
-# HookedTransformer.from_pretrained's (also centres writing weights); "none" keeps the checkpoint's own.
-PROCESSING = {
-    "default": dict(fold_ln=True, center_writing_weights=False, center_unembed=True, fold_value_biases=True),
-    "transformer_lens": dict(fold_ln=True, center_writing_weights=True, center_unembed=True,
-                             fold_value_biases=True),
-    "none": dict(no_processing=True),
-}
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
-
-# Hooks the bridge only exposes after a flag is switched on; switching it on costs a little speed.
-_FLAGGED_HOOKS = {
-    "hook_mlp_in": "set_use_hook_mlp_in",
-    "hook_attn_in": "set_use_attn_in",
-    "hook_q_input": "set_use_split_qkv_input",
-    "hook_k_input": "set_use_split_qkv_input",
-    "hook_v_input": "set_use_split_qkv_input",
-    "attn.hook_result": "set_use_attn_result",
-}
+CapturePath = Literal["modules", "bridge"]
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What later stages need to know about a model, and to check that artifacts belong to it."""
-
-    name: str
-    """What the user asked for (``demo``, a hub name or a local path)."""
-    architecture: str
-    """The Hugging Face architecture class, e.g. ``GPT2LMHeadModel``."""
-    d_model: int
-    """Width of the residual stream."""
-    n_layers: int
-    """Number of transformer blocks."""
-    n_heads: int
-    """Attention heads per block."""
-    d_head: int
-    """Width of one attention head."""
-    d_vocab: int
-    """Vocabulary size (rows of the embedding)."""
-    n_ctx: int
-    """Longest context the model accepts."""
-    bos_token_id: int | None
-    """Token id prepended to every context, or None when the tokenizer has none."""
-    processing: str
-    """Weight processing applied at load time (a key of ``PROCESSING``); part of the fingerprint."""
-    fingerprint: str
-    """sha256 (16 hex digits) of the model's config, vocabulary and processing: equal fingerprints, same
-    activations."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Captured(NamedTuple):
-    """Activations (and optionally gradients) captured in one forward pass."""
-
-    acts: dict[str, torch.Tensor]
-    """hook name -> activation, shape (batch, pos, *hook_shape), detached."""
-    grads: dict[str, torch.Tensor]
-    """hook name -> d(summed next-token loss)/d(activation), same shapes; empty unless asked for."""
-    loss: torch.Tensor | None
-    """Per-token next-token cross-entropy, shape (batch, pos - 1), or None when not computed."""
 
 
 class Model:
     """A loaded causal LM with TransformerLens hook names. Build it with :func:`load_model`."""
 
-    def __init__(self, bridge: Any, tokenizer: Any, info: ModelInfo):
-        self.bridge = bridge
-        self.tokenizer = tokenizer
-        self.info = info
-        self.hook_names: tuple[str, ...] = tuple(sorted(bridge.hook_dict.keys()))
+    def __init__(self, info: ModelInfo, tokenizer: Any, boot: Callable[[], Any], *, bridge: Any = None,
+                 checkpoint: Checkpoint | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.info, self.tokenizer = info, tokenizer
+        self._boot, self._bridge = boot, bridge
+        self._checkpoint = checkpoint
+        self._modules: Transformer | None = None
+        self._device, self._dtype = torch.device(device), dtype
+        self._served = served(info.n_layers) if checkpoint is not None else frozenset()
+        self._splicing = 0  # depth of open `hooks` blocks
+
+    # ---- engines -----------------------------------------------------------------------------
+    @property
+    def bridge(self) -> Any:
+        """The TransformerBridge (booted on first use)."""
+        if self._bridge is None:
+            log.info("booting the TransformerBridge for %s", self.info.name)
+            self._bridge = self._boot()
+            theirs = bridges.bridge_info(self.info.name, self._bridge, self.info.processing)
+            if theirs != self.info:
+                log.warning("the bridge describes %s differently (%s) from its checkpoint (%s)", self.info.name,
+                            theirs, self.info)
+        return self._bridge
+
+    def _transformer(self) -> Transformer:
+        if self._modules is None:
+            assert self._checkpoint is not None
+            ckpt = self._checkpoint
+            self._modules = load_transformer(ckpt.spec, ckpt.files, self.info.processing, self._device, self._dtype)
+        return self._modules
+
+    def capture_path(self, hooks: Sequence[str]) -> CapturePath:
+        """Which engine :meth:`capture` runs for ``hooks``: ``modules`` when the module path serves every one of
+        them (and no splicing hook is attached, and the weights were not handed out for finetuning), else
+        ``bridge``."""
+        if self._checkpoint is None or self._splicing or not set(hooks) <= self._served:
+            return "bridge"
+        return "modules"
 
     # ---- hooks -------------------------------------------------------------------------------
+    @property
+    def hook_names(self) -> tuple[str, ...]:
+        """Every hook name of the model, sorted."""
+        return tuple(sorted(self._forward_order()))
+
     def resolve_hooks(self, patterns: str | Sequence[str]) -> list[str]:
         """Expand fnmatch patterns to hook names, in model order; raise with close matches if none match."""
         if isinstance(patterns, str):
             patterns = [patterns]
         if not patterns:
             raise InterpError("No hook names given. Pass one or more, e.g. 'blocks.0.hook_resid_post'.")
+        names = self.hook_names
         found: list[str] = []
         for pattern in patterns:
-            hits = [h for h in self.hook_names if fnmatch.fnmatchcase(h, pattern)]
+            hits = [h for h in names if fnmatch.fnmatchcase(h, pattern)]
             if not hits:
-                near = close_matches(pattern, self.hook_names)
+                near = close_matches(pattern, names)
                 hint = f" Did you mean: {', '.join(near)}?" if near else ""
                 raise InterpError(
                     f"No hook of model {self.info.name!r} matches {pattern!r}.{hint} "
@@ -135,6 +128,8 @@ class Model:
         return sorted(found, key=lambda h: (order.get(h, len(order)), h))
 
     def _forward_order(self) -> list[str]:
+        if self._bridge is None and self._checkpoint is not None:
+            return hook_names(self._checkpoint.spec.family, self.info.n_layers)
         return list(self.bridge.hook_dict.keys())
 
     @staticmethod
@@ -157,7 +152,7 @@ class Model:
 
     def _enable_flags(self, hooks: Sequence[str]) -> None:
         for hook in hooks:
-            for suffix, setter in _FLAGGED_HOOKS.items():
+            for suffix, setter in bridges.FLAGGED_HOOKS.items():
                 if hook.endswith(suffix):
                     getattr(self.bridge, setter)(True)
 
@@ -166,11 +161,15 @@ class Model:
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
         """Attach forward hooks for the duration of a ``with`` block; they are always removed."""
         self._enable_flags([name for name, _ in fwd_hooks])
-        with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
-            yield
+        self._splicing += 1
+        try:
+            with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+                yield
+        finally:
+            self._splicing -= 1
 
     def forward(self, tokens: torch.Tensor, stop_at_layer: int | None = None) -> torch.Tensor:
-        """Logits (batch, pos, d_vocab), or the residual stream entering ``stop_at_layer``."""
+        """Logits (batch, pos, d_vocab), or the residual stream entering ``stop_at_layer`` (on the bridge)."""
         return self.bridge(tokens, stop_at_layer=stop_at_layer)
 
     def logits_at(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -186,48 +185,63 @@ class Model:
         return logits[rows, inverse]
 
     def capture(
-        self, tokens: torch.Tensor, hooks: Sequence[str], *, with_grads: bool = False
+        self, tokens: torch.Tensor, hooks: Sequence[str], *, with_grads: bool = False,
+        path: Literal["auto", "modules", "bridge"] = "auto",
     ) -> Captured:
         """Run ``tokens`` (batch, pos) and return the activations at ``hooks``.
 
         Without gradients the forward stops after the last hooked block. With gradients the whole
         model runs and ``grads[h]`` is the gradient, with respect to the activation at ``h``, of the
         next-token cross-entropy summed over every position of every context (so a row's gradient
-        does not depend on the batch it came in).
+        does not depend on the batch it came in). ``path`` forces an engine (``auto``: :meth:`capture_path`).
         """
-        acts: dict[str, torch.Tensor] = {}
-        deltas: dict[str, torch.Tensor] = {}
-
-        def make_hook(name: str) -> HookFn:
-            def hook(act: torch.Tensor, hook: Any) -> torch.Tensor | None:
-                acts[name] = act.detach()
-                if with_grads:
-                    # An additive zero leaf: d loss / d delta == d loss / d act, and the graph is intact.
-                    delta = torch.zeros_like(act, requires_grad=True)
-                    deltas[name] = delta
-                    return act + delta
-                return None
-
-            return hook
-
-        fwd = [(h, make_hook(h)) for h in hooks]
+        chosen = self.capture_path(hooks) if path == "auto" else path
+        if chosen == "modules" and self.capture_path(hooks) != "modules":
+            raise InterpError(f"The module path cannot capture {list(hooks)} on {self.info.name!r} now; "
+                              "leave path='auto' or use path='bridge'.")
         tokens = tokens.to(self.device)
-        if not with_grads:
+        recorder = _Recorder(with_grads)
+        if chosen == "modules":
+            return self._capture_modules(tokens, hooks, recorder)
+        return self._capture_bridge(tokens, hooks, recorder)
+
+    def _capture_modules(self, tokens: torch.Tensor, hooks: Sequence[str], rec: _Recorder) -> Captured:
+        net = self._transformer()
+        handles = [net.get_submodule(h).register_forward_hook(rec.module_hook(h)) for h in hooks]
+        try:
+            if not rec.with_grads:
+                with torch.no_grad():
+                    net(tokens, stop_at_layer=self.stop_layer(hooks), logits=False)
+                return Captured(rec.acts, {}, None)
+            with torch.enable_grad():
+                loss = next_token_loss(net(tokens), tokens)
+                return Captured(rec.acts, rec.grads(loss), loss.detach())
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _capture_bridge(self, tokens: torch.Tensor, hooks: Sequence[str], rec: _Recorder) -> Captured:
+        fwd: list[tuple[str, HookFn]] = []
+        for h in hooks:
+            if rec.with_grads and h.endswith(".hook_resid_mid"):
+                # The bridge's hook_resid_mid sits on ln2's input: a delta there reaches only the MLP branch.
+                # resid_mid = resid_pre + attn_out, so the residual stream's gradient is attn_out's.
+                fwd += [(h, rec.bridge_hook(h, delta=False)),
+                        (h.replace("hook_resid_mid", "hook_attn_out"), rec.bridge_hook(h, value=False))]
+            else:
+                fwd.append((h, rec.bridge_hook(h)))
+        if not rec.with_grads:
             with torch.no_grad(), self.hooks(fwd):
                 self.bridge(tokens, stop_at_layer=self.stop_layer(hooks))
-            return Captured(acts, {}, None)
+            return Captured(rec.acts, {}, None)
         with torch.enable_grad(), self.hooks(fwd):
-            logits = self.bridge(tokens)
-            loss = next_token_loss(logits, tokens)
-            names = list(deltas)
-            grads = torch.autograd.grad(loss.sum(), [deltas[n] for n in names], allow_unused=True)
-        out = {n: (g if g is not None else torch.zeros_like(deltas[n])) for n, g in zip(names, grads)}
-        return Captured(acts, out, loss.detach())
+            loss = next_token_loss(self.bridge(tokens), tokens)
+            return Captured(rec.acts, rec.grads(loss), loss.detach())
 
     # ---- weights and tokens -----------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.bridge.parameters()).device
+        return next(self._bridge.parameters()).device if self._bridge is not None else self._device
 
     @property
     def W_U(self) -> torch.Tensor:
@@ -246,6 +260,44 @@ class Model:
         return self.bridge.W_E
 
     @property
+    def W_pos(self) -> torch.Tensor | None:
+        """Learned positional embedding, (n_ctx, d_model); None for models without one (rotary)."""
+        return self.bridge.W_pos if self.bridge.cfg.positional_embedding_type == "standard" else None
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        """Value weights per head, (n_layers, n_heads, d_model, d_head): ``v = ln1(resid_pre) @ W_V[l, h] + b_V``."""
+        return self.bridge.W_V
+
+    @property
+    def b_V(self) -> torch.Tensor:
+        """Value biases, (n_layers, n_heads, d_head) (zero once folded into ``b_O``)."""
+        return self.bridge.b_V
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        """Attention output bias, (n_layers, d_model): ``attn_out = sum_h z_h W_O[l, h] + b_O[l]``."""
+        return self.bridge.b_O
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        """Unembedding bias, (d_vocab,)."""
+        return self.bridge.b_U
+
+    @property
+    def norm_centers(self) -> bool | None:
+        """True when the blocks' normalisation subtracts the mean (LayerNorm), False for RMSNorm, None when the
+        model has none; with LayerNorm weights folded (processing ``default``), ``ln*.hook_normalized`` is
+        ``(x - mean(x)) / hook_scale`` (LayerNorm) or ``x / hook_scale`` (RMSNorm)."""
+        kind = self.bridge.cfg.normalization_type
+        return None if kind is None else kind.startswith("LN")
+
+    @property
+    def parallel_blocks(self) -> bool:
+        """True when attention and MLP read the same residual stream (GPT-J, NeoX): no ``hook_resid_mid``."""
+        return bool(getattr(self.bridge.cfg, "parallel_attn_mlp", False))
+
+    @property
     def head_exportable(self) -> bool:
         """True when a trained final norm and unembedding can be written to Hugging Face format exactly
         (the folded unembedding bias b_U is constant over the vocabulary)."""
@@ -255,7 +307,8 @@ class Model:
     def finetunable_parameters(self) -> list[torch.nn.Parameter]:
         """The floating-point weights a finetune may change, in module order. The final norm and the
         unembedding are left out unless :attr:`head_exportable`, so that the finetuned model still exports
-        exactly (``interp.model.hf_export.save_hf_model``)."""
+        exactly (``interp.model.hf_export.save_hf_model``). From now on the bridge runs every capture."""
+        self._checkpoint, self._modules, self._served = None, None, frozenset()
         head = [] if self.head_exportable else [self.bridge.unembed, self.bridge.ln_final]
         frozen = {id(p) for module in head for p in module.parameters()}
         return [p for p in self.bridge.parameters() if p.is_floating_point() and id(p) not in frozen]
@@ -268,6 +321,35 @@ class Model:
         """Each id decoded on its own (byte-level pieces may be partial characters)."""
         ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
         return [self.tokenizer.decode([i]) for i in ids]
+
+
+class _Recorder:
+    """Keeps captured activations; with gradients, adds a zero leaf to each (d loss / d leaf == d loss / d act,
+    and the graph is intact)."""
+
+    def __init__(self, with_grads: bool):
+        self.with_grads = with_grads
+        self.acts: dict[str, torch.Tensor] = {}
+        self.deltas: dict[str, torch.Tensor] = {}
+
+    def record(self, name: str, act: torch.Tensor, value: bool = True, delta: bool = True) -> torch.Tensor | None:
+        if value:
+            self.acts[name] = act.detach()
+        if not (self.with_grads and delta):
+            return None
+        self.deltas[name] = leaf = torch.zeros_like(act, requires_grad=True)
+        return act + leaf
+
+    def bridge_hook(self, name: str, value: bool = True, delta: bool = True) -> HookFn:
+        return lambda act, hook: self.record(name, act, value, delta)
+
+    def module_hook(self, name: str) -> Callable[[Any, Any, torch.Tensor], torch.Tensor | None]:
+        return lambda module, args, out: self.record(name, out)
+
+    def grads(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        names, leaves = list(self.deltas), list(self.deltas.values())
+        grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
+        return {n: g if g is not None else torch.zeros_like(leaf) for n, g, leaf in zip(names, grads, leaves)}
 
 
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -287,14 +369,37 @@ def load_model(
     if processing not in PROCESSING:
         raise InterpError(f"processing must be one of {', '.join(PROCESSING)}, got {processing!r}.")
     path = _resolve_local(name)
+    local = path is not None
     if path is None:
-        _check_hub_reachable(name)
-    source = str(path) if path is not None else _hub_name(name)
-    bridge = _boot(source, name, device, dtype, processing)
-    tokenizer = bridge.tokenizer
-    info = _model_info(name, bridge, processing)
+        path = bridges.cached_snapshot(name)
+        if path is None:
+            bridges.check_hub_reachable(name)
+    source = str(path) if local else bridges.hub_name(name) if path is None else name
+
+    def boot() -> Any:
+        return bridges.boot(source, name, device, dtype, processing)
+
+    if path is not None:
+        ckpt = open_checkpoint(path, processing)
+        if isinstance(ckpt, Checkpoint):
+            return _module_model(name, ckpt, boot, device, dtype, processing)
+        log.debug("%s: capture runs on the bridge (the module path does not run it: %s)", name, ckpt)
+    bridge = boot()
+    info = bridges.bridge_info(name, bridge, processing)
     log.info("loaded %s (%s, d_model=%d, %d layers)", name, info.architecture, info.d_model, info.n_layers)
-    return Model(bridge, tokenizer, info)
+    return Model(info, bridge.tokenizer, boot, bridge=bridge, device=device, dtype=dtype)
+
+
+def _module_model(name: str, ckpt: Checkpoint, boot: Callable[[], Any], device: str | torch.device,
+                  dtype: torch.dtype, processing: str) -> Model:
+    s, rec = ckpt.spec, ckpt.record
+    info = ModelInfo(name, s.architecture, s.d_model, s.n_layers, s.n_heads, s.d_head, s.d_vocab, s.n_ctx,
+                     rec.bos_token_id, processing, rec.fingerprint)
+    tokenizer = Tokenizer(ckpt.path, rec.bos_token_id, rec.eos_token_id, rec.native_tokenizer)
+    log.info("loaded %s (%s, d_model=%d, %d layers)", name, info.architecture, info.d_model, info.n_layers)
+    log.debug("%s: capture of served hooks runs on interp's %s modules; the bridge boots on first need", name,
+              s.family)
+    return Model(info, tokenizer, boot, checkpoint=ckpt, device=device, dtype=dtype)
 
 
 def _resolve_local(name: str) -> Path | None:
@@ -313,89 +418,3 @@ def _resolve_local(name: str) -> Path | None:
     if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
         raise InterpError(f"Model path {name} does not exist. Check the path, or pass a hub name or 'demo'.")
     return None
-
-
-def _hub_name(name: str) -> str:
-    """Map TransformerLens aliases (``gpt2-small``) to hub names; pass others through."""
-    try:
-        from transformer_lens.supported_models import get_official_model_name
-
-        return get_official_model_name(name)
-    except Exception:  # an unknown alias is simply a hub name
-        return name
-
-
-def _check_hub_reachable(name: str) -> None:
-    """Fail in milliseconds, not after minutes of retries, when the hub cannot be reached."""
-    hub = _hub_name(name)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    if _in_hf_cache(hub):
-        return
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    reachable = False
-    if not offline:
-        try:
-            socket.getaddrinfo(host, 443)
-            reachable = True
-        except OSError:
-            reachable = False
-    if not reachable:
-        raise InterpError(
-            f"Cannot load {name!r}: it is not a local directory, not in the Hugging Face cache, and the hub "
-            f"({host}) cannot be reached (offline?). Download it on a machine with network "
-            f"(e.g. `huggingface-cli download {hub} --local-dir ./{hub.split('/')[-1]}`) and pass the "
-            f"directory: --model ./{hub.split('/')[-1]}. Or use --model demo."
-        )
-
-
-def _in_hf_cache(hub: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(hub, "config.json"), str)
-    except Exception:
-        return False
-
-
-def _boot(source: str, name: str, device: str | torch.device, dtype: torch.dtype, processing: str) -> Any:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    try:
-        bridge = TransformerBridge.boot_transformers(source, device=str(device), dtype=dtype)
-    except OSError as e:
-        raise InterpError(
-            f"Could not load {name!r} ({e}). If you are offline, pass a local checkpoint directory "
-            "with --model /path/to/dir."
-        ) from e
-    except ValueError as e:
-        raise InterpError(f"Could not load {name!r}: {e}") from e
-    bridge.enable_compatibility_mode(disable_warnings=True, **PROCESSING[processing])
-    bridge.eval()
-    for p in bridge.parameters():
-        p.requires_grad_(False)
-    return bridge
-
-
-def _model_info(name: str, bridge: Any, processing: str) -> ModelInfo:
-    cfg = bridge.cfg
-    hf_cfg = bridge.original_model.config
-    tok = bridge.tokenizer
-    canon = {k: v for k, v in sorted(hf_cfg.to_dict().items()) if not k.startswith(("_", "transformers"))}
-    canon.pop("torch_dtype", None)
-    canon.pop("dtype", None)
-    digest = hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode())
-    digest.update(json.dumps(sorted(tok.get_vocab().items())).encode())
-    digest.update(processing.encode())
-    return ModelInfo(
-        name=name,
-        architecture=(hf_cfg.architectures or [type(bridge.original_model).__name__])[0],
-        d_model=int(cfg.d_model),
-        n_layers=int(cfg.n_layers),
-        n_heads=int(cfg.n_heads),
-        d_head=int(cfg.d_head),
-        d_vocab=int(cfg.d_vocab),
-        n_ctx=int(cfg.n_ctx),
-        bos_token_id=tok.bos_token_id,
-        processing=processing,
-        fingerprint=digest.hexdigest()[:16],
-    )

@@ -17,6 +17,7 @@ Contracts:
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,13 +64,16 @@ def stdlib_files(split: Split = "all", root: Path | None = None) -> list[Path]:
         raise InterpError(f"unknown corpus split {split!r}; use one of {list(get_args(Split))}")
     base = stdlib_root() if root is None else Path(root)
     chosen: list[tuple[str, Path]] = []
-    for path in base.rglob("*.py"):
-        relative = path.relative_to(base)
-        if not path.is_file() or not _included(relative, path.stat().st_size):
-            continue
-        key = relative.as_posix()
-        if split == "all" or (split == "heldout") == is_heldout(key):
-            chosen.append((key, path))
+    for directory, subdirs, _ in os.walk(base):
+        subdirs[:] = [d for d in subdirs if d not in EXCLUDED_DIRS]  # never descend into excluded trees
+        relative_dir = Path(directory).relative_to(base)
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".py") or not entry.is_file() or entry.stat().st_size > MAX_FILE_BYTES:
+                    continue
+                key = (relative_dir / entry.name).as_posix()
+                if split == "all" or (split == "heldout") == is_heldout(key):
+                    chosen.append((key, Path(entry.path)))
     if not chosen:
         raise InterpError(
             f"no Python source files for split {split!r} under {base}; the demo corpus is the "

@@ -34,15 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from interp.autointerp.explanations import load_explanations
 from interp.errors import InterpError
 from interp.features.store import KINDS, FeatureStore, load_feature_store
-from interp.io import atomic_directory
+from interp.io import atomic_directory, disk_full_errors
+from interp.progress import progress_bar
 from interp.site.graphs import MAX_EDGES, SiteGraph, collect_graphs, graph_payload, graph_summary, graphs_only_meta
 
 log = logging.getLogger(__name__)
+
+DISK_FULL_HINT = (
+    "The site is written beside its directory and swapped in only when complete, so the old site (if any) is "
+    "unchanged. Free space there and run the same interp dashboard command again."
+)
 
 INDEX_CHUNK = 4096
 GRAPH_PAGES = ("index.html", "graph.html")
@@ -74,9 +79,10 @@ def build_dashboard(
     """Write the static site for ``feature_store`` and/or circuit ``graphs`` to ``out_dir``; returns the path of
     ``index.html``.
 
-    ``explanations``: see :func:`load_explanations`. ``graphs``: CircuitGraph objects, graph JSON files, or
-    directories holding them (see :func:`interp.site.graphs.collect_graphs`); each graph page keeps its
-    ``graph_edges`` strongest edges. An existing site in ``out_dir`` is replaced.
+    ``explanations``: see :func:`load_explanations`; default: the runs of ``interp explain`` / ``interp
+    score`` inside the feature store. ``graphs``: CircuitGraph objects, graph JSON files, or directories
+    holding them (see :func:`interp.site.graphs.collect_graphs`); each graph page keeps its ``graph_edges``
+    strongest edges. An existing site in ``out_dir`` is replaced.
     """
     if feature_store is None and not graphs:
         raise InterpError("Nothing to build: give a feature store, circuit graphs, or both.")
@@ -86,11 +92,11 @@ def build_dashboard(
     fs = None
     if feature_store is not None:
         fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
-    expl = load_explanations(explanations)
+    expl = load_explanations(explanations if explanations is not None or fs is None else fs.path)
     out = Path(out_dir)
     if out.exists() and not (out / "index.html").exists() and any(out.iterdir()):
         raise InterpError(f"{out} is not empty and holds no dashboard; choose a new directory.")
-    with atomic_directory(out) as tmp:
+    with disk_full_errors(DISK_FULL_HINT), atomic_directory(out) as tmp:
         _write_site(fs, expl, tmp, progress, site_graphs, graph_edges)
     log.info("dashboard for %d features and %d graphs at %s", fs.n_features if fs else 0, len(site_graphs), out)
     return out / "index.html"
@@ -123,7 +129,7 @@ def _write_site(fs: FeatureStore | None, expl: dict[int, dict[str, Any]], tmp: P
             + safe_json(_index_chunk(fs, a, min(a + INDEX_CHUNK, fs.n_features), tops, expl, score_name))
             + ");\n",
         )
-    bar = tqdm(total=fs.n_features, unit="feat", desc="dashboard", disable=not progress)
+    bar = progress_bar(fs.n_features, "dashboard", "feat", enabled=progress, unit_scale=False)
     for a in range(0, fs.n_features, _BLOCK):
         for rec in feature_payloads(fs, range(a, min(a + _BLOCK, fs.n_features)), tops, expl):
             _write(tmp / "data" / "features" / f"{rec['i']}.js", js_assign("INTERP_FEATURE", rec))
@@ -155,9 +161,18 @@ def _copy_assets(dest: Path, only: Sequence[str] | None = None) -> None:
         _write(dest / "plotly.min.js", plotly.offline.get_plotlyjs())
 
 
-def _score_name(expl: dict[int, dict[str, Any]]) -> str | None:
+def _score_names(expl: dict[int, dict[str, Any]]) -> list[str]:
+    """Every score name, auto-interpretation's scorers in their run order first, then by frequency."""
+    from interp.autointerp.explanations import HEADLINE
+
     names = Counter(n for rec in expl.values() for n in rec["scores"])
-    return sorted(names, key=lambda n: (-names[n], n))[0] if names else None
+    order = {n: k for k, n in enumerate(HEADLINE)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), -names[n], n))
+
+
+def _score_name(expl: dict[int, dict[str, Any]]) -> str | None:
+    names = _score_names(expl)
+    return names[0] if names else None
 
 
 def site_meta(fs: FeatureStore, expl: dict[int, dict[str, Any]], score_name: str | None) -> dict[str, Any]:
@@ -178,6 +193,7 @@ def site_meta(fs: FeatureStore, expl: dict[int, dict[str, Any]], score_name: str
         "has_explanations": bool(expl),
         "has_scores": score_name is not None,
         "score_name": score_name,
+        "score_names": _score_names(expl),
         "served": False,
     }
 
@@ -212,6 +228,8 @@ def _index_chunk(
         "top": tops[a:b],
         "expl": [expl[i]["text"] if i in expl else None for i in range(a, b)],
         "score": [expl.get(i, {}).get("scores", {}).get(score_name) for i in range(a, b)],
+        "scores": {name: [expl.get(i, {}).get("scores", {}).get(name) for i in range(a, b)]
+                   for name in _score_names(expl)},
     }
 
 

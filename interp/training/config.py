@@ -31,9 +31,11 @@ class TrainConfig:
     architecture: str = "topk"
     """Registry name (see ``interp.dictionaries.REGISTRY``)."""
     hook: str | None = None
-    """Input hook in the store; None uses the store's only hook."""
+    """Input hook in the store; None uses the store's only hook. A glob pattern (``blocks.*.ln2.hook_normalized``)
+    reads every matching hook as one row, in layer order (a cross-layer transcoder's inputs)."""
     hook_out: str | None = None
-    """Target hook for transcoders (e.g. ``blocks.0.hook_mlp_out``); None for autoencoders."""
+    """Target hook for transcoders (e.g. ``blocks.0.hook_mlp_out``, or a pattern such as ``blocks.*.hook_mlp_out``);
+    None for autoencoders."""
     expansion: int = 8
     """d_sae = expansion * d_in, unless ``d_sae`` is given."""
     d_sae: int | None = None

@@ -17,7 +17,7 @@ Definitions (all statistics over the evaluated rows; BOS rows excluded):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -134,20 +134,14 @@ def evaluate(
     return EvalResult(**result)
 
 
-def _hooks(d: Dictionary) -> tuple[str, str]:
-    """(hook the dictionary reads, hook it reconstructs); raises when it was not trained on activations."""
-    return d.input_hook, d.cfg.hook_out or d.input_hook
-
-
 def _reconstruction(d: Dictionary, store: ActivationSource, n_tokens: int, batch_size: int) -> dict[str, Any]:
-    hook_in, hook_out = _hooks(d)
-    hooks = sorted({hook_in, hook_out})
+    hooks = sorted({*d.input_hooks, *d.output_hooks})
     acc = {k: 0.0 for k in ("err", "sq", "xx", "cos", "ratio", "hh", "xh", "l0", "l1")}
     sum_x = torch.zeros(d.cfg.d_out, dtype=torch.float64)
     fires = torch.zeros(d.cfg.d_sae, dtype=torch.float64)
     n = 0
     for batch in store.batches(hooks, batch_size, epochs=1, seed=0, shuffle=False, drop_last=False):
-        x, y = batch.acts[hook_in][: n_tokens - n], batch.acts[hook_out][: n_tokens - n]
+        x, y = d.input_rows(batch.acts)[: n_tokens - n], d.output_rows(batch.acts)[: n_tokens - n]
         xn, st = d.normalize_input(x)
         f = d.encode_normalized(xn)
         y_hat = d.denormalize_output(d.reconstruct_normalized(xn), st).double()
@@ -193,14 +187,18 @@ def _downstream(
     n_ctx = max(1, min(store.n_rows // ctx, math.ceil(ce_tokens / ctx)))
     tokens = store.column("tokens")[: n_ctx * ctx].long().view(n_ctx, ctx)
     keep = store.column("pos")[: n_ctx * ctx].view(n_ctx, ctx) >= 0  # False at inserted BOS rows
-    hook_in, hook_out = _hooks(d)
+    if len(d.output_hooks) > 1 and not d.causal:
+        raise InterpError(
+            f"This {d.cfg.architecture} dictionary predicts {len(d.output_hooks)} hooks from all of its inputs at "
+            "once, so it cannot be spliced into one forward pass; evaluate it without a model."
+        )
     sums = {"clean": 0.0, "splice": 0.0, "zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
     count = 0
     for a in range(0, n_ctx, batch_contexts):
         toks, mask = tokens[a : a + batch_contexts], keep[a : a + batch_contexts]
         clean = model.forward(toks).float()
-        spliced = _run_spliced(d, model, toks, mask, hook_in, hook_out, ablate=False).float()
-        zeroed = _run_spliced(d, model, toks, mask, hook_in, hook_out, ablate=True).float()
+        spliced = _run_spliced(d, model, toks, mask, ablate=False).float()
+        zeroed = _run_spliced(d, model, toks, mask, ablate=True).float()
         m = mask[:, :-1].to(clean.device)
         for key, logits in (("clean", clean), ("splice", spliced), ("zero", zeroed)):
             sums[key] += float(next_token_loss(logits, toks)[m].sum())
@@ -223,32 +221,37 @@ def _downstream(
     )
 
 
-def _run_spliced(
-    d: Dictionary,
-    model: Model,
-    toks: torch.Tensor,
-    mask: torch.Tensor,
-    hook_in: str,
-    hook_out: str,
-    ablate: bool,
-) -> torch.Tensor:
-    """Logits with the activation at ``hook_out`` replaced (reconstruction or zeros) where ``mask``."""
+def _run_spliced(d: Dictionary, model: Model, toks: torch.Tensor, mask: torch.Tensor, ablate: bool) -> torch.Tensor:
+    """Logits with every output hook of ``d`` replaced (by the reconstruction, or zeros) where ``mask``.
+
+    Output hook j's reconstruction is computed from the input hooks as they are in this forward pass, with
+    the inputs not reached yet set to 0: exact for one hook, and for a causal dictionary (output j reads
+    inputs 0..j only), whose splice is then the closed-loop replacement of every output at once."""
+    ins, outs = d.input_hooks, d.output_hooks
     captured: dict[str, torch.Tensor] = {}
 
-    def grab(act: torch.Tensor, hook: Any) -> None:
-        captured["x"] = act
+    def grab(name: str) -> Callable[[torch.Tensor, Any], None]:
+        def hook(act: torch.Tensor, hook: Any) -> None:
+            captured[name] = act
+        return hook
 
-    def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        source = captured.get("x", act)
-        if ablate:
-            new = torch.zeros_like(act)
-        else:
-            flat = source.reshape(source.shape[0] * source.shape[1], -1)
-            new = d(flat.to(d.in_scale.device).float()).to(act.dtype).view_as(act)
-        where = mask.to(act.device).view(*mask.shape, *([1] * (act.dim() - 2)))
-        return torch.where(where, new, act)
+    def replace(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            if ablate:
+                new = torch.zeros_like(act)
+            else:
+                if name in ins:  # an autoencoder reads the activation it replaces
+                    captured[name] = act
+                n, width_in, width_out = act.shape[0] * act.shape[1], d.cfg.d_in // len(ins), d.cfg.d_out // len(outs)
+                rows = {h: captured[h].reshape(n, -1) if h in captured else act.new_zeros(n, width_in) for h in ins}
+                j = outs.index(name)
+                y = d(d.input_rows(rows).to(d.in_scale.device).float())[:, j * width_out : (j + 1) * width_out]
+                new = y.to(act.dtype).view_as(act)
+            where = mask.to(act.device).view(*mask.shape, *([1] * (act.dim() - 2)))
+            return torch.where(where, new, act)
+        return hook
 
-    hooks = ([(hook_in, grab)] if hook_in != hook_out else []) + [(hook_out, replace)]
+    hooks = [(h, grab(h)) for h in ins if h not in outs] + [(h, replace(h)) for h in outs]
     with model.hooks(hooks):
         return model.forward(toks)
 

@@ -8,24 +8,26 @@ from pathlib import Path
 from typing import Any
 
 from interp.configs import config_to_dict
+from interp.progress import progress_bar as make_bar
 from interp.training.slot import Slot
 
 log = logging.getLogger(__name__)
 
 
 class TrainLog:
-    """JSONL log (always) plus wandb when asked for and importable."""
+    """JSONL log (always) plus wandb when asked for and importable. ``name`` is the log file: each rank
+    that trains dictionaries of its own writes one (``train_log.jsonl`` on rank 0)."""
 
-    def __init__(self, out: Path, slots: list[Slot], start: int):
+    def __init__(self, out: Path, slots: list[Slot], start: int, name: str = "train_log.jsonl"):
         out.mkdir(parents=True, exist_ok=True)
         self.slots = slots
-        self.path = out / "train_log.jsonl"
+        self.path = out / name
         if self.path.exists():  # drop lines past the checkpoint we resume from
             keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         self.file = open(self.path, "a")
         self.wandb = None
-        project = slots[0].cfg.wandb_project
+        project = slots[0].cfg.wandb_project if slots else None
         if project:
             try:
                 import wandb
@@ -58,8 +60,5 @@ class TrainLog:
 
 
 def progress_bar(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc="train", dynamic_ncols=True)
+    """The training bar (see ``interp.progress``), or None when disabled."""
+    return make_bar(total, "train", initial=initial) if enabled else None

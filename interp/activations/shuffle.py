@@ -1,0 +1,132 @@
+"""The shuffle buffer behind every source's batches, built to copy each row as few times as it can.
+
+A row is copied into the buffer once (when its block arrives) and out once, straight into the batch it goes
+out in: evicted rows are gathered into batch-sized tensors with ``index_select(out=...)``, so no batch is ever
+stitched from pieces. The buffer's memory comes from a :class:`Workspace` that keeps it between passes over the
+same source, so a pass does not fault in hundreds of megabytes of fresh pages. Batches are fresh tensors (in
+page-locked memory when ``pin_memory``; torch's caching host allocator then reuses them once their copies to
+the GPU are done), so a caller may keep them.
+
+The order rows come out in is a pure function of the seed and the sizes of the incoming blocks; the buffer
+draws from the generator only when it starts a new permutation (and once at the end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+Rows = dict[str, torch.Tensor]
+"""Row group: key -> (rows, ...) tensor, every tensor with the same number of rows."""
+
+
+class Workspace:
+    """Tensors kept between the passes of one source and lent to one pass at a time (a second pass running at
+    the same time gets its own)."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        found = self._free.pop((shape, dtype), None)
+        return found if found is not None else torch.empty(shape, dtype=dtype)
+
+    def give(self, tensors: Rows) -> None:
+        for t in tensors.values():
+            self._free[(tuple(t.shape), t.dtype)] = t
+
+
+class Assembler:
+    """Gathers rows into batches of exactly ``batch_size`` rows, in the order given."""
+
+    def __init__(self, batch_size: int, pin_memory: bool = False):
+        self.batch_size, self.pin_memory = batch_size, pin_memory
+        self.current: Rows = {}
+        self.fill = 0
+        self.ready: list[Rows] = []
+
+    def gather(self, data: Rows, index: torch.Tensor) -> None:
+        """Append rows ``index`` of ``data`` (in that order) to the batches under assembly."""
+        i, n = 0, index.shape[0]
+        while i < n:
+            if not self.current:
+                self.current = {k: torch.empty((self.batch_size, *v.shape[1:]), dtype=v.dtype,
+                                               pin_memory=self.pin_memory) for k, v in data.items()}
+            take = min(self.batch_size - self.fill, n - i)
+            part = index[i : i + take]
+            for k, v in data.items():
+                torch.index_select(v, 0, part, out=self.current[k][self.fill : self.fill + take])
+            self.fill += take
+            i += take
+            if self.fill == self.batch_size:
+                self.ready.append(self.current)
+                self.current, self.fill = {}, 0
+
+    def take_ready(self) -> list[Rows]:
+        out, self.ready = self.ready, []
+        return out
+
+    def tail(self) -> Rows | None:
+        """The last, partial batch (None when there is none); the assembler is empty afterwards."""
+        out = {k: v[: self.fill] for k, v in self.current.items()} if self.current and self.fill else None
+        self.current, self.fill = {}, 0
+        return out
+
+
+class ShuffleBuffer:
+    """A full buffer of rows; each incoming block takes the slots of the rows it evicts, which go out.
+
+    Slots are visited in the order of a fresh random permutation per buffer-full, so each row is copied
+    once in and once out, and mixing spans many shards and blocks. A buffer larger than every row a pass will
+    push behaves the same as one exactly that large (it never fills), so callers may cap ``capacity`` there.
+    """
+
+    def __init__(self, capacity: int, gen: torch.Generator, out: Assembler, workspace: Workspace):
+        self.capacity, self.gen, self.out, self.workspace = capacity, gen, out, workspace
+        self.data: Rows = {}
+        self.n = 0
+        self.perm = torch.empty(0, dtype=torch.int64)
+        self.cursor = capacity  # a permutation is drawn when the buffer first fills
+
+    def push(self, rows: Rows) -> None:
+        """Add ``rows``; the rows they evict go to the assembler."""
+        m = next(iter(rows.values())).shape[0]
+        if not self.data:
+            self.data = {k: self.workspace.take((self.capacity, *v.shape[1:]), v.dtype) for k, v in rows.items()}
+        i = 0
+        while i < m:
+            if self.n < self.capacity:  # still filling
+                take = min(self.capacity - self.n, m - i)
+                for k, v in rows.items():
+                    self.data[k][self.n : self.n + take] = v[i : i + take]
+                self.n += take
+            else:
+                if self.cursor >= self.capacity:
+                    self.perm = torch.randperm(self.capacity, generator=self.gen)
+                    self.cursor = 0
+                take = min(self.capacity - self.cursor, m - i)
+                slots = self.perm[self.cursor : self.cursor + take]
+                self.cursor += take
+                self.out.gather(self.data, slots)
+                for k, v in rows.items():
+                    self.data[k].index_copy_(0, slots, v[i : i + take])
+            i += take
+
+    def flush(self) -> Iterator[None]:
+        """Send everything still buffered out, in random order, pausing after each completed batch (so the
+        caller hands batches on as they are made)."""
+        perm = torch.randperm(self.n, generator=self.gen)
+        data = {k: v[: self.n] for k, v in self.data.items()}
+        a = 0
+        while a < self.n:
+            b = min(self.n, a + self.out.batch_size - self.out.fill)
+            self.out.gather(data, perm[a:b])
+            a = b
+            yield
+        self.n, self.cursor = 0, self.capacity
+
+    def release(self) -> None:
+        """Hand the buffer's memory back to the workspace (the buffer is unusable afterwards)."""
+        self.workspace.give(self.data)
+        self.data = {}
