@@ -188,8 +188,7 @@ def report(model: Any, task: Any, base: Any, ours: list[Any], peer: dict[str, An
            load: tuple[float, float]) -> None:
     cg = ComponentGraph.of(model)
     index = cg.edge_index().tolist()
-    matrix = edge_matrix(cg, ours[0])
-    mine = torch.tensor([matrix[s, d].item() for s, d in index], dtype=torch.float64)
+    mine = edge_matrix(cg, ours[0])[cg.valid]  # in edge_index order (tests/test_circuits_components.py)
     theirs_by_key = {interp_key(name): score for name, score in peer["edges"].items()}
     keys = [f"{cg.src_names[s]}->{cg.dst_names[d][0]}" + (f"<{cg.dst_names[d][1]}>" if cg.dst_names[d][1] else "")
             for s, d in index]
