@@ -1,8 +1,9 @@
 """Shared fixtures: a tiny random GPT-2 with its own BPE tokenizer, a small text corpus on disk, a stand-in
 dictionary with controlled weights, and a feature store made from them.
 
-Thread count: every test runs with ``TORCH_THREADS`` threads, taken from its module (default 2) and restored
-after, so no module changes it for the others at import time.
+Thread count: every test runs with ``TORCH_THREADS`` threads, taken from its module (default 1: the tests' tensors
+are small, and before this fixture one module's import-time ``set_num_threads(1)`` ran the whole session on one
+thread) and restored after, so no module changes it for the others at import time.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ RESID = "blocks.0.hook_resid_post"
 @pytest.fixture(autouse=True, scope="module")
 def _torch_threads(request: pytest.FixtureRequest):
     before = torch.get_num_threads()
-    torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 2))
+    torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 1))
     yield
     torch.set_num_threads(before)
+
 
 CORPUS_LINES = [
     "def add(a, b):\n    return a + b\n",

@@ -179,11 +179,13 @@ def test_out_dir_with_another_store_is_left_alone(tiny_model_dir, corpus_dir, tm
     assert [p.name for p in stray.iterdir()] == ["notes.txt"]
 
 
-def test_complete_store_is_not_recomputed(tiny_model_dir, corpus_dir, tmp_path):
+@pytest.mark.parametrize("shard_mb", [0.25, 64.0])  # several shards; a store smaller than one shard
+def test_complete_store_is_not_recomputed(tiny_model_dir, corpus_dir, tmp_path, shard_mb):
     out = tmp_path / "s"
-    cache_activations(_cfg(tiny_model_dir, corpus_dir, n_tokens=512), out, progress=False)
+    cfg = _cfg(tiny_model_dir, corpus_dir, n_tokens=512, shard_mb=shard_mb)
+    cache_activations(cfg, out, progress=False)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    cache_activations(_cfg(tiny_model_dir, corpus_dir, n_tokens=512), out, progress=False)
+    cache_activations(cfg, out, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
 
 

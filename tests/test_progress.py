@@ -59,7 +59,7 @@ def test_progress_in_a_log_file_is_periodic_lines(tiny_model_dir, corpus_dir, tm
     log_file = tmp_path / "cache.log"
     with open(log_file, "w") as f:
         subprocess.run(_cache_argv(tiny_model_dir, corpus_dir, tmp_path / "s"), stderr=f, stdout=subprocess.DEVNULL,
-                       env={**ENV, "INTERP_PROGRESS_SECONDS": "0.2"}, cwd=ROOT, check=True, timeout=300)
+                       env={**ENV, "INTERP_PROGRESS_SECONDS": "0.01"}, cwd=ROOT, check=True, timeout=300)
     text = log_file.read_text()
     assert "\r" not in text, text[:2000]
     assert "Loading weights" not in text

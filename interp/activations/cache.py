@@ -23,10 +23,8 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -37,10 +35,11 @@ from typing import Any, Literal
 import torch
 
 from interp.activations.source import act_key, grad_key, probe_shapes
-from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore, shard_name
-from interp.distributed import any_rank, barrier, check_same_everywhere, rank_and_world
+from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore
+from interp.activations.writer import DirectoryLock, ShardWriter, contexts_digest
+from interp.distributed import barrier, check_same_everywhere, rank_and_world
 from interp.errors import InterpError
-from interp.io import atomic_write_json, disk_full_errors, read_json, remove_temporaries, save_tensors
+from interp.io import atomic_write_json, disk_full_errors, read_json, remove_temporaries
 from interp.model.corpus import Context, CorpusConfig, iter_contexts
 from interp.model.model import Model, load_model
 from interp.progress import progress_bar
@@ -111,7 +110,7 @@ def cache_activations(
     out = Path(out_dir)
     rank, world = rank_and_world()
     _check_out_dir(out)
-    lock = _DirectoryLock(out)
+    lock = DirectoryLock(out)
     try:
         if out.is_dir():  # refuse a second job before loading the model
             lock.acquire_on_rank0()
@@ -134,7 +133,8 @@ def cache_activations(
             contexts = _prefetch(_prepend(first, contexts), depth=4 * cfg.batch_size)
             if manifest["complete"]:
                 per_shard = _contexts_per_shard(cfg, shapes)
-                next(_checked(enumerate(_shard_groups(contexts, per_shard, per_shard)), _listed(manifest, 1), out))
+                first_shard = _shard_groups(contexts, per_shard, cfg.n_contexts)  # fewer contexts when the store is small
+                next(_checked(enumerate(first_shard), _listed(manifest, 1), out))
                 log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
             else:
                 _write(cfg, model, hooks, shapes, contexts, out, manifest, progress and rank == 0)
@@ -147,50 +147,6 @@ DISK_FULL_HINT = (
     "The store stays valid with the shards completed so far. Free space there (or pass --out on another disk) "
     "and run the same interp cache command again: it resumes after the last complete shard."
 )
-
-
-class _DirectoryLock:
-    """An exclusive ``flock`` on the store directory, held by rank 0 while a job writes the store; another job
-    is refused. The lock lives on the directory itself, so it adds no file to the store, and the kernel releases
-    it when the process ends, however it ends."""
-
-    def __init__(self, out: Path):
-        self.out, self.fd = out, -1
-
-    def acquire_on_rank0(self) -> None:
-        """Rank 0 takes the lock (creating the directory) unless it holds it already; every rank raises the same
-        InterpError when another job holds it (a collective: every rank calls this at the same point)."""
-        refused: InterpError | None = None
-        if rank_and_world()[0] == 0 and self.fd < 0:
-            try:
-                self._acquire()
-            except InterpError as e:
-                refused = e
-        if any_rank(refused is not None):
-            raise refused or InterpError(f"Another job is writing the activation store {self.out}; see rank 0.")
-
-    def _acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.out, os.O_RDONLY)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            self.release()
-            raise InterpError(
-                f"Another process is writing the activation store {self.out} (it holds the directory's lock). Wait "
-                "for it to finish, or stop it and run this command again to resume; or choose another --out."
-            ) from e
-        except OSError as e:  # a filesystem without flock (some network mounts)
-            log.warning("cannot lock %s (%s); make sure only one interp cache writes it", self.out, e)
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 def _check_out_dir(out: Path) -> None:
@@ -224,15 +180,6 @@ def _new_manifest(cfg: CacheConfig, model: Model, hooks: list[str], shapes: dict
         "n_contexts": 0,
         "complete": False,
     }
-
-
-def contexts_digest(tokens: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> str:
-    """sha256 of a shard's ``tokens`` (int32), ``doc`` (int64) and ``pos`` (int32) columns, in that order: what
-    the corpus gave the shard. Recorded in the shard's manifest entry as ``contexts_sha256``."""
-    h = hashlib.sha256()
-    for column, dtype in ((tokens, torch.int32), (doc, torch.int64), (pos, torch.int32)):
-        h.update(column.to(dtype).contiguous().numpy().data)
-    return h.hexdigest()
 
 
 def _listed(manifest: dict[str, Any], n: int | None = None) -> dict[int, dict[str, Any]]:
@@ -360,7 +307,7 @@ def _write(
             if index >= max(done):
                 break
     parts = world > 1 or any(i >= len(manifest["shards"]) for i in done)
-    writer = _ShardWriter(out, manifest, part=rank if parts else None)
+    writer = ShardWriter(out, manifest, part=rank if parts else None)
     bar = progress_bar(cfg.n_contexts * cfg.ctx_len, "cache", enabled=progress)
     try:
         n_contexts, last = 0, False
@@ -451,71 +398,3 @@ def _check_finite(t: torch.Tensor, hook: str, ctx: int, what: str) -> None:
             f"Non-finite {what} (NaN or inf) at hook {hook} in contexts from {ctx}. The model or its dtype is "
             "numerically broken on this input; try --dtype float32 on a float32 model, or another corpus."
         )
-
-
-class _ShardWriter:
-    """Writes shards on one background thread, in order, and lists each one after it is on disk: in the
-    manifest, or (``part`` = this rank, when ranks split the work) in the rank's part file, which rank 0
-    merges into the manifest at the end.
-
-    After an error the thread keeps taking (and dropping) items until it is closed, so the main thread never
-    waits on a dead writer; the error is raised on the main thread by the next ``put`` or by ``close``.
-    """
-
-    def __init__(self, out: Path, manifest: dict[str, Any], part: int | None = None):
-        self.out, self.manifest, self.part = out, manifest, part
-        self.part_path = out / f"manifest.rank{part}.json"
-        self.listed: list[dict[str, Any]] = []
-        if part is not None and self.part_path.exists():
-            self.listed = list(read_json(self.part_path, "store manifest part")["shards"])
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="interp-shard-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, index: int, tensors: dict[str, torch.Tensor], contexts: int, last: bool) -> None:
-        self._raise()
-        self._queue.put((index, tensors, contexts, last))
-
-    def finish_empty(self) -> None:
-        """Mark complete when the corpus ended exactly at a shard boundary."""
-        self._raise()
-        self._queue.put((None, None, 0, True))
-
-    def _loop(self) -> None:
-        while (item := self._queue.get()) is not StopIteration:
-            if self._error is not None:
-                continue  # drop: the job is ending with the error
-            try:
-                self._write(*item)
-            except BaseException as e:  # surfaced on the main thread by _raise / close
-                self._error = e
-
-    def _write(self, index: int | None, tensors: dict[str, torch.Tensor] | None, contexts: int, last: bool) -> None:
-        entry = None
-        if index is not None and tensors is not None:
-            name = shard_name(index)
-            sha = save_tensors(self.out / name, tensors)
-            entry = {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts,
-                     "bytes": (self.out / name).stat().st_size, "sha256": sha,
-                     "contexts_sha256": contexts_digest(tensors["tokens"], tensors["doc"], tensors["pos"])}
-        if self.part is not None:
-            if entry is not None:
-                self.listed.append({**entry, "index": index})
-                atomic_write_json(self.part_path, {"format": f"{FORMAT}-part", "shards": self.listed})
-            return
-        if entry is not None:
-            self.manifest["shards"].append(entry)
-            self.manifest["n_contexts"] += contexts
-        if last:
-            self.manifest["complete"] = True
-        atomic_write_json(self.out / MANIFEST, self.manifest)
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def close(self) -> None:
-        self._queue.put(StopIteration)  # the thread takes items until this one, even after an error
-        self._thread.join()
-        self._raise()

@@ -281,7 +281,9 @@ def replacement_logits(model: Model, transcoders: TranscoderSet, tokens: torch.T
     if with_error:
         hooks = [h for layer in transcoders.layers
                  for h in (transcoders.input_hook(layer), f"blocks.{layer}.hook_mlp_out")]
-        clean = model.capture(tokens, hooks).acts
+        # the same engine as the spliced forward below, so each feature sees bit-identical inputs in both passes
+        # (the module path agrees with the bridge to ~1e-7, enough to flip a JumpReLU or TopK feature at its edge)
+        clean = model.capture(tokens, hooks, path="bridge").acts
         inputs = {layer: clean[transcoders.input_hook(layer)] for layer in transcoders.layers}
         features = {layer: transcoders.encode(layer, inputs[layer]) for layer in transcoders.layers}
         errors = {m: clean[f"blocks.{m}.hook_mlp_out"] - _reconstruct(transcoders, m, features, inputs[m])

@@ -40,6 +40,7 @@ from interp.errors import InterpError, close_matches
 from interp.model import bridge as bridges
 from interp.model.checkpoint import Checkpoint, open_checkpoint
 from interp.model.info import Captured, ModelInfo
+from interp.model.recorder import HookFn, Recorder
 from interp.model.tokenizer import Tokenizer
 from interp.model.transformer import Transformer
 from interp.model.vocabulary import hook_names, served
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 DEMO_NAME = "demo"
 DEMO_DIR: Path = Path(__file__).resolve().parents[1] / "zoo" / "demo"
 """The shipped demo checkpoint (made by ``interp.zoo``'s recipe; a data directory, so no import of zoo)."""
-HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 CapturePath = Literal["modules", "bridge"]
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -200,12 +200,12 @@ class Model:
             raise InterpError(f"The module path cannot capture {list(hooks)} on {self.info.name!r} now; "
                               "leave path='auto' or use path='bridge'.")
         tokens = tokens.to(self.device)
-        recorder = _Recorder(with_grads)
+        recorder = Recorder(with_grads)
         if chosen == "modules":
             return self._capture_modules(tokens, hooks, recorder)
         return self._capture_bridge(tokens, hooks, recorder)
 
-    def _capture_modules(self, tokens: torch.Tensor, hooks: Sequence[str], rec: _Recorder) -> Captured:
+    def _capture_modules(self, tokens: torch.Tensor, hooks: Sequence[str], rec: Recorder) -> Captured:
         net = self._transformer()
         handles = [net.get_submodule(h).register_forward_hook(rec.module_hook(h)) for h in hooks]
         try:
@@ -220,7 +220,7 @@ class Model:
             for handle in handles:
                 handle.remove()
 
-    def _capture_bridge(self, tokens: torch.Tensor, hooks: Sequence[str], rec: _Recorder) -> Captured:
+    def _capture_bridge(self, tokens: torch.Tensor, hooks: Sequence[str], rec: Recorder) -> Captured:
         fwd: list[tuple[str, HookFn]] = []
         for h in hooks:
             if rec.with_grads and h.endswith(".hook_resid_mid"):
@@ -321,35 +321,6 @@ class Model:
         """Each id decoded on its own (byte-level pieces may be partial characters)."""
         ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
         return [self.tokenizer.decode([i]) for i in ids]
-
-
-class _Recorder:
-    """Keeps captured activations; with gradients, adds a zero leaf to each (d loss / d leaf == d loss / d act,
-    and the graph is intact)."""
-
-    def __init__(self, with_grads: bool):
-        self.with_grads = with_grads
-        self.acts: dict[str, torch.Tensor] = {}
-        self.deltas: dict[str, torch.Tensor] = {}
-
-    def record(self, name: str, act: torch.Tensor, value: bool = True, delta: bool = True) -> torch.Tensor | None:
-        if value:
-            self.acts[name] = act.detach()
-        if not (self.with_grads and delta):
-            return None
-        self.deltas[name] = leaf = torch.zeros_like(act, requires_grad=True)
-        return act + leaf
-
-    def bridge_hook(self, name: str, value: bool = True, delta: bool = True) -> HookFn:
-        return lambda act, hook: self.record(name, act, value, delta)
-
-    def module_hook(self, name: str) -> Callable[[Any, Any, torch.Tensor], torch.Tensor | None]:
-        return lambda module, args, out: self.record(name, out)
-
-    def grads(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        names, leaves = list(self.deltas), list(self.deltas.values())
-        grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
-        return {n: g if g is not None else torch.zeros_like(leaf) for n, g, leaf in zip(names, grads, leaves)}
 
 
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
