@@ -133,7 +133,7 @@ def cache_activations(
             contexts = _prefetch(_prepend(first, contexts), depth=4 * cfg.batch_size)
             if manifest["complete"]:
                 per_shard = _contexts_per_shard(cfg, shapes)
-                first_shard = _shard_groups(contexts, per_shard, cfg.n_contexts)  # fewer contexts when the store is small
+                first_shard = _shard_groups(contexts, per_shard, cfg.n_contexts)  # fewer contexts in a small store
                 next(_checked(enumerate(first_shard), _listed(manifest, 1), out))
                 log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
             else:
