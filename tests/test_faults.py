@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import interp.activations.cache as cache_module
+import interp.activations.writer as writer_module
 from interp.activations.cache import CacheConfig, cache_activations
 from interp.activations.store import ActivationStore
 from interp.errors import InterpError
@@ -120,7 +120,7 @@ def test_writer_dying_under_slow_writes_ends_the_job(tiny_model_dir, tiny_model,
                                                      monkeypatch):
     """Writes slower than compute, then the disk fills: the main thread is waiting to hand the writer the next
     shard when the writer fails. The job must end with the writer's error, not wait forever."""
-    real = cache_module.save_tensors
+    real = writer_module.save_tensors
     writes = []
 
     def slow_then_full(path, tensors, metadata=None):
@@ -130,7 +130,7 @@ def test_writer_dying_under_slow_writes_ends_the_job(tiny_model_dir, tiny_model,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, tensors, metadata)
 
-    monkeypatch.setattr(cache_module, "save_tensors", slow_then_full)
+    monkeypatch.setattr(writer_module, "save_tensors", slow_then_full)
     cfg, out = _cfg(tiny_model_dir, corpus_dir), tmp_path / "store"
     error = _in_thread(lambda: cache_activations(cfg, out, progress=False, model=tiny_model))
     assert isinstance(error, DiskFullError), error
@@ -138,7 +138,7 @@ def test_writer_dying_under_slow_writes_ends_the_job(tiny_model_dir, tiny_model,
     store = ActivationStore(out)
     store.verify_all()
     assert not store.complete and len(store.shards) == 2
-    monkeypatch.setattr(cache_module, "save_tensors", real)
+    monkeypatch.setattr(writer_module, "save_tensors", real)
     cache_activations(cfg, out, progress=False, model=tiny_model)
     assert _store_bytes(out) == reference
 
@@ -163,13 +163,13 @@ def test_file_size_limit_ends_in_a_clear_error(tiny_model_dir, tiny_model, corpu
 
 def test_reader_of_a_store_being_written_sees_only_complete_shards(tiny_model_dir, tiny_model, corpus_dir, reference,
                                                                    tmp_path, monkeypatch, caplog):
-    real = cache_module.save_tensors
+    real = writer_module.save_tensors
 
     def slow(path, tensors, metadata=None):
         time.sleep(0.3)
         return real(path, tensors, metadata)
 
-    monkeypatch.setattr(cache_module, "save_tensors", slow)
+    monkeypatch.setattr(writer_module, "save_tensors", slow)
     cfg, out = _cfg(tiny_model_dir, corpus_dir), tmp_path / "store"
     with pytest.raises(InterpError, match="not an activation store"):
         ActivationStore(out)
