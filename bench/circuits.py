@@ -164,7 +164,8 @@ def main() -> None:
     p.add_argument("--scaling-prompts", type=int, default=8, help="prompt pairs on the scaling models")
     p.add_argument("--scaling-seq-len", type=int, default=8)
     p.add_argument("--scaling-rounds", type=int, default=1)
-    p.add_argument("--acdc-max-edges", type=int, default=4000)
+    p.add_argument("--acdc-max-edges", type=int, default=200,
+                   help="skip ACDC above this many edges (one forward per edge: 606 edges took over 15 min on 2 cores)")
     p.add_argument("--cache", default="/tmp/interp-bench-circuits")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="write every figure as JSON here")
