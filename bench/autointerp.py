@@ -1,10 +1,12 @@
 """Auto-interpretation throughput against an OpenAI-compatible server on loopback with a fixed latency.
 
     python bench/autointerp.py --features runs/demo/features [--latency 0.2] [--delphi-venv /tmp/peer-delphi]
+                               [--simulation chat|all_at_once]
 
 Part A, interp's whole pipeline (LLM explainer; detection, fuzzing and simulation, each with its random
 control): features explained and scored per second at concurrency 1 and 32, their ratio (goal: >= 0.8 x
 32), and tokens per feature for each purpose (as the server counts them: ~4 characters a prompt token).
+``--simulation all_at_once`` simulates with echo + prompt logprobs on /completions instead of chat.
 
 Part B, side by side with delphi (eai-delphi in a side virtualenv, never in interp's): detection and
 fuzzing of the same explanations on the same examples, 5 texts per prompt, no control, at concurrency 1
@@ -97,11 +99,11 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 def pipeline(store: Path, url: str, concurrency: int, n: int, scorers: str, explainer: str = "llm",
-             control: bool = True, run_name: str | None = None):
+             control: bool = True, run_name: str | None = None, simulation: str = "chat"):
     from interp.autointerp import AutointerpConfig, LLMConfig, SampleConfig, run_autointerp
 
     cfg = AutointerpConfig(explainer=explainer, scorers=scorers, max_features=n, control=control,
-                           run_name=run_name or f"bench-{concurrency}")
+                           run_name=run_name or f"bench-{concurrency}", simulation=simulation)  # type: ignore[arg-type]
     llm = LLMConfig(base_url=url, llm="fixture", concurrency=concurrency, cache=False)
     t = time.perf_counter()
     s = run_autointerp(store, cfg, SampleConfig(hard_negatives=0), llm, explain_features=explainer == "llm",
@@ -109,14 +111,14 @@ def pipeline(store: Path, url: str, concurrency: int, n: int, scorers: str, expl
     return s, time.perf_counter() - t
 
 
-def part_a(src: Path, url: str, work: Path, n1: int, n32: int, server_pid: int) -> dict:
+def part_a(src: Path, url: str, work: Path, n1: int, n32: int, server_pid: int, simulation: str) -> dict:
     import interp.autointerp.runner  # noqa: F401  (imports, ~5 s here, are not part of either timing)
 
     out = {}
     for conc, n in ((1, n1), (32, n32)):
         store = fresh_store(src, work / f"a{conc}")
         cpu, server_cpu = cpu_seconds(), cpu_seconds(server_pid)
-        s, sec = pipeline(store, url, conc, n, "detection,fuzzing,simulation")
+        s, sec = pipeline(store, url, conc, n, "detection,fuzzing,simulation", simulation=simulation)
         cpu, server_cpu = cpu_seconds() - cpu, cpu_seconds(server_pid) - server_cpu
         assert s.explained == n and s.scored == n, s
         req = s.usage["requests"]
@@ -190,6 +192,8 @@ def main() -> None:
     p.add_argument("--n1", type=int, default=2, help="features at concurrency 1")
     p.add_argument("--n32", type=int, default=64, help="features at concurrency 32")
     p.add_argument("--delphi-venv", default=os.environ.get("INTERP_DELPHI_VENV", "/tmp/peer-delphi"))
+    p.add_argument("--simulation", choices=("chat", "all_at_once"), default="chat",
+                   help="how part A simulates (all_at_once: /completions with echo + prompt logprobs)")
     p.add_argument("--skip-delphi", action="store_true")
     p.add_argument("--only-delphi", action="store_true", help="part B only")
     args = p.parse_args()
@@ -202,12 +206,14 @@ def main() -> None:
             print(f"server {url}, latency {args.latency * 1000:.0f} ms per request; load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
             if not args.only_delphi:
-                part_a(src, url, Path(tmp), args.n1, args.n32, server.pid)
+                print(f"simulation: {args.simulation}")
+                part_a(src, url, Path(tmp), args.n1, args.n32, server.pid, args.simulation)
             if not args.skip_delphi:
                 part_b(src, url, Path(tmp), max(args.n1, 4), args.n32, Path(args.delphi_venv))
     finally:
         server.terminate()
         server.wait()
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

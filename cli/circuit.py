@@ -1,10 +1,12 @@
 """``interp circuit METHOD``: find the circuit of a task with one method (or ``compare`` them all) and write its
 graph JSON. Every field of ``interp.circuits.CircuitConfig`` is a flag, generated from the dataclass.
-``transcoder-paths`` explains one prompt through transcoders instead (flags of ``TranscoderPathsConfig``).
+``transcoder-paths`` explains one prompt through transcoders instead (flags of ``TranscoderPathsConfig``), and
+``attribution-graph`` builds its attribution graph (flags of ``AttributionGraphConfig``).
 
     interp circuit eap --model demo --task induction --out runs/circuit
     interp circuit compare --model demo --task induction --truth-nodes L0H1,L1H2 --out runs/compare
     interp circuit transcoder-paths --model demo --transcoders runs/dicts/clt --prompt "def f(x):" --out runs/paths
+    interp circuit attribution-graph --model demo --transcoders runs/dicts/clt --prompt "def f(x):" --out runs/graph
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cli import _attribution_graph as attribution_graph
 from cli import _transcoder_paths as transcoder_paths
 from cli.config_flags import add_config_flags, config_kwargs
 
@@ -23,9 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("circuit", help="find a circuit (patching, EAP, EAP-IG, ACDC, discrete SAE)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=[*METHODS, "compare", "transcoder-paths"],
-                   help="the method, 'compare' to run every method, or 'transcoder-paths' (one prompt, through "
-                   "transcoders)")
+    p.add_argument("method", choices=[*METHODS, "compare", "transcoder-paths", "attribution-graph"],
+                   help="the method, 'compare' to run every method, or 'transcoder-paths' / 'attribution-graph' (one "
+                   "prompt, through transcoders)")
     p.add_argument("--model", required=True, help="demo, a local Hugging Face directory, or a hub name")
     p.add_argument("--out", required=True, help="output directory (graph.json, or the comparison files)")
     p.add_argument("--device", default="cpu")
@@ -39,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "reference each edge method's ranking is compared with; one forward per edge)")
     add_config_flags(p.add_argument_group("task and method settings (CircuitConfig)"), *CONFIG)
     transcoder_paths.add_arguments(p)
+    attribution_graph.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -65,6 +69,8 @@ def _truth(args: argparse.Namespace, model: Any, task: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     if args.method == "transcoder-paths":
         return transcoder_paths.run(args)
+    if args.method == "attribution-graph":
+        return attribution_graph.run(args)
     from pathlib import Path
 
     from interp.circuits.config import CircuitConfig

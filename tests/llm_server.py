@@ -6,6 +6,9 @@ n)`` (n = the request's number, from 0), which returns a :class:`Reply`: a statu
 a delay, or ``drop`` to close the connection without answering. The default script, :func:`answer`, reads
 interp's prompts and answers them plausibly (an explanation naming the most often marked token; 0/1 lists
 that say 1 where a quoted token of the description occurs; simulated activations), with top logprobs.
+A /completions request with ``echo`` and ``logprobs`` (all-at-once simulation) is answered as vLLM does:
+the prompt's tokens (a toy tokenizer, :func:`toy_tokens`) and one generated token, each with its top
+logprobs, in the legacy format (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``).
 
 The server records every request (path, body, headers) and counts requests in flight, so tests can check
 the client's concurrency limit at the server. It only ever listens on 127.0.0.1.
@@ -63,6 +66,65 @@ def chat_body(text: str, top: int = 0, hi: int = 1, p: float = 0.8) -> dict[str,
     return body
 
 
+TOY_TOKEN = re.compile(r"\t|\n| ?[A-Za-z]{1,4}|[A-Za-z]{1,4}|\d| +|.", re.S)
+
+
+def toy_tokens(text: str, merge_tab: bool = False) -> list[str]:
+    """A toy tokenizer that splits words into pieces of up to 4 letters (" ImportError" -> " Impo", "rtEr",
+    "ror"), a space before a word in its first piece; with ``merge_tab``, a tab is glued to the
+    character after it (as a BPE vocabulary with "\t?" would)."""
+    toks = TOY_TOKEN.findall(text)
+    assert "".join(toks) == text
+    if merge_tab:
+        out: list[str] = []
+        for t in toks:
+            if out and out[-1] == "\t":
+                out[-1] += t
+            else:
+                out.append(t)
+        toks = out
+    return toks
+
+
+def echo_body(prompt: str, slot: Callable[[str], dict[str, float] | None], top: int = 15,
+              merge_tab: bool = False, generated: str = "\n") -> dict[str, Any]:
+    """A vLLM-style answer to /completions with echo and ``logprobs`` = ``top``: every prompt token and
+    ``generated`` with their top logprobs. After a tab (a slot), the top logprobs are ``slot(line)``, where
+    ``line`` is the text between the line's start and the tab (None: a null entry); elsewhere the token
+    itself and one other. The first token has no logprobs (null), as in vLLM."""
+    toks = toy_tokens(prompt, merge_tab) + [generated]
+    offsets = [0]
+    for t in toks[:-1]:
+        offsets.append(offsets[-1] + len(t))
+    tops: list[dict[str, float] | None] = [None]
+    values: list[float | None] = [None]
+    for k in range(1, len(toks)):
+        if toks[k - 1].endswith("\t"):
+            line = prompt[: offsets[k] - 1].rsplit("\n", 1)[-1]
+            alts = slot(line)
+        else:
+            alts = {toks[k]: -0.1, "the": -2.5}
+        if alts is not None:
+            alts = dict(sorted(alts.items(), key=lambda kv: -kv[1])[:top])
+        tops.append(alts)
+        values.append((alts or {}).get(toks[k], -5.0))
+    return {"id": "x", "object": "text_completion", "model": "fixture",
+            "choices": [{"index": 0, "text": prompt + generated, "finish_reason": "length",
+                         "logprobs": {"tokens": toks, "token_logprobs": values, "top_logprobs": tops,
+                                      "text_offset": offsets}}],
+            "usage": {"prompt_tokens": len(toks) - 1, "completion_tokens": 1}}
+
+
+def _simulated_slot(words: list[str]) -> Callable[[str], dict[str, float]]:
+    """Slot logprobs that say 10 (p 0.7) on a line whose token holds a quoted word, else 0 (p 0.9)."""
+    def slot(line: str) -> dict[str, float]:
+        hit = bool(line.strip()) and _matches(line, words)
+        probs = {"10": 0.7, "9": 0.15, "?": 0.1, "0": 0.05} if hit else {"0": 0.9, "1": 0.04, "?": 0.06}
+        return {k: math.log(v) for k, v in probs.items()}
+
+    return slot
+
+
 def _quoted(description: str) -> list[str]:
     out = []
     for m in QUOTED.finditer(description):
@@ -82,6 +144,9 @@ def _matches(text: str, words: list[str]) -> bool:
 
 def answer(body: dict[str, Any], n: int) -> Reply:
     """Plausible answers to interp's prompts (see the module docstring)."""
+    if body.get("echo") and body.get("logprobs"):  # all-at-once simulation: the last Description: line
+        description = re.findall(r"^Description: (.*)$", body["prompt"], re.M)[-1]
+        return Reply(body=echo_body(body["prompt"], _simulated_slot(_quoted(description)), int(body["logprobs"])))
     msgs = body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}]
     system = msgs[0]["content"] if msgs[0]["role"] == "system" else ""
     last = msgs[-1]["content"]

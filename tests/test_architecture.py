@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# hook names (ln_final.hook_scale) are public
+# ln_final.hook_* are hook names, which are public
 BRIDGE = re.compile(r"\.bridge\b|\boriginal_model\b|_original_component\b|\bln_final\b(?!\.hook_)")
 
 

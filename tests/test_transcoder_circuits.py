@@ -188,72 +188,7 @@ def test_bad_inputs_are_refused(tiny_model, tmp_path):
         greedy_paths(tiny_model, tr, logit_root(tiny_model, tr, 1), num_iters=0)
 
 
-# ---- planted paths -------------------------------------------------------------------------------
-G = 10.0
-
-
-@pytest.fixture(scope="module")
-def planted(tiny_model_dir, tmp_path_factory):
-    """The tiny GPT-2 with planted paths, and transcoders that match them.
-
-    Token X ('def', position 1) gets a large embedding, direction e_X. MLP 0 is one neuron reading e_X (firing
-    at position 1 only) and writing w. Layer 1's head 0 attends to X (its key reads e_X, its query is constant),
-    reads e_X through its value and writes u; the other heads write nothing. Layer 0's transcoder has that neuron
-    as feature 0; layer 1's features 0 and 1 read u and w (e_X, u, w orthonormal and centred)."""
-
-    from transformers import AutoTokenizer, GPT2LMHeadModel
-
-    from interp.model import load_model
-
-    hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    X = tok("def")["input_ids"][0]
-    with torch.no_grad():
-        hf.transformer.wte.weight[X] *= 10  # token X's embedding dominates its residual stream
-    basis = torch.cat([torch.ones(1, D), hf.transformer.wte.weight[X].detach()[None], torch.randn(2, D)])
-    q, _ = torch.linalg.qr(basis.T)  # orthonormal columns; the first spans the all-ones direction
-    e_x, u, w = (q[:, i] * torch.sign(q[:, i] @ basis[i]) for i in (1, 2, 3))
-    ids = torch.tensor([[hf.config.bos_token_id] + tok(PROMPT)["input_ids"]])
-    seen = {}
-    handle = hf.transformer.h[0].ln_2.register_forward_hook(lambda m, i, o: seen.update(x=o[0]))
-    hf(ids)
-    handle.remove()
-    reads = seen["x"].detach() @ e_x  # MLP 0's input along e_X at each position
-    others = torch.cat([reads[:1], reads[2:]]).max()
-    assert reads[1] > others + 1, "token X stands out along e_X"
-    threshold, gain = float(reads[1] + others) / 2, 50.0
-    with torch.no_grad():
-        mlp = hf.transformer.h[0].mlp
-        for p in mlp.parameters():
-            p.zero_()
-        mlp.c_fc.weight[:, 0], mlp.c_fc.bias[0] = gain * e_x, -gain * threshold  # gelu(gain (x.e_X - threshold))
-        mlp.c_proj.weight[0] = w / gain
-        attn = hf.transformer.h[1].attn
-        attn.c_attn.weight[:, : 3 * D] = 0
-        attn.c_attn.bias.zero_()
-        attn.c_attn.bias[0], attn.c_attn.weight[:, D] = G, e_x  # head 0's query is constant, its key reads e_X
-        attn.c_attn.weight[:, 2 * D] = G * e_x  # value coordinate 0 of head 0
-        attn.c_proj.weight.zero_()
-        attn.c_proj.bias.zero_()
-        attn.c_proj.weight[0] = G * u
-    out = tmp_path_factory.mktemp("planted")
-    hf.save_pretrained(out)
-    tok.save_pretrained(out)
-    model = load_model(str(out))
-    fp = model.info.fingerprint
-    tc0, tc1 = (create("transcoder", D, 4, hook_in=f"blocks.{l}.ln2.hook_normalized", normalization="none",
-                       hook_out=f"blocks.{l}.hook_mlp_out", model_fingerprint=fp) for l in (0, 1))
-    with torch.no_grad():
-        for tc in (tc0, tc1):
-            for p in tc.parameters():
-                p.zero_()
-        tc0.W_enc_[:, 0], tc0.W_dec_[0] = e_x, w
-        tc0.b_enc.fill_(-1.0)
-        tc0.b_enc[0] = -threshold
-        tc1.W_enc_[:, 0], tc1.W_enc_[:, 1] = u, w
-    return model, TranscoderSet([tc0, tc1], model), X
-
-
+# ---- planted paths (the `planted` fixture is in conftest.py) ----------------------------------------
 def _best(search, depth):
     return [n.component.id for n in search.paths[depth - 1][0]]
 

@@ -14,8 +14,7 @@ Guarantees:
 - A resumed run checks that the corpus still gives the contexts its finished shards hold (each shard's entry
   keeps a sha256 of its token ids, document indices and positions, ``contexts_sha256``) and refuses a changed
   corpus before it writes anything; a finished store checks its first shard's contexts the same way.
-- One job at a time writes a store: rank 0 holds an ``flock`` on the directory while the job runs, and a
-  second ``interp cache`` on the same directory is refused.
+- One job at a time writes a store: rank 0 holds an ``flock`` on the directory (``interp.activations.writer``).
 - A write that does not fit on the disk ends in an InterpError that says what to do; the store stays valid
   and the same command resumes it once there is space.
 """
@@ -27,7 +26,7 @@ import logging
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -130,14 +129,14 @@ def cache_activations(
                 manifest = _reconcile(out, manifest)
             barrier()  # the other ranks read what rank 0 created or validated
             manifest = manifest if rank == 0 else read_json(out / MANIFEST, "store manifest")
-            contexts = _prefetch(_prepend(first, contexts), depth=4 * cfg.batch_size)
-            if manifest["complete"]:
-                per_shard = _contexts_per_shard(cfg, shapes)
-                first_shard = _shard_groups(contexts, per_shard, cfg.n_contexts)  # fewer contexts in a small store
-                next(_checked(enumerate(first_shard), _listed(manifest, 1), out))
-                log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
-            else:
-                _write(cfg, model, hooks, shapes, contexts, out, manifest, progress and rank == 0)
+            with contextlib.closing(_prefetch(_prepend(first, contexts), depth=4 * cfg.batch_size)) as ahead:
+                if manifest["complete"]:
+                    per_shard = _contexts_per_shard(cfg, shapes)
+                    first_shard = _shard_groups(ahead, per_shard, cfg.n_contexts)  # small stores: < per_shard
+                    next(_checked(enumerate(first_shard), _listed(manifest, 1), out))
+                    log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
+                else:
+                    _write(cfg, model, hooks, shapes, ahead, out, manifest, progress and rank == 0)
     finally:
         lock.release()
     return ActivationStore(out)
@@ -242,7 +241,7 @@ def _prepend(first: Context, rest: Iterator[Context]) -> Iterator[Context]:
     yield from rest
 
 
-def _prefetch(items: Iterator[Context], depth: int) -> Iterator[Context]:
+def _prefetch(items: Iterator[Context], depth: int) -> Generator[Context, None, None]:
     """Produce ``items`` on a background thread (reading and tokenising overlap the forward pass).
 
     One producer keeps the order; an exception in it is raised here, in the consumer.
@@ -273,6 +272,7 @@ def _prefetch(items: Iterator[Context], depth: int) -> Iterator[Context]:
         with contextlib.suppress(queue.Empty):  # make room for a producer blocked in put(); it then sees ``stop``
             while True:
                 q.get_nowait()
+        thread.join(timeout=60)  # a daemon thread in native tokenizer code at exit can abort the process
 
 
 def _contexts_per_shard(cfg: CacheConfig, shapes: dict[str, list[int]]) -> int:

@@ -152,9 +152,9 @@ class LLMError(InterpError):
     """A request that failed for good: ``fatal`` when retrying cannot help (4xx: a wrong URL, model or
     key), else it failed on every try (the run counts it and carries on)."""
 
-    def __init__(self, message: str, fatal: bool = False):
+    def __init__(self, message: str, fatal: bool = False, status: int | None = None):
         super().__init__(message)
-        self.fatal = fatal
+        self.fatal, self.status = fatal, status
 
 
 class _Retryable(Exception):
@@ -252,7 +252,20 @@ class LLMClient:
             body["logprobs"] = top_logprobs
         return await self._request("/completions", body, purpose, fresh)
 
-    async def _request(self, path: str, body: dict[str, Any], purpose: str, fresh: bool) -> Completion:
+    async def echo(self, prompt: str, *, purpose: str, top_logprobs: int, fresh: bool = False) -> Completion:
+        """The log-probabilities of ``prompt``'s own tokens: /completions with ``echo`` and ``logprobs``.
+
+        The answer's ``logprobs`` hold every prompt token (then the one generated token, which is ignored:
+        ``max_tokens`` is 1 because some vLLM versions reject 0), each with its top ``top_logprobs``
+        alternatives, i.e. what the model expected at that position. A server that refuses echo or
+        logprobs raises a fatal :class:`LLMError` (they are not dropped, unlike :meth:`chat`).
+        """
+        body: dict[str, Any] = {"model": self.cfg.llm, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                                "echo": True, "logprobs": top_logprobs}
+        return await self._request("/completions", body, purpose, fresh, drop_refused_logprobs=False)
+
+    async def _request(self, path: str, body: dict[str, Any], purpose: str, fresh: bool,
+                       drop_refused_logprobs: bool = True) -> Completion:
         key = ResponseCache.key(path, body) if self.cache else ""
         if self.cache and not fresh:
             hit = await asyncio.to_thread(self.cache.get, key)
@@ -265,11 +278,13 @@ class LLMClient:
                     pass  # an unreadable cache entry is simply asked again
         try:
             data, c = await self._send(path, body)
-        except _LogprobsRefused:
+        except _LogprobsRefused as e:
+            if not drop_refused_logprobs:
+                raise LLMError(f"{path} answered HTTP {e.status}: {e}", fatal=True, status=e.status) from None
             log.warning("the server refused logprobs; continuing without them (no AUROC from probabilities)")
             self.logprobs_offered = False
             body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
-            return await self._request(path, body, purpose, fresh)
+            return await self._request(path, body, purpose, fresh, drop_refused_logprobs)
         if self.cache:
             await asyncio.to_thread(self.cache.put, key, path, body, data)
         self.usage.add(purpose, c)
@@ -311,10 +326,11 @@ class LLMClient:
         if r.status_code >= 400:
             message = _error_message(r)
             if r.status_code in (400, 422) and ("logprobs" in body) and "logprob" in message.lower():
-                raise _LogprobsRefused(message)
+                raise _LogprobsRefused(message, r.status_code)
             hint = " Check the key in the environment variable named by --api-key-env." if r.status_code in (
                 401, 403) else ""
-            raise LLMError(f"{path} answered HTTP {r.status_code}: {message}.{hint}", fatal=True)
+            raise LLMError(f"{path} answered HTTP {r.status_code}: {message}.{hint}", fatal=True,
+                           status=r.status_code)
         try:
             data = r.json()
         except json.JSONDecodeError:
@@ -328,7 +344,9 @@ class LLMClient:
 
 
 class _LogprobsRefused(Exception):
-    pass
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -343,8 +361,10 @@ def _describe(exc: BaseException | None) -> str:
 
 def _error_message(r: httpx.Response) -> str:
     try:
-        err = r.json().get("error")
-        text = err.get("message") if isinstance(err, dict) else err
+        data = r.json()
+        err = data.get("error")
+        # OpenAI: {"error": {"message": ...}}; vLLM before 0.10: {"object": "error", "message": ...}
+        text = err.get("message") if isinstance(err, dict) else err or data.get("message")
     except (json.JSONDecodeError, AttributeError):
         text = r.text
-    return str(text or "")[:300]
+    return str(text or r.text or "")[:300]

@@ -38,6 +38,17 @@ class AutointerpConfig:
     """Show the LLM explainer an 'Activations:' line under each example."""
     n_simulation: int = 10
     """Texts simulated per feature (half activating, half not)."""
+    simulation: Literal["auto", "all_at_once", "chat"] = "auto"
+    """How the LLM simulates activations. all_at_once (Bills et al.): one /completions request per text
+    with echo and logprobs, the expected value 0..10 read at every token's slot in the prompt, nothing
+    generated (vLLM serves it; OpenAI chat models, Ollama and llama.cpp do not, and the run stops before any
+    work with a message saying so). chat: the LLM answers a JSON list of 0..10, expected values from the
+    answer's top logprobs. auto: all_at_once with --api completions, chat with --api chat."""
+    simulation_fallback: bool = False
+    """With all_at_once: simulate on chat when the server cannot (instead of stopping the run)."""
+    simulation_logprobs: int = 15
+    """Top log-probabilities per prompt token asked for in all_at_once mode (vLLM allows up to its
+    --max-logprobs, 20 by default)."""
     parse_retries: int = 2
     """Re-asks of a malformed answer before it is counted as failed."""
     explain_max_tokens: int = 400
@@ -49,6 +60,8 @@ class AutointerpConfig:
         self.scorer_list()
         if self.n_per_prompt < 1 or self.n_simulation < 2 or self.parse_retries < 0:
             raise InterpError("Need n_per_prompt >= 1, n_simulation >= 2 and parse_retries >= 0.")
+        if not 1 <= self.simulation_logprobs <= 100:
+            raise InterpError(f"simulation_logprobs must be in 1..100, got {self.simulation_logprobs}.")
         if not 0 <= self.threshold < 1:
             raise InterpError(f"threshold must be in [0, 1), got {self.threshold}.")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from interp.autointerp import explanations as fmt
+from interp.autointerp.allatonce import simulation_mode
 from interp.autointerp.client import LLMClient, LLMConfig, Usage
 from interp.autointerp.config import AutointerpConfig, parse_features
 from interp.autointerp.examples import SampleConfig, n_activating, sample_feature
@@ -68,6 +69,7 @@ class _Run:
     path: Path
     client: LLMClient | None
     local: LocalModels
+    simulation: str = "chat"
     failures: Counter[str] = field(default_factory=Counter)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -151,6 +153,8 @@ async def _main(fs: Any, cfg: AutointerpConfig, sample: SampleConfig, llm: LLMCo
     run = _Run(fs, cfg, sample, path, client, LocalModels(fs, local))
     slots = cfg.feature_slots or (2 * client.cfg.concurrency if client else 4)
     try:
+        if do_score and "simulation" in cfg.scorer_list():
+            run.simulation = await simulation_mode(client, cfg)  # checks the server before any work
         if do_explain:
             await _explain_phase(run, features, slots, progress, count_skips=not do_score)
         if do_score:
@@ -209,10 +213,17 @@ async def _score_phase(run: _Run, features: list[int], slots: int, progress: boo
     records = {i: r for i in features if (r := fmt.read_record(run.path, i)) and r.get("explanation") is not None}
     todo = [i for i, r in records.items() if any(s not in r.get("scores", {}) for s in scorers)]
     run.counts["skipped"] += len(records) - len(todo)
+    if "simulation" in scorers:
+        other = Counter(m for r in records.values() if (m := r.get("scores", {}).get("simulation", {}).get("mode"))
+                        and m != run.simulation)
+        if other:
+            log.warning("%s of run %s were simulated %s, not %s; they are kept (start a new run with --run-name "
+                        "to simulate every feature one way)", _count(sum(other.values()), "feature"), run.path.name,
+                        " / ".join(sorted(other)), run.simulation)
     if not todo:
         return
     hard = await asyncio.to_thread(_hard_negatives, run, todo)
-    scoring = Scoring(run.client, run.cfg, run.local, scorers)
+    scoring = Scoring(run.client, run.cfg, run.local, scorers, run.simulation)
     await asyncio.to_thread(scoring.prepare)
     controls = _controls(run, records, features)
 
@@ -231,6 +242,10 @@ async def _score_phase(run: _Run, features: list[int], slots: int, progress: boo
         run.counts["scored"] += 1
 
     await _each(run, todo, "score", one, slots, progress)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _hard_negatives(run: _Run, features: list[int]) -> dict[int, list]:

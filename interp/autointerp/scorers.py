@@ -12,9 +12,11 @@ answers come from :class:`interp.autointerp.ngram.NgramSimulator`, so every scor
   max), random non-activating windows on ceil(mean active tokens per activating window) tokens, one of
   them at position W - W // 4 where the peak sits in activating windows, hard negatives on their
   neighbour's active tokens. The LLM says whether every marked token is right.
-- simulation: per text, the expected activation 0..10 of every token from the top logprobs of the
-  answer's numbers (the answer's own numbers when there are no logprobs); Pearson correlation with the
-  true activations over all tokens of all texts (delphi's group -1), and over activating texts only.
+- simulation: per text, the expected activation 0..10 of every token, either all at once from the
+  prompt's own logprobs at a slot per token (Bills et al.; :mod:`interp.autointerp.allatonce`) or on chat
+  from the top logprobs of the answer's numbers (the answer's own numbers when there are no logprobs);
+  Pearson correlation with the true activations (unnormalised, as Bills: r does not change when they are
+  scaled to 0..10) over all tokens of all texts (delphi's group -1), and over activating texts only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from interp.autointerp import allatonce
 from interp.autointerp.asking import ask
 from interp.autointerp.client import LLMClient
 from interp.autointerp.config import AutointerpConfig
@@ -171,15 +174,29 @@ def _correlation(true: list[float], pred: list[float]) -> float | None:
     return 0.0 if len(set(pred)) <= 1 else pearson(true, pred)
 
 
+def bills_normalised(acts: Sequence[float], max_act: float) -> list[int]:
+    """Bills et al.'s 0..10 scale: floor(10 relu(a) / max_act), at most 10 (0 everywhere when max_act <= 0)."""
+    if max_act <= 0:
+        return [0] * len(acts)
+    return [min(10, math.floor(10 * max(a, 0.0) / max_act)) for a in acts]
+
+
 async def simulation(client: LLMClient | None, cfg: AutointerpConfig, ex: FeatureExamples, explanation: str,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, mode: str = "chat") -> dict[str, Any]:
+    """``mode``: ``all_at_once`` or ``chat`` with a client (see ``AutointerpConfig.simulation``; the runner
+    checks the server and resolves ``auto`` before any work), ignored without one (the n-gram simulator)."""
     texts = simulation_texts(ex, cfg.n_simulation)
     failures: Counter[str] = Counter()
     preds: list[list[float] | None]
     if client is None:
+        mode = "ngram"
         sim = NgramSimulator(explanation)
         preds = [sim.predict(e.tokens) for e in texts]
+    elif mode == "all_at_once":
+        preds = list(await asyncio.gather(*(allatonce.simulate(client, cfg, explanation, e.tokens, failures)
+                                            for e in texts)))
     else:
+        mode = "chat"
         async def one(e: Example) -> list[float] | None:
             return await ask(client, simulation_messages(explanation, e.tokens),
                              lambda c: _simulated(c, len(e.tokens)), purpose="simulation", failures=failures,
@@ -194,8 +211,9 @@ async def simulation(client: LLMClient | None, cfg: AutointerpConfig, ex: Featur
     pred_act = [x for e, p in ok if e.activating for x in p]
     metrics = {"pearson": _correlation(true_all, pred_all), "pearson_activating": _correlation(true_act, pred_act),
                "constant_prediction": len(set(pred_all)) <= 1, "n_texts": len(ok), "n_failed": len(texts) - len(ok)}
-    examples = [{"tokens": list(e.tokens), "acts": [round(a, 4) for a in e.acts], "group": e.group,
-                 "activating": e.activating, "predicted": [round(x, 3) for x in p] if p is not None else None}
+    examples = [{"tokens": list(e.tokens), "acts": [round(a, 4) for a in e.acts],
+                 "normalised": bills_normalised(e.acts, ex.max_act), "group": e.group, "activating": e.activating,
+                 "predicted": [round(x, 3) for x in p] if p is not None else None}
                 for e, p in zip(texts, preds)]
     return {"score": metrics["pearson"], "metrics": metrics, "examples": examples, "failures": dict(failures),
-            "backend": "llm" if client else "ngram"}
+            "backend": "llm" if client else "ngram", "mode": mode}

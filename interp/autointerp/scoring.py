@@ -30,8 +30,11 @@ T = TypeVar("T")
 class Scoring:
     """The scorers of one run. ``prepare`` (in a worker thread) loads local models; ``score`` runs one."""
 
-    def __init__(self, client: LLMClient | None, cfg: AutointerpConfig, local: LocalModels, scorers: list[str]):
+    def __init__(self, client: LLMClient | None, cfg: AutointerpConfig, local: LocalModels, scorers: list[str],
+                 simulation_mode: str = "chat"):
         self.client, self.cfg, self.local, self.scorers = client, cfg, local, scorers
+        self.simulation_mode = simulation_mode
+        """``all_at_once`` or ``chat``, as :func:`interp.autointerp.allatonce.simulation_mode` resolved it."""
         self.skip: dict[str, str] = {}
         self.base: Any = None
         self.embedder: ls.Embedder | None = None
@@ -91,7 +94,7 @@ class Scoring:
         if name == "fuzzing":
             return await fuzzing(self.client, self.cfg, ex, explanation, seed)
         if name == "simulation":
-            return await simulation(self.client, self.cfg, ex, explanation, seed)
+            return await simulation(self.client, self.cfg, ex, explanation, seed, self.simulation_mode)
         if name == "surprisal":
             return await self._torch(lambda: ls.surprisal(self.base, ex, explanation))
         if name == "embedding":

@@ -56,11 +56,42 @@ def _chat_logprobs(lp: Any) -> list[TokenLogprob] | None:
 
 
 def _completion_logprobs(lp: Any) -> list[TokenLogprob] | None:
-    if not lp or not lp.get("tokens"):
+    """The legacy completions format (``tokens``, ``token_logprobs``, ``top_logprobs``), read leniently: a
+    missing or odd entry (null, a list instead of a mapping, a value that is not a number) gives a token
+    with no alternatives instead of an unreadable answer, so the scorers count it rather than retry it."""
+    if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list) or not lp["tokens"]:
         return None
-    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
-    return [TokenLogprob(tok, float(v if v is not None else 0.0), {k: float(x) for k, x in (top or {}).items()})
-            for tok, v, top in zip(lp["tokens"], lp.get("token_logprobs") or [], tops)]
+    tokens = lp["tokens"]
+    values: list[Any] = lp["token_logprobs"] if isinstance(lp.get("token_logprobs"), list) else []
+    tops: list[Any] = lp["top_logprobs"] if isinstance(lp.get("top_logprobs"), list) else []
+    n = len(tokens)
+    values = [v if type(v) is float else _number(v) for v in values[:n]] + [None] * (n - len(values))
+    tops = [_alternatives(t) for t in tops[:n]] + [{}] * (n - len(tops))
+    return [TokenLogprob(tok if type(tok) is str else str(tok), 0.0 if v is None else v, t)
+            for tok, v, t in zip(tokens, values, tops)]
+
+
+def _alternatives(top: Any) -> dict[str, float]:
+    """token -> logprob from a mapping (OpenAI, vLLM) or a list of {token, logprob} (llama.cpp); odd entries dropped."""
+    if isinstance(top, dict):
+        try:  # the common case, fast (an echoed prompt has hundreds of these)
+            return {k: float(v) for k, v in top.items()}
+        except (TypeError, ValueError):  # a null or text value: the careful path below drops it
+            pass
+    pairs = top.items() if isinstance(top, dict) else (
+        [(a.get("token"), a.get("logprob")) for a in top if isinstance(a, dict)] if isinstance(top, list) else [])
+    out = {}
+    for tok, value in pairs:
+        v = _number(value)
+        if isinstance(tok, str) and v is not None:
+            out[tok] = v
+    return out
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if value == value else None  # NaN is no log-probability
 
 
 def messages_as_prompt(messages: Sequence[dict[str, str]]) -> str:

@@ -20,6 +20,12 @@ through per-layer, skip or cross-layer transcoders) and attention-SAE direct fea
     search = greedy_paths(model, tr, logit_root(model, tr, token=int(tr.tokens[-1])), num_iters=3)
     graph = paths_graph(model, tr, search)                                 # with error nodes
 
+Attribution graphs (Ameisen et al. 2025, circuit-tracer) and QK attribution::
+
+    from interp.circuits import AttributionGraphConfig, attribution_graph, qk_attribution
+    result = attribution_graph(model, transcoders, AttributionGraphConfig(prompt="def add(a, b):"))
+    qk = qk_attribution(model, result.trace, layer=1, head=2, query_position=5, key_position=2)
+
 Names are imported on first use (reading a graph with :mod:`interp.circuits.graph` does not import torch).
 """
 
@@ -81,6 +87,12 @@ _EXPORTS = {
     "attention_dfa": "interp.circuits.dfa",
     "recursive_dfa": "interp.circuits.dfa",
     "attention_feature_root": "interp.circuits.dfa",
+    "AttributionGraphConfig": "interp.circuits.graph_api",
+    "AttributionGraph": "interp.circuits.graph_api",
+    "attribution_graph": "interp.circuits.graph_api",
+    "save_attribution_graph": "interp.circuits.graph_api",
+    "QKAttribution": "interp.circuits.qk",
+    "qk_attribution": "interp.circuits.qk",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -124,10 +124,12 @@ class Decomposition:
         return sum(v for c, v in self.scalars.items() if c.kind in kinds)
 
 
-def ln_pullback(model: Model, trace: Trace, v: torch.Tensor, kind: str, layer: int, position: int) -> torch.Tensor:
-    """The residual-stream direction r with ``r . x = v . LN(x)`` at this site, LayerNorm scale frozen."""
+def ln_pullback(model: Model, trace: Trace, v: torch.Tensor, kind: str, layer: int,
+                position: int | slice) -> torch.Tensor:
+    """The residual-stream direction r with ``r . x = v . LN(x)`` at this site, LayerNorm scale frozen. With a slice
+    of positions, ``v`` is (..., positions, d_model) and each position is pulled back with its own scale."""
     scale = trace.ln_scale(kind, layer)[position]
-    u = v - v.mean() if model.norm_centers else v
+    u = v - v.mean(-1, keepdim=True) if model.norm_centers else v
     return u / scale
 
 

@@ -200,3 +200,10 @@ def edge_key(source: str, target: str, slot: str | None) -> str:
     """``source->target<slot>`` with ids normalised by :func:`parse_node_id`."""
     s, t = parse_node_id(source), parse_node_id(target)
     return f"{s}->{t}" + (f"<{slot}>" if slot else "")
+
+
+def feature_node_order(node: Node) -> tuple[int, bool, int, int]:
+    """Sort key that puts an attribution graph's nodes in forward order: by layer (embeddings -1 first, logits
+    last), then features before the layer's errors, then position and index. Features of layer L read only what
+    layers below L wrote, so every edge runs forward in this order."""
+    return node.layer, node.kind == "error", node.position or 0, node.feature or 0

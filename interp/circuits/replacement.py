@@ -233,27 +233,32 @@ class Trace:
         return self.acts[f"blocks.{layer}.{'ln1' if kind == 'pre' else 'ln2'}.hook_scale"]
 
 
-def _trace_hooks(n_layers: int, with_pos: bool) -> list[str]:
+def _trace_hooks(n_layers: int, with_pos: bool, patterns: bool = True) -> list[str]:
     per_layer = ["hook_resid_pre", "ln1.hook_scale", "attn.hook_pattern", "attn.hook_v", "attn.hook_z",
                  "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "hook_mlp_out"]
+    if not patterns:
+        per_layer.remove("attn.hook_pattern")
     hooks = ["hook_embed"] + (["hook_pos_embed"] if with_pos else [])
     hooks += [f"blocks.{l}.{h}" for l in range(n_layers) for h in per_layer]
     return hooks + [f"blocks.{n_layers - 1}.hook_resid_post", "ln_final.hook_scale"]
 
 
 @torch.no_grad()
-def trace(model: Model, tokens: torch.Tensor | str, transcoders: TranscoderSet | None = None) -> Trace:
-    """Run one prompt (a string, or token ids (P,) or (1, P)) and keep what the circuit methods read."""
+def trace(model: Model, tokens: torch.Tensor | str, transcoders: TranscoderSet | None = None,
+          patterns: bool = True) -> Trace:
+    """Run one prompt (a string, or token ids (P,) or (1, P)) and keep what the circuit methods read; without
+    ``patterns`` the attention patterns (n_heads x P x P per layer) are left out (attribution graphs recompute them
+    a block of rows at a time)."""
     if model.info.processing == "none":
         raise InterpError("Circuit methods need LayerNorm folded into the weights; load the model with "
                           "processing='default'.")
     if model.parallel_blocks:
         raise InterpError("This model runs attention and MLP in parallel; transcoder circuits need sequential blocks.")
-    toks = model.to_tokens(tokens) if isinstance(tokens, str) else tokens.reshape(1, -1)
+    toks = model.to_tokens(tokens, truncate=False) if isinstance(tokens, str) else tokens.reshape(1, -1)
     if toks.shape[1] > model.info.n_ctx:
         raise InterpError(f"The prompt has {toks.shape[1]} tokens; the model reads at most {model.info.n_ctx}.")
     L = model.info.n_layers
-    hooks = _trace_hooks(L, model.W_pos is not None)
+    hooks = _trace_hooks(L, model.W_pos is not None, patterns)
     acts = {h: a[0].float() for h, a in model.capture(toks, hooks).acts.items()}
     features: dict[int, torch.Tensor] = {}
     recon: dict[int, torch.Tensor] = {}

@@ -43,6 +43,7 @@ from interp.model.info import Captured, ModelInfo
 from interp.model.recorder import HookFn, Recorder
 from interp.model.tokenizer import Tokenizer
 from interp.model.transformer import Transformer
+from interp.model.views import WeightViews
 from interp.model.vocabulary import hook_names, served
 from interp.model.weights import PROCESSING, load_transformer
 
@@ -57,7 +58,7 @@ CapturePath = Literal["modules", "bridge"]
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
-class Model:
+class Model(WeightViews):
     """A loaded causal LM with TransformerLens hook names. Build it with :func:`load_model`."""
 
     def __init__(self, info: ModelInfo, tokenizer: Any, boot: Callable[[], Any], *, bridge: Any = None,
@@ -244,47 +245,6 @@ class Model:
         return next(self._bridge.parameters()).device if self._bridge is not None else self._device
 
     @property
-    def W_U(self) -> torch.Tensor:
-        """Unembedding, (d_model, d_vocab)."""
-        return self.bridge.W_U
-
-    @property
-    def W_O(self) -> torch.Tensor:
-        """Attention output weights per head, (n_layers, n_heads, d_head, d_model): head h of block l writes
-        ``z[..., h, :] @ W_O[l, h]`` into the residual stream (``blocks.l.attn.hook_z`` gives z)."""
-        return self.bridge.W_O
-
-    @property
-    def W_E(self) -> torch.Tensor:
-        """Token embedding, (d_vocab, d_model)."""
-        return self.bridge.W_E
-
-    @property
-    def W_pos(self) -> torch.Tensor | None:
-        """Learned positional embedding, (n_ctx, d_model); None for models without one (rotary)."""
-        return self.bridge.W_pos if self.bridge.cfg.positional_embedding_type == "standard" else None
-
-    @property
-    def W_V(self) -> torch.Tensor:
-        """Value weights per head, (n_layers, n_heads, d_model, d_head): ``v = ln1(resid_pre) @ W_V[l, h] + b_V``."""
-        return self.bridge.W_V
-
-    @property
-    def b_V(self) -> torch.Tensor:
-        """Value biases, (n_layers, n_heads, d_head) (zero once folded into ``b_O``)."""
-        return self.bridge.b_V
-
-    @property
-    def b_O(self) -> torch.Tensor:
-        """Attention output bias, (n_layers, d_model): ``attn_out = sum_h z_h W_O[l, h] + b_O[l]``."""
-        return self.bridge.b_O
-
-    @property
-    def b_U(self) -> torch.Tensor:
-        """Unembedding bias, (d_vocab,)."""
-        return self.bridge.b_U
-
-    @property
     def norm_centers(self) -> bool | None:
         """True when the blocks' normalisation subtracts the mean (LayerNorm), False for RMSNorm, None when the
         model has none; with LayerNorm weights folded (processing ``default``), ``ln*.hook_normalized`` is
@@ -313,9 +273,10 @@ class Model:
         frozen = {id(p) for module in head for p in module.parameters()}
         return [p for p in self.bridge.parameters() if p.is_floating_point() and id(p) not in frozen]
 
-    def to_tokens(self, text: str | list[str], prepend_bos: bool = True) -> torch.Tensor:
-        """Token ids (batch, pos) for a string or list of strings."""
-        return self.bridge.to_tokens(text, prepend_bos=prepend_bos)
+    def to_tokens(self, text: str | list[str], prepend_bos: bool = True, truncate: bool = True) -> torch.Tensor:
+        """Token ids (batch, pos) for a string or list of strings; cut to the context length unless ``truncate``
+        is False."""
+        return self.bridge.to_tokens(text, prepend_bos=prepend_bos, truncate=truncate)
 
     def token_strings(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
         """Each id decoded on its own (byte-level pieces may be partial characters)."""
