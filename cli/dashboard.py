@@ -1,4 +1,10 @@
-"""``interp dashboard``: build the static feature dashboard (opens offline from file://)."""
+"""``interp dashboard``: build the static site (opens offline from file://) for a feature store, circuit graphs,
+or both.
+
+    interp dashboard --features runs/features --out runs/site
+    interp dashboard --graphs runs/compare --out runs/circuits-site            # graphs alone
+    interp dashboard --features runs/features --graphs runs/eap/graph.json --out runs/site
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,13 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("dashboard", help="build the static feature dashboard", description=__doc__)
-    p.add_argument("--features", required=True, help="feature store directory (from interp analyze)")
+    p = subparsers.add_parser("dashboard", help="build the static dashboard (features and/or circuit graphs)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--features", help="feature store directory (from interp analyze)")
+    p.add_argument("--graphs", nargs="+", default=[], metavar="PATH",
+                   help="circuit graph JSON files (from interp circuit), or directories searched for them")
+    p.add_argument("--graph-edges", type=int, default=5000,
+                   help="edges each graph page keeps, the strongest by |score| (default 5000)")
     p.add_argument("--out", required=True, help="site directory to write (replaced if it holds a site)")
     p.add_argument("--explanations", default=None, help="explanations JSON (feature -> text and scores)")
     p.add_argument("--no-progress", action="store_true")
@@ -17,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from interp.site.build import build_dashboard
 
-    index = build_dashboard(args.features, args.out, args.explanations, progress=not args.no_progress)
+    index = build_dashboard(args.features, args.out, args.explanations, graphs=args.graphs,
+                            graph_edges=args.graph_edges, progress=not args.no_progress)
     print(f"open file://{index.resolve()}")
     return 0

@@ -100,11 +100,28 @@ const Interp = (() => {
   function header(meta, page) {
     const h = el("header", { class: "top" },
       el("span", { class: "brand" }, "interp"),
-      el("a", { href: "index.html" }, "Features"));
+      el("a", { href: "index.html" }, meta && meta.has_features === false ? "Index" : "Features"));
+    if (meta && meta.graphs && meta.graphs.length) h.append(el("a", { href: "graph.html" }, "Circuits"));
     if (meta && meta.served) h.append(el("a", { href: "prompt.html" }, "Prompt"));
-    if (meta) h.append(el("span", { class: "sub" }, `${meta.model_name} \u00b7 ${meta.hook}`));
+    if (meta) h.append(el("span", { class: "sub" }, meta.model_name + (meta.hook ? ` \u00b7 ${meta.hook}` : "")));
     document.body.prepend(h);
     document.title = (page ? page + " \u00b7 " : "") + "interp features";
+  }
+
+  // The site's circuit graphs as a table linking to graph.html (null when there are none).
+  function graphTable(graphs) {
+    if (!graphs || !graphs.length) return null;
+    const head = el("tr", {}, ...["Graph", "Model", "Nodes", "Edges", "Node AUC", "Edge AUC", "CPR", "Runtime (s)"]
+      .map((k) => el("th", {}, k)));
+    const body = el("tbody", { id: "graph-rows" }, ...graphs.map((s) => el("tr", { "data-graph": String(s.id) },
+      el("td", {}, el("a", { href: "graph.html?g=" + encodeURIComponent(String(s.id | 0)) }, s.title),
+        s.source ? el("div", { class: "muted mono small" }, s.source) : null),
+      el("td", {}, s.model || "?"), el("td", { class: "num" }, String(s.n_nodes)),
+      el("td", { class: "num" }, s.n_edges.toLocaleString()), el("td", { class: "num" }, fmt(s.node_auc)),
+      el("td", { class: "num" }, fmt(s.edge_auc)), el("td", { class: "num" }, fmt(s.cpr)),
+      el("td", { class: "num" }, fmt(s.runtime_s)))));
+    return el("div", { class: "card", id: "graphs" }, el("h2", {}, "Circuit graphs"),
+      el("table", {}, el("thead", {}, head), body));
   }
 
   function fail(root, message) {
@@ -126,6 +143,6 @@ const Interp = (() => {
     return { root, meta: window.INTERP_META };
   }
 
-  return { el, loadScript, fmt, fmtDensity, showToken, chip, actColour, tokenSpan, attachTip, featureHref, header,
-    fail, boot };
+  return { el, loadScript, fmt, fmtDensity, showToken, chip, actColour, tokenSpan, attachTip, tooltip, featureHref,
+    header, graphTable, fail, boot };
 })();

@@ -107,9 +107,10 @@ class ComponentGraph:
         return int(self.valid[:, dst].sum())
 
     def edge_index(self) -> torch.Tensor:
-        """(n_edges, 2) (source, destination) of every edge, ordered by destination then source."""
-        d, s = self.valid.T.nonzero(as_tuple=True)
-        return torch.stack([s, d], 1)
+        """(n_edges, 2) (source, destination) of every edge, ordered by source then destination: the order of
+        ``matrix[self.valid]`` and of the edges of a graph made from scores (:mod:`interp.circuits.scoring`), so
+        vectors taken either way line up."""
+        return self.valid.nonzero()
 
 
 def source_hooks(cg: ComponentGraph, store: Callable[[int, int, torch.Tensor], None],

@@ -8,6 +8,9 @@ Layout of a site directory::
     data/meta.js                                window.INTERP_META: what the site shows
     data/index-<c>.js                           INTERP_INDEX chunks: columns of 4096 features each
     data/features/<i>.js                        window.INTERP_FEATURE: everything about feature i
+    graph.html  graph.js  data/graphs/<g>.js    circuit graphs (window.INTERP_GRAPH; see interp.site.graphs)
+
+A site holds a feature store, circuit graphs, or both; without a feature store the index lists the graphs.
 
 Constraints this module was designed under:
 - no network and no ``fetch``: pages load data as ``<script>`` files assigning to globals, because
@@ -26,6 +29,7 @@ import logging
 import math
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from interp.errors import InterpError
 from interp.features.store import KINDS, FeatureStore, load_feature_store
 from interp.io import atomic_directory, disk_full_errors
 from interp.progress import progress_bar
+from interp.site.graphs import MAX_EDGES, SiteGraph, collect_graphs, graph_payload, graph_summary, graphs_only_meta
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ DISK_FULL_HINT = (
 )
 
 INDEX_CHUNK = 4096
+GRAPH_PAGES = ("index.html", "graph.html")
+"""The pages of a site without a feature store."""
 _BLOCK = 512
 _JS_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -61,35 +68,60 @@ def js_assign(name: str, obj: Any) -> str:
 
 
 def build_dashboard(
-    feature_store: FeatureStore | str | Path,
+    feature_store: FeatureStore | str | Path | None,
     out_dir: str | Path,
     explanations: Any = None,
     *,
+    graphs: Sequence[Any] = (),
+    graph_edges: int = MAX_EDGES,
     progress: bool = True,
 ) -> Path:
-    """Write the static site for ``feature_store`` to ``out_dir``; returns the path of ``index.html``.
+    """Write the static site for ``feature_store`` and/or circuit ``graphs`` to ``out_dir``; returns the path of
+    ``index.html``.
 
     ``explanations``: see :func:`load_explanations`; default: the runs of ``interp explain`` / ``interp
-    score`` inside the feature store. An existing site in ``out_dir`` is replaced.
+    score`` inside the feature store. ``graphs``: CircuitGraph objects, graph JSON files, or directories
+    holding them (see :func:`interp.site.graphs.collect_graphs`); each graph page keeps its ``graph_edges``
+    strongest edges. An existing site in ``out_dir`` is replaced.
     """
-    fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
-    expl = load_explanations(explanations if explanations is not None else fs.path)
+    if feature_store is None and not graphs:
+        raise InterpError("Nothing to build: give a feature store, circuit graphs, or both.")
+    if feature_store is None and explanations is not None:
+        raise InterpError("Explanations describe features: give the feature store they belong to.")
+    site_graphs = collect_graphs(graphs)
+    fs = None
+    if feature_store is not None:
+        fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
+    expl = load_explanations(explanations if explanations is not None or fs is None else fs.path)
     out = Path(out_dir)
     if out.exists() and not (out / "index.html").exists() and any(out.iterdir()):
         raise InterpError(f"{out} is not empty and holds no dashboard; choose a new directory.")
     with disk_full_errors(DISK_FULL_HINT), atomic_directory(out) as tmp:
-        _write_site(fs, expl, tmp, progress)
-    log.info("dashboard for %d features at %s", fs.n_features, out)
+        _write_site(fs, expl, tmp, progress, site_graphs, graph_edges)
+    log.info("dashboard for %d features and %d graphs at %s", fs.n_features if fs else 0, len(site_graphs), out)
     return out / "index.html"
 
 
-def _write_site(fs: FeatureStore, expl: dict[int, dict[str, Any]], tmp: Path, progress: bool) -> None:
+def _write_graphs(tmp: Path, graphs: Sequence[SiteGraph], max_edges: int) -> None:
+    (tmp / "data" / "graphs").mkdir(parents=True)
+    for g, sg in enumerate(graphs):
+        _write(tmp / "data" / "graphs" / f"{g}.js", js_assign("INTERP_GRAPH", graph_payload(sg, max_edges)))
+
+
+def _write_site(fs: FeatureStore | None, expl: dict[int, dict[str, Any]], tmp: Path, progress: bool,
+                graphs: Sequence[SiteGraph] = (), max_edges: int = MAX_EDGES) -> None:
     """Every file of the site, into the empty directory ``tmp``."""
+    (tmp / "data").mkdir(parents=True)
+    _copy_assets(tmp, GRAPH_PAGES if fs is None else None)
+    _write_graphs(tmp, graphs, max_edges)
+    summaries = [graph_summary(g, sg) for g, sg in enumerate(graphs)]
+    if fs is None:
+        _write(tmp / "data" / "meta.js", js_assign("INTERP_META", {**graphs_only_meta(graphs), "graphs": summaries}))
+        return
     (tmp / "data" / "features").mkdir(parents=True)
-    _copy_assets(tmp)
     tops = top_tokens(fs)
     score_name = _score_name(expl)
-    _write(tmp / "data" / "meta.js", js_assign("INTERP_META", site_meta(fs, expl, score_name)))
+    _write(tmp / "data" / "meta.js", js_assign("INTERP_META", {**site_meta(fs, expl, score_name), "graphs": summaries}))
     for c, a in enumerate(range(0, fs.n_features, INDEX_CHUNK)):
         _write(
             tmp / "data" / f"index-{c}.js",
@@ -109,19 +141,24 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _copy_assets(dest: Path) -> None:
-    """The pages (rendered from the one template), scripts, styles and plotly's bundle, into ``dest``."""
+def _copy_assets(dest: Path, only: Sequence[str] | None = None) -> None:
+    """The pages (rendered from the one template; ``only`` these when given), the scripts they load, styles and
+    plotly's bundle (when a page loads it), into ``dest``."""
     import plotly.offline
 
     from dashboards import ASSET_FILES, ASSETS_DIR, PAGE_TEMPLATE, PAGES
 
+    pages = {page: scripts for page, scripts in PAGES.items() if only is None or page in only}
+    used = {s for scripts in pages.values() for s in scripts}
     for name in ASSET_FILES:
-        shutil.copyfile(ASSETS_DIR / name, dest / name)
+        if name in used or not name.endswith(".js"):
+            shutil.copyfile(ASSETS_DIR / name, dest / name)
     template = (ASSETS_DIR / PAGE_TEMPLATE).read_text(encoding="utf-8")
-    for page, scripts in PAGES.items():
+    for page, scripts in pages.items():
         tags = "\n".join(f'<script src="{s}"></script>' for s in scripts)
         _write(dest / page, template.replace("<!-- scripts -->", tags))
-    _write(dest / "plotly.min.js", plotly.offline.get_plotlyjs())
+    if "plotly.min.js" in used:
+        _write(dest / "plotly.min.js", plotly.offline.get_plotlyjs())
 
 
 def _score_names(expl: dict[int, dict[str, Any]]) -> list[str]:
@@ -152,6 +189,7 @@ def site_meta(fs: FeatureStore, expl: dict[int, dict[str, Any]], score_name: str
         "n_rows": m.get("n_rows", 0),
         "n_quantiles": m["config"]["n_quantiles"],
         "window": m["config"]["window"],
+        "has_features": True,
         "has_explanations": bool(expl),
         "has_scores": score_name is not None,
         "score_name": score_name,
