@@ -120,10 +120,17 @@ def served(tiny_model_dir, corpus_dir, tmp_path_factory):
     return root
 
 
+def _sigint_default() -> None:
+    """In the child: Ctrl-C's default disposition. A test run started in the background (``make test &``) ignores
+    SIGINT, children inherit that, and Python then installs no KeyboardInterrupt handler: the signal would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_serve_cleanly(served):
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--features", str(served / "features"),
                              "--dictionary", str(served / "sae"), "--port", "0", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+                            preexec_fn=_sigint_default)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert line.startswith("serving "), (line, proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
