@@ -2,7 +2,7 @@
 MLP, tied embeddings, no grouped-query attention) trained with AdamW, warmup and cosine decay on a mix of
 natural code and the synthetic rows of :mod:`interp.zoo.data`.
 
-Why this shape (measured in NOTES-zoo.md): with GPT-2's learned absolute positions no head attended to
+Why this shape (measured in docs/notes/zoo.md): with GPT-2's learned absolute positions no head attended to
 the previous token after 1,200 steps; with rotary positions a previous-token head forms within a hundred
 steps, but in layer 1 unless layer 0's input has a direction shared by all positions (the shared
 embedding component) and rows reward a one-layer previous-token copy (period-two rows). Keeping the later
