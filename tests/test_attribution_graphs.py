@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transcoders import D, N, clt, per_layer
 
 from interp.circuits.attribution import Linearised, Target, active_nodes
 from interp.circuits.decompose import Site, child, decompose
@@ -17,39 +18,12 @@ from interp.errors import InterpError
 
 TORCH_THREADS = 1  # see conftest.py
 PROMPT = "def add(a, b):\n    return a + b\n"
-D, N = 32, 16
-
-
-def _randomised(d, scale=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in d.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-        d.in_scale.fill_(0.8)
-        d.out_scale.fill_(1.25)
-        if hasattr(d, "log_threshold"):
-            d.log_threshold.fill_(-2.0)
-    return d
-
-
-def _per_layer(arch, fp, d=D, n=N, layers=(0, 1), **kw):
-    return [_randomised(create(arch, d, n, hook_in=f"blocks.{l}.ln2.hook_normalized",
-                               hook_out=f"blocks.{l}.hook_mlp_out", normalization="scalar", model_fingerprint=fp,
-                               **kw), seed=l) for l in layers]
-
-
-def _clt(fp):
-    d = create("clt", 2 * D, 2 * N, hook_in="blocks.*.ln2.hook_normalized", hook_out="blocks.*.hook_mlp_out",
-               hooks_in=("blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized"),
-               hooks_out=("blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"), normalization="scalar", skip=True,
-               model_fingerprint=fp)
-    return _randomised(d)
 
 
 SETUPS = {
-    "skip transcoders": lambda fp: _per_layer("skip_transcoder", fp, k=4),
-    "jumprelu transcoder, layer 1 only": lambda fp: _per_layer("jumprelu", fp, layers=(1,), transcoder=True),
-    "cross-layer transcoder": lambda fp: [_clt(fp)],
+    "skip transcoders": lambda fp: per_layer("skip_transcoder", fp, k=4),
+    "jumprelu transcoder, layer 1 only": lambda fp: per_layer("jumprelu", fp, layers=(1,), transcoder=True),
+    "cross-layer transcoder": lambda fp: [clt(fp)],
 }
 
 
@@ -112,7 +86,7 @@ def test_recomputed_attention_patterns_give_the_same_rows(tiny_model, monkeypatc
 
     monkeypatch.setattr(attribution, "_CHUNK_ROWS", 5)  # several blocks of query rows per layer
     monkeypatch.setattr(attribution, "_GATHER", 1000)  # and of active features
-    ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
+    ts = TranscoderSet([clt(tiny_model.info.fingerprint)], tiny_model)
     kept, lean = trace(tiny_model, PROMPT, ts), trace(tiny_model, PROMPT, ts, patterns=False)
     assert not any("hook_pattern" in h for h in lean.acts)
     nodes = active_nodes(tiny_model, kept)
@@ -123,7 +97,7 @@ def test_recomputed_attention_patterns_give_the_same_rows(tiny_model, monkeypatc
 
 
 def test_graph_keeps_exact_bookkeeping_and_scores(tiny_model, tmp_path):
-    ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
+    ts = TranscoderSet([clt(tiny_model.info.fingerprint)], tiny_model)
     cfg = AttributionGraphConfig(prompt=PROMPT, max_feature_nodes=40, row_batch_size=8)
     result = attribution_graph(tiny_model, ts, cfg)
     g = result.graph
@@ -181,12 +155,12 @@ def test_bad_inputs_are_refused(tiny_model):
     with pytest.raises(InterpError, match="prompt"):
         AttributionGraphConfig()
     with pytest.raises(InterpError, match="trained on model"):
-        TranscoderSet(_per_layer("transcoder", "another-model"), tiny_model)
+        TranscoderSet(per_layer("transcoder", "another-model"), tiny_model)
     wrong = create("transcoder", D, N, hook_in="blocks.0.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out",
                    model_fingerprint=fp)
     with pytest.raises(InterpError, match="hook pair"):
         TranscoderSet([wrong], tiny_model)
-    ts = TranscoderSet(_per_layer("transcoder", fp), tiny_model)
+    ts = TranscoderSet(per_layer("transcoder", fp), tiny_model)
     with pytest.raises(InterpError, match="at most 64"):
         attribution_graph(tiny_model, ts, AttributionGraphConfig(prompt=PROMPT * 8))
 

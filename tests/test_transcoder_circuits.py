@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transcoders import D, N, clt, per_layer, randomised
 
 from interp.circuits.decompose import Site, child, decompose, deembedding, pullback
 from interp.circuits.dfa import attention_dfa, attention_feature_root, recursive_dfa
@@ -15,43 +16,13 @@ from interp.errors import InterpError
 
 TORCH_THREADS = 1  # see conftest.py
 PROMPT = "def add(a, b):\n    return a + b\n"
-D, N = 32, 16
-
-
-def _randomised(d, scale=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in d.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-        d.in_scale.fill_(0.8)
-        d.out_scale.fill_(1.25)
-        if hasattr(d, "log_threshold"):
-            d.log_threshold.fill_(-2.0)
-    return d
-
-
-def _per_layer(arch, fp, reads="ln2.hook_normalized", layers=(0, 1), **kw):
-    return [_randomised(create(arch, D, N, hook_in=f"blocks.{l}.{reads}", hook_out=f"blocks.{l}.hook_mlp_out",
-                               normalization="scalar", model_fingerprint=fp, **kw), seed=l) for l in layers]
-
-
-def _clt(fp, skip=True):
-    d = create("clt", 2 * D, 2 * N, hook_in="blocks.*.ln2.hook_normalized", hook_out="blocks.*.hook_mlp_out",
-               hooks_in=("blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized"),
-               hooks_out=("blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"), normalization="scalar", skip=skip,
-               model_fingerprint=fp)
-    _randomised(d)
-    with torch.no_grad():
-        d.in_scale.copy_(torch.tensor([0.7, 1.3]))
-        d.out_scale.copy_(torch.tensor([1.5, 0.6]))
-    return d
 
 
 SETUPS = {
-    "relu transcoders on resid_mid": lambda fp: _per_layer("transcoder", fp, reads="hook_resid_mid"),
-    "skip transcoders": lambda fp: _per_layer("skip_transcoder", fp, k=4),
-    "jumprelu transcoder, layer 1 only": lambda fp: _per_layer("jumprelu", fp, layers=(1,), transcoder=True),
-    "cross-layer transcoder": lambda fp: [_clt(fp)],
+    "relu transcoders on resid_mid": lambda fp: per_layer("transcoder", fp, reads="hook_resid_mid"),
+    "skip transcoders": lambda fp: per_layer("skip_transcoder", fp, k=4),
+    "jumprelu transcoder, layer 1 only": lambda fp: per_layer("jumprelu", fp, layers=(1,), transcoder=True),
+    "cross-layer transcoder": lambda fp: [clt(fp)],
 }
 
 
@@ -97,7 +68,7 @@ def test_decompositions_sum_exactly_to_pre_activations_and_logits(tiny_model, se
 
 @pytest.mark.parametrize("raw", [True, False])
 def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_model, raw, tmp_path):
-    ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
+    ts = TranscoderSet([clt(tiny_model.info.fingerprint)], tiny_model)
     tr = trace(tiny_model, PROMPT, ts)
     search = greedy_paths(tiny_model, tr, logit_root(tiny_model, tr, 5), num_iters=3, num_branches=4, raw=raw)
     assert [len(level) for level in search.paths] == [4, 4, 4]
@@ -125,23 +96,23 @@ def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_model, raw, t
 
 
 def test_pullbacks_are_the_input_invariant_part_of_the_attributions(tiny_model):
-    clt = _clt(tiny_model.info.fingerprint, skip=False)
-    ts = TranscoderSet([clt], tiny_model)
+    cross = clt(tiny_model.info.fingerprint, skip=False)
+    ts = TranscoderSet([cross], tiny_model)
     tr = trace(tiny_model, PROMPT, ts)
     e = torch.randn(D, generator=torch.Generator().manual_seed(3))
     dec = decompose(tiny_model, tr, e, Site("pre", 2, 4))
     for layer in (0, 1):
         p = pullback(tr, e, layer, below=2)
-        W = clt.W_dec.detach().view(2, N, 2, D)[layer] / clt.out_scale[None, :, None]
+        W = cross.W_dec.detach().view(2, N, 2, D)[layer] / cross.out_scale[None, :, None]
         torch.testing.assert_close(p, (W @ e).sum(1), rtol=1e-5, atol=1e-6)  # summed over both target layers
         torch.testing.assert_close(dec.features[layer], tr.features[layer][4] * p)
     assert deembedding(tiny_model, e).shape == (tiny_model.info.d_vocab,)
 
 
 def test_attention_dfa_by_head_and_source_sums_to_the_pre_activation(tiny_model):
-    sae = _randomised(create("relu", D, 64, hook_in="blocks.1.attn.hook_z", normalization="scalar",
+    sae = randomised(create("relu", D, 64, hook_in="blocks.1.attn.hook_z", normalization="scalar",
                              model_fingerprint=tiny_model.info.fingerprint), scale=0.2)
-    ts = TranscoderSet(_per_layer("transcoder", tiny_model.info.fingerprint, layers=(0,)), tiny_model)
+    ts = TranscoderSet(per_layer("transcoder", tiny_model.info.fingerprint, layers=(0,)), tiny_model)
     tr = trace(tiny_model, PROMPT, ts)
     t = 9
     z = tr.acts["blocks.1.attn.hook_z"][t]  # (H, d_head)
@@ -167,23 +138,23 @@ def test_bad_inputs_are_refused(tiny_model, tmp_path):
     wrong = create("transcoder", D, N, hook_in="blocks.0.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out")
     with pytest.raises(InterpError, match="hook pair"):
         TranscoderSet([wrong], tiny_model)
-    other = _per_layer("transcoder", "another-model")
+    other = per_layer("transcoder", "another-model")
     with pytest.raises(InterpError, match="trained on model"):
         TranscoderSet(other, tiny_model)
     with pytest.raises(InterpError, match="pre-activation"):
-        TranscoderSet(_per_layer("gated", fp, layers=(0,), transcoder=True), tiny_model)
+        TranscoderSet(per_layer("gated", fp, layers=(0,), transcoder=True), tiny_model)
     with pytest.raises(InterpError, match="replace the MLP of layer 0"):
-        TranscoderSet(_per_layer("transcoder", fp, layers=(0,)) * 2, tiny_model)
+        TranscoderSet(per_layer("transcoder", fp, layers=(0,)) * 2, tiny_model)
     with pytest.raises(InterpError, match="at most 64"):
         trace(tiny_model, torch.zeros(65, dtype=torch.long))
-    ts = TranscoderSet(_per_layer("transcoder", fp), tiny_model)
+    ts = TranscoderSet(per_layer("transcoder", fp), tiny_model)
     tr = trace(tiny_model, PROMPT, ts)
     with pytest.raises(InterpError, match="outside the prompt"):
         feature_root(tiny_model, tr, 1, 0, 40)
     with pytest.raises(InterpError, match="hook_resid_pre"):
         vector_root(tiny_model, tr, "blocks.0.hook_mlp_out", torch.ones(D))
     with pytest.raises(InterpError, match="attn.hook_z"):
-        attention_dfa(tiny_model, tr, _per_layer("transcoder", fp, layers=(0,))[0], 0)
+        attention_dfa(tiny_model, tr, per_layer("transcoder", fp, layers=(0,))[0], 0)
     with pytest.raises(InterpError, match="num_iters"):
         greedy_paths(tiny_model, tr, logit_root(tiny_model, tr, 1), num_iters=0)
 
@@ -214,7 +185,7 @@ def test_transcoder_paths_command_writes_a_graph(tiny_model_dir, tiny_model, tmp
     from interp.dictionaries import save_dictionary
 
     dirs = [str(save_dictionary(d, tmp_path / f"tc{i}"))
-            for i, d in enumerate(_per_layer("skip_transcoder", tiny_model.info.fingerprint, k=4))]
+            for i, d in enumerate(per_layer("skip_transcoder", tiny_model.info.fingerprint, k=4))]
     common = ["circuit", "transcoder-paths", "--model", str(tiny_model_dir), "--transcoders", *dirs,
               "--prompt", PROMPT]
     assert main([*common, "--out", str(tmp_path / "logit"), "--num-iters", "2", "--num-branches", "3"]) == 0
@@ -252,7 +223,7 @@ def test_replacement_model_logits(tiny_model, setup):
 def test_mean_attribution_averages_the_decomposition_over_the_tokens_where_the_feature_fires(tiny_model):
     from interp.circuits.mean_attribution import mean_attribution
 
-    ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
+    ts = TranscoderSet([clt(tiny_model.info.fingerprint)], tiny_model)
     prompts = [PROMPT, "class Point:\n    x = 1\n"]
     toks = torch.nn.utils.rnn.pad_sequence([tiny_model.to_tokens(p)[0] for p in prompts], batch_first=True)
     toks = toks[:, :12]
