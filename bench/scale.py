@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,16 +56,24 @@ def train_rate(store: Path, out: Path, configs: list[dict], procs: int) -> float
     return min(json.loads((out / "run" / c["name"] / "metrics.json").read_text())["tokens_per_s"] for c in configs)
 
 
-def cache_rate(root: Path, model: str, n_tokens: int, procs: int) -> float:
+def cache_rate(root: Path, model: str, n_tokens: int, procs: int, repeats: int = 2) -> float:
     """Caching tokens per second with start-up cancelled out: (N - N/4) tokens over the difference of the
-    wall times of caching N and N/4 tokens."""
+    wall times of caching N and N/4 tokens, each the fastest of ``repeats`` runs (each into a fresh directory,
+    removed after it is timed)."""
     def run(n: int, name: str) -> float:
-        return interp(["cache", "--model", model, "--hooks", "blocks.*.hook_resid_post", "--n-tokens", str(n),
-                       "--ctx-len", "128", "--batch-size", "8", "--shard-mb", "8", "--no-progress", "--out",
-                       str(root / f"{name}-{procs}")], procs)
+        out = root / f"{name}-{procs}"
+        seconds = interp(["cache", "--model", model, "--hooks", "blocks.*.hook_resid_post", "--n-tokens", str(n),
+                          "--ctx-len", "128", "--batch-size", "8", "--shard-mb", "8", "--no-progress", "--out",
+                          str(out)], procs)
+        shutil.rmtree(out)
+        return seconds
 
     small, big = n_tokens // 4, n_tokens
-    return (big - small) / max(run(big, "big") - run(small, "small"), 1e-9)
+    t_big = min(run(big, f"big{i}") for i in range(repeats))
+    t_small = min(run(small, f"small{i}") for i in range(repeats))
+    if t_big <= t_small:
+        raise SystemExit(f"caching {big} tokens was not slower than {small}: start-up dominates; raise --cache-tokens")
+    return (big - small) / (t_big - t_small)
 
 
 def main() -> None:
@@ -76,7 +85,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--model", default="demo", help="model for the caching figures")
-    p.add_argument("--cache-tokens", type=int, default=1 << 17)
+    p.add_argument("--cache-tokens", type=int, default=1 << 19)
     args = p.parse_args()
     base = {"architecture": "topk", "hook": "h", "k": 32, "d_sae": args.d_sae, "batch_size": args.batch,
             "n_tokens": args.batch * args.steps, "init_tokens": args.batch, "log_every": args.steps}
