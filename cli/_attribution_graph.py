@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.config_flags import add_config_flags, config_kwargs
+from cli._transcoders import load_inputs
+from cli.config_flags import add_config_flags
 
 CONFIG = ("interp.circuits.graph_api", "AttributionGraphConfig")
 SHARED = ("prompt",)
@@ -38,17 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from interp.circuits.graph_api import AttributionGraphConfig, attribution_graph, save_attribution_graph
-    from interp.circuits.replacement import TranscoderSet
-    from interp.configs import config_from_dict
-    from interp.errors import InterpError
-    from interp.model import load_model
+    from interp.circuits.graph_api import attribution_graph, save_attribution_graph
 
-    if not args.transcoders:
-        raise InterpError("attribution-graph needs --transcoders DIR [DIR ...] (per-layer transcoders or one CLT).")
-    cfg = config_from_dict(AttributionGraphConfig, config_kwargs(args, *CONFIG), "command line")
-    model = load_model(args.model, device=args.device)
-    transcoders = TranscoderSet.load(args.transcoders, model)
+    cfg, model, transcoders = load_inputs(args, CONFIG, "attribution-graph")
     result = attribution_graph(model, transcoders, cfg)
     if args.qk:
         from interp.circuits.qk import qk_attribution, qk_metadata

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.config_flags import add_config_flags, config_kwargs
+from cli._transcoders import load_inputs
+from cli.config_flags import add_config_flags
 
 CONFIG = ("interp.circuits.paths_api", "TranscoderPathsConfig")
 
@@ -30,18 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.circuits.paths_api import TranscoderPathsConfig, format_paths, save_paths, transcoder_paths
-    from interp.circuits.replacement import TranscoderSet
-    from interp.configs import config_from_dict
+    from interp.circuits.paths_api import format_paths, save_paths, transcoder_paths
     from interp.dictionaries import load_dictionary
-    from interp.errors import InterpError
-    from interp.model import load_model
 
-    if not args.transcoders:
-        raise InterpError("transcoder-paths needs --transcoders DIR [DIR ...] (per-layer transcoders or one CLT).")
-    cfg = config_from_dict(TranscoderPathsConfig, config_kwargs(args, *CONFIG), "command line")
-    model = load_model(args.model, device=args.device)
-    transcoders = TranscoderSet.load(args.transcoders, model)
+    cfg, model, transcoders = load_inputs(args, CONFIG, "transcoder-paths")
     sae = load_dictionary(args.attention_sae, device=args.device) if args.attention_sae else None
     result = transcoder_paths(model, transcoders, cfg, sae)
     path = save_paths(result, args.out)
