@@ -44,3 +44,11 @@ def test_compare_writes_table_plot_and_graphs(tiny_model_dir: Path, tmp_path: Pa
 def test_bad_task_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path, capsys):
     assert main(["circuit", "eap", "--model", str(tiny_model_dir), "--out", str(tmp_path), "--task", "ioi"]) == 2
     assert "names are single tokens" in capsys.readouterr().err
+
+
+def test_transcoder_commands_need_transcoders(tiny_model_dir: Path, tmp_path: Path, capsys):
+    for command in ("attribution-graph", "transcoder-paths"):
+        argv = ["circuit", command, "--model", str(tiny_model_dir), "--prompt", "x", "--out", str(tmp_path / command)]
+        assert main(argv) == 2
+        assert f"{command} needs --transcoders" in capsys.readouterr().err
+        assert not (tmp_path / command).exists()
