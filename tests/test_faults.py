@@ -20,6 +20,7 @@ import torch
 
 import interp.activations.writer as writer_module
 from interp.activations.cache import CacheConfig, cache_activations
+from interp.activations.shard import VERIFIED
 from interp.activations.store import ActivationStore
 from interp.errors import InterpError
 from interp.io import DiskFullError
@@ -37,7 +38,7 @@ def _cfg(model_dir: Path, corpus: Path) -> CacheConfig:
 
 def _store_bytes(path: Path, corpus: Path | None = None, as_corpus: Path | None = None) -> dict[str, bytes]:
     """Every file's bytes; with ``corpus``, that path in the manifest reads as ``as_corpus``."""
-    files = {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+    files = {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.name != VERIFIED}  # written by readers
     if corpus is not None and as_corpus is not None:
         files["manifest.json"] = files["manifest.json"].replace(str(corpus).encode(), str(as_corpus).encode())
     return files

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from interp.activations import shard as shard_module
+from interp.activations.shard import VERIFIED, ShardRows
 from interp.activations.store import FORMAT, MANIFEST, ActivationStore, shard_name
 from interp.errors import InterpError
 from interp.io import atomic_write_json, save_tensors
@@ -172,3 +174,50 @@ def test_pinned_batches_copy_to_the_gpu_without_blocking(tmp_path):
             got.append(b.acts["h"].to("cuda", non_blocking=True))
     stream.synchronize()
     assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want))
+
+
+def test_verified_shards_are_recorded_and_not_hashed_again_until_they_change(tmp_path, monkeypatch):
+    store = write_store(tmp_path / "s", n_shards=3, rows=500, d=4)
+    hashed = []
+    real = shard_module.Shard.sha256
+
+    def counting(self):
+        hashed.append(self.path.name)
+        return real(self)
+
+    monkeypatch.setattr(shard_module.Shard, "sha256", counting)
+    first = [b.acts["h"] for b in ActivationStore(store.path).batches("h", 64, seed=2)]
+    assert sorted(hashed) == [shard_name(i) for i in range(3)]
+    hashed.clear()
+    again = [b.acts["h"] for b in ActivationStore(store.path).batches("h", 64, seed=2)]  # a new reader
+    assert hashed == [] and all(torch.equal(a, b) for a, b in zip(first, again))
+
+    shard = store.path / shard_name(1)  # corrupted after it was recorded: same size, new bytes
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(InterpError, match=f"{shard_name(1)} .*fails its sha256"):
+        ActivationStore(store.path).verify_all()
+    assert hashed == [shard_name(1)]  # the unchanged shards are still trusted
+
+    (store.path / VERIFIED).write_text("{not json")  # an unreadable record is ignored: everything is hashed
+    hashed.clear()
+    ActivationStore(store.path, verify=True).open_shard(0).close()
+    assert hashed == [shard_name(0)]
+
+
+def test_lazy_rows_read_into_place_what_a_plain_read_gives(tmp_path):
+    pos = torch.arange(300, dtype=torch.int32) % 7 - 1
+    store = write_store(tmp_path / "s", n_shards=1, rows=300, d=6, grads=True, pos=pos)
+    shard = store.open_shard(0)
+    try:
+        keep = shard.read("pos", 40, 250) >= 0
+        rows = ShardRows(shard, ["act/h", "grad/h"], 40, 250, keep)
+        assert rows.n == int(keep.sum()) and rows.spec["act/h"] == ((6,), torch.float32)
+        got = rows.tensors()
+        assert torch.equal(got["act/h"], shard.read("act/h", 40, 250)[keep])
+        assert torch.equal(got["grad/h"], -got["act/h"])
+        with pytest.raises(ValueError, match="contiguous"):
+            shard.read("act/h", 40, 250, keep, out=torch.empty(rows.n, 12)[:, :6])
+    finally:
+        shard.close()

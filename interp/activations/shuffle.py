@@ -13,12 +13,41 @@ draws from the generator only when it starts a new permutation (and once at the 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import torch
 
 Rows = dict[str, torch.Tensor]
 """Row group: key -> (rows, ...) tensor, every tensor with the same number of rows."""
+
+
+class LazyRows(ABC):
+    """A row group not read yet, which can be read straight into a caller's memory: a shuffle buffer that is
+    still filling reads it into its own slots, one copy fewer than reading it into fresh tensors first."""
+
+    n: int
+    """Rows in the group."""
+    spec: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    """key -> (per-row shape, dtype) of the tensors the group reads."""
+
+    @abstractmethod
+    def read_into(self, out: Rows) -> None:
+        """Fill ``out[key]`` (contiguous, ``(n, *shape)``) for every key of ``spec``."""
+
+    def tensors(self) -> Rows:
+        """The group as fresh tensors."""
+        out = {k: torch.empty((self.n, *shape), dtype=dtype) for k, (shape, dtype) in self.spec.items()}
+        self.read_into(out)
+        return out
+
+
+Block = Rows | LazyRows
+"""What a source's epoch yields: tensors, or rows it can read into place."""
+
+
+def as_rows(block: Block) -> Rows:
+    return block.tensors() if isinstance(block, LazyRows) else block
 
 
 class Workspace:
@@ -89,11 +118,21 @@ class ShuffleBuffer:
         self.perm = torch.empty(0, dtype=torch.int64)
         self.cursor = capacity  # a permutation is drawn when the buffer first fills
 
-    def push(self, rows: Rows) -> None:
-        """Add ``rows``; the rows they evict go to the assembler."""
-        m = next(iter(rows.values())).shape[0]
+    def push(self, block: Block) -> None:
+        """Add the rows of ``block``; the rows they evict go to the assembler. A lazy block that fits in the
+        part of the buffer still filling is read straight into it."""
         if not self.data:
-            self.data = {k: self.workspace.take((self.capacity, *v.shape[1:]), v.dtype) for k, v in rows.items()}
+            spec = block.spec if isinstance(block, LazyRows) else {k: (tuple(v.shape[1:]), v.dtype)
+                                                                     for k, v in block.items()}
+            self.data = {k: self.workspace.take((self.capacity, *shape), dtype) for k, (shape, dtype) in spec.items()}
+        if isinstance(block, LazyRows):
+            if block.n <= self.capacity - self.n:
+                block.read_into({k: v[self.n : self.n + block.n] for k, v in self.data.items()})
+                self.n += block.n
+                return
+            block = block.tensors()
+        rows = block
+        m = next(iter(rows.values())).shape[0]
         i = 0
         while i < m:
             if self.n < self.capacity:  # still filling

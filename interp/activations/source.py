@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-from interp.activations.shuffle import Assembler, ShuffleBuffer, Workspace
+from interp.activations.shuffle import Assembler, Block, ShuffleBuffer, Workspace, as_rows
 from interp.errors import InterpError
 from interp.model import Model
 from interp.model.corpus import Context
@@ -119,10 +119,11 @@ class RowSource(ABC):
     @abstractmethod
     def _epoch(
         self, hooks: list[str], grads: bool, block_rows: int, gen: torch.Generator | None, exclude_bos: bool
-    ) -> Iterator[dict[str, torch.Tensor]]:
+    ) -> Iterator[Block]:
         """One pass over the rows of ``hooks`` (with gradients when ``grads``) as float32 row groups keyed
-        by :func:`act_key` / :func:`grad_key`, in an order drawn from ``gen`` (None: source order);
-        ``block_rows`` is a hint for the group size."""
+        by :func:`act_key` / :func:`grad_key` (tensors, or :class:`LazyRows` read into place when consumed
+        before the next group), in an order drawn from ``gen`` (None: source order); ``block_rows`` is a hint
+        for the group size."""
 
     def _for_rank(self, rank: int, n: int) -> RowSource | None:
         """A source computing only rank ``rank`` of ``n``'s share of the work (None: every rank reads the
@@ -190,7 +191,7 @@ class RowSource(ABC):
 
 
 def shuffled_batches(
-    epoch_blocks: Callable[[], Iterator[dict[str, torch.Tensor]]],
+    epoch_blocks: Callable[[], Iterator[Block]],
     hooks: list[str],
     widths: list[int],
     batch_size: int,
@@ -243,12 +244,12 @@ def _as_batches(groups: list[dict[str, torch.Tensor]], hooks: list[str], grads: 
         yield Batch({h: rows[act_key(h)] for h in hooks}, {h: rows[grad_key(h)] for h in hooks} if grads else {})
 
 
-def _unbuffered(epoch_blocks: Callable[[], Iterator[dict[str, torch.Tensor]]], hooks: list[str], batch_size: int,
+def _unbuffered(epoch_blocks: Callable[[], Iterator[Block]], hooks: list[str], batch_size: int,
                 epochs: int, grads: bool, drop_last: bool) -> Iterator[Batch]:
     batcher = _Batcher(batch_size, hooks, grads)
     for _ in range(epochs):
-        for rows in epoch_blocks():
-            yield from batcher.add(rows)
+        for block in epoch_blocks():
+            yield from batcher.add(as_rows(block))
     yield from batcher.finish(keep_tail=not drop_last)
 
 

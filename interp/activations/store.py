@@ -15,27 +15,26 @@ The manifest lists each shard with its rows, contexts, byte size and sha256. A s
 once it is completely on disk, so a listed shard that fails its size or checksum is corrupt, and the
 reader refuses it with an :class:`InterpError` that names it.
 
-The reader maps one shard at a time and copies rows into a bounded shuffle buffer, so its memory does
-not grow with the size of the store.
+    verified.json             written by readers: shards whose sha256 matched, and the file identity they had
+                              then (``interp.activations.shard``), so later readers skip hashing them again
+
+The reader opens one shard at a time and reads rows into a bounded shuffle buffer, so its memory does not
+grow with the size of the store.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
-import math
-import os
-import struct
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from interp.activations.shard import Shard, ShardRows, digest, file_identity, read_record, verify_pool, write_record
+from interp.activations.shuffle import Block
 from interp.activations.source import RowSource, act_key, grad_key
 from interp.errors import InterpError, close_matches
 from interp.io import read_json
@@ -46,8 +45,6 @@ FORMAT = "interp-activation-store"
 VERSION = 1
 MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I32": torch.int32,
-              "I64": torch.int64}
 
 
 def shard_name(index: int) -> str:
@@ -77,100 +74,14 @@ class Chunk(NamedTuple):
     pos: torch.Tensor
 
 
-class _Shard:
-    """An open safetensors shard read with positional reads (pread) into fresh tensors.
-
-    On the machines this was measured on, ``pread`` into a buffer ran at 6-8 GB/s, while copying the same
-    bytes out of an ``mmap`` ran at 0.5-0.9 GB/s (page faults), so the reader uses ``pread``; it also keeps
-    resident memory flat without any unmapping.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
-        try:
-            (n,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
-            header = json.loads(os.pread(self.fd, n, 8))
-        except (struct.error, ValueError) as e:
-            os.close(self.fd)
-            raise InterpError(f"Shard {path.name} has an unreadable header ({e}); it is corrupted.") from e
-        header.pop("__metadata__", None)
-        self._base = 8 + n
-        self.header: dict[str, Any] = header
-        self._scratch = memoryview(bytearray(0))
-
-    def rows(self, key: str) -> int:
-        return int(self.header[key]["shape"][0])
-
-    def read(self, key: str, start: int = 0, stop: int | None = None, keep: torch.Tensor | None = None
-             ) -> torch.Tensor:
-        """Rows ``start:stop`` of tensor ``key`` as a new tensor in the stored dtype; with ``keep`` (a bool mask
-        over those rows) only the kept rows, read straight into place (dropped rows go to a scratch buffer)."""
-        entry = self.header[key]
-        dtype = _ST_DTYPES[entry["dtype"]]
-        shape = entry["shape"]
-        stop = shape[0] if stop is None else stop
-        n = stop - start if keep is None else int(keep.sum())
-        out = torch.empty((n, *shape[1:]), dtype=dtype)
-        if stop == start:
-            return out
-        row_bytes = math.prod(shape[1:]) * out.element_size()
-        view = memoryview(out.view(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
-        pieces = [view] if keep is None else self._scatter(view, keep, row_bytes)
-        self._readv(pieces, self._base + entry["data_offsets"][0] + start * row_bytes, key)
-        return out
-
-    def _scatter(self, view: memoryview, keep: torch.Tensor, row_bytes: int) -> list[memoryview]:
-        """The buffers a contiguous read of the masked rows goes to, in file order: kept runs land packed in
-        ``view``, dropped runs in scratch."""
-        flips = (torch.nonzero(keep[1:] != keep[:-1]).squeeze(1) + 1).tolist()
-        bounds, kept, done = [0, *flips, keep.shape[0]], bool(keep[0]), 0
-        pieces = []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            size = (b - a) * row_bytes
-            if kept:
-                pieces.append(view[done : done + size])
-                done += size
-            else:
-                if len(self._scratch) < size:
-                    self._scratch = memoryview(bytearray(size))
-                pieces.append(self._scratch[:size])
-            kept = not kept
-        return pieces
-
-    def _readv(self, pieces: list[memoryview], offset: int, key: str) -> None:
-        """Fill ``pieces`` from consecutive bytes at ``offset`` (preadv, at most 1024 buffers a call)."""
-        while pieces:
-            got = os.preadv(self.fd, pieces[:1024], offset)
-            if got <= 0:
-                raise InterpError(f"Shard {self.path.name} ended early while reading {key}: it is truncated.")
-            offset += got
-            while pieces and got >= len(pieces[0]):
-                got -= len(pieces[0])
-                pieces.pop(0)
-            if got:
-                pieces[0] = pieces[0][got:]
-
-    def sha256(self) -> str:
-        h = hashlib.sha256()
-        buf = memoryview(bytearray(1 << 22))
-        offset = 0
-        while got := os.preadv(self.fd, [buf], offset):
-            h.update(buf[:got])
-            offset += got
-        return h.hexdigest()
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 class ActivationStore(RowSource):
     """Read access to a store directory written by :func:`interp.activations.cache_activations`."""
 
     path: Path
 
     def __init__(self, path: str | Path, verify: bool = True):
-        """Open ``path``. With ``verify`` every shard's sha256 is checked the first time it is read."""
+        """Open ``path``. With ``verify`` every shard's sha256 is checked the first time it is read, unless the
+        store's ``verified.json`` records that it matched and the file has not changed since."""
         self.path = Path(path)
         if not (self.path / MANIFEST).is_file():
             raise InterpError(f"{self.path} is not an activation store (no {MANIFEST}). Create one with interp cache.")
@@ -186,6 +97,18 @@ class ActivationStore(RowSource):
                         "run the same interp cache command to finish it", self.path, len(self.shards))
         self.verify = verify
         self._verified: set[str] = set()
+        if verify:
+            self._trust_record()
+
+    def _trust_record(self) -> None:
+        """Mark as verified the shards the record vouches for: same sha256 as the manifest, same file identity."""
+        for info, entry in ((s, read_record(self.path).get(s.file)) for s in self.shards):
+            try:
+                if entry and entry.get("sha256") == info.sha256 and \
+                        entry.get("identity") == file_identity(self.path / info.file):
+                    self._verified.add(info.file)
+            except OSError:
+                continue
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -239,7 +162,7 @@ class ActivationStore(RowSource):
         return dict(hooks[hook])
 
     # ---- shard access -----------------------------------------------------------------------
-    def open_shard(self, index: int, check: bool = True) -> _Shard:
+    def open_shard(self, index: int, check: bool = True) -> Shard:
         """Open shard ``index`` after checking its size and (with ``check``, the first time) its sha256."""
         info = self.shards[index]
         path = self.path / info.file
@@ -251,38 +174,47 @@ class ActivationStore(RowSource):
                 f"Shard {info.file} of store {self.path} is {size} bytes, the manifest says {info.bytes}: it is "
                 "truncated or was overwritten. Delete it and re-run the same interp cache command to rebuild it."
             )
-        shard = _Shard(path)
+        shard = Shard(path)
         if check and self.verify and info.file not in self._verified:
             try:
-                self._check_digest(info, shard.sha256())
+                self._check_digests({info.file: shard.sha256()})
             except BaseException:
                 shard.close()
                 raise
         return shard
 
-    def _check_digest(self, info: ShardInfo, digest: str) -> None:
-        if digest != info.sha256:
-            raise InterpError(
-                f"Shard {info.file} of store {self.path} fails its sha256 check: it is corrupted. Delete it and "
-                "re-run the same interp cache command to rebuild it."
-            )
-        self._verified.add(info.file)
+    def _check_digests(self, digests: dict[str, str]) -> None:
+        """Compare hashes with the manifest (raises for the first mismatch) and record the ones that match."""
+        by_file = {s.file: s for s in self.shards}
+        fresh = {}
+        try:
+            for file, found in digests.items():
+                if found != by_file[file].sha256:
+                    raise InterpError(
+                        f"Shard {file} of store {self.path} fails its sha256 check: it is corrupted. Delete it and "
+                        "re-run the same interp cache command to rebuild it."
+                    )
+                self._verified.add(file)
+                fresh[file] = {"sha256": found, "identity": file_identity(self.path / file)}
+        finally:
+            if fresh:
+                write_record(self.path, fresh)
 
     def _verify_in_background(self, order: list[int]) -> dict[str, Future[str]]:
         """Start hashing the shards of ``order`` not yet verified, on the shared verification threads."""
         if not self.verify:
             return {}
-        pool = _verify_pool()
-        return {self.shards[i].file: pool.submit(_digest, self.path / self.shards[i].file)
+        pool = verify_pool()
+        return {self.shards[i].file: pool.submit(digest, self.path / self.shards[i].file)
                 for i in order if self.shards[i].file not in self._verified}
 
     def _collect(self, pending: dict[str, Future[str]], wait: bool) -> None:
         """Check the hashes that are done (all of them with ``wait``); raises for a corrupt shard."""
-        by_file = {s.file: s for s in self.shards}
-        for file, fut in list(pending.items()):
-            if wait or fut.done():
-                del pending[file]
-                self._check_digest(by_file[file], fut.result())
+        done = {file: fut for file, fut in pending.items() if wait or fut.done()}
+        for file in done:
+            del pending[file]
+        if done:
+            self._check_digests({file: fut.result() for file, fut in done.items()})
 
     def verify_all(self) -> None:
         """Check every shard's size and checksum now (raises on the first bad one)."""
@@ -327,13 +259,14 @@ class ActivationStore(RowSource):
 
     def _epoch(
         self, hooks: list[str], grads: bool, block: int, gen: torch.Generator | None, exclude_bos: bool
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """One epoch of contiguous row blocks as float32 copies: shards, and blocks in them, in seeded order
+    ) -> Iterator[Block]:
+        """One epoch of contiguous row blocks, float32: shards, and blocks in them, in seeded order
         (rows then pass through a shuffle buffer of about 256 MiB unless the caller sizes it); BOS rows
         (``pos == -1``), whose activations are outliers, are dropped with ``exclude_bos``.
 
         Unverified shards are hashed on background threads while the epoch reads them; a shard that fails its
-        sha256 raises as soon as its hash is done, at the latest when the epoch ends."""
+        sha256 raises as soon as its hash is done, at the latest when the epoch ends. Blocks of shards stored in
+        float32 are lazy (:class:`ShardRows`): a filling shuffle buffer reads them straight into its slots."""
         keys = [act_key(h) for h in hooks] + ([grad_key(h) for h in hooks] if grads else [])
         n = len(self.shards)
         shard_order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).tolist()
@@ -341,6 +274,7 @@ class ActivationStore(RowSource):
         for i in shard_order:
             info = self.shards[i]
             shard = self.open_shard(i, check=False)
+            lazy = all(shard.dtype(k) == torch.float32 for k in keys)
             try:
                 n_blocks = (info.rows + block - 1) // block
                 order = torch.randperm(n_blocks, generator=gen) if gen is not None else torch.arange(n_blocks)
@@ -349,22 +283,9 @@ class ActivationStore(RowSource):
                     keep = shard.read("pos", a, b) >= 0 if exclude_bos else None
                     if keep is not None and bool(keep.all()):
                         keep = None
-                    yield {k: shard.read(k, a, b, keep).float() for k in keys}
+                    yield ShardRows(shard, keys, a, b, keep) if lazy else \
+                        {k: shard.read(k, a, b, keep).float() for k in keys}
                     self._collect(pending, wait=False)
             finally:
                 shard.close()
         self._collect(pending, wait=True)
-
-
-def _digest(path: Path) -> str:
-    shard = _Shard(path)
-    try:
-        return shard.sha256()
-    finally:
-        shard.close()
-
-
-@functools.cache
-def _verify_pool() -> ThreadPoolExecutor:
-    """Threads that hash shards (hashlib and pread release the GIL): one per core but one, at least one."""
-    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="interp-verify")
