@@ -100,7 +100,7 @@
       const e = edges[i], d = anchor(e);
       edgeEls[i] = svg("path", { d, class: "edge" + (e.in_circuit ? " circuit" : ""), stroke: colour(e.score, edgeMax,
         0.25), "stroke-width": (0.6 + 5.4 * Math.abs(e.score) / edgeMax).toFixed(2), "data-edge": i,
-        "data-score": e.score });
+        "data-score": e.score, "data-source": nodes[e.s].id, "data-target": nodes[e.t].id });
       hitEls[i] = svg("path", { d, class: "hit", "data-edge": i });
     }
     edgeLayer.replaceChildren(...edgeEls.slice().reverse());
