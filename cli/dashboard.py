@@ -4,8 +4,8 @@ or both.
     interp dashboard --features runs/features --out runs/site
     interp dashboard --graphs runs/compare --out runs/circuits-site            # graphs alone
     interp dashboard --features runs/features --graphs runs/eap/graph.json --out runs/site
-    interp dashboard --features runs/clt-features --graphs runs/graph/graph.json \
-        --supernodes ~/Downloads/supernodes-graph.json --out runs/site     # with a grouping saved from the view
+    interp dashboard --features runs/tc1-features --graphs runs/graph/graph.json --out runs/site \\
+        --supernodes ~/Downloads/supernodes-KEY.json     # with a grouping saved from the graph view
 """
 
 from __future__ import annotations
