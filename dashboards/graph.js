@@ -282,6 +282,7 @@
     nameBox.value = "";
     setGroups(next, "supernode-" + next.findIndex((x) => !groups.includes(x)));
   });
+  nameBox.addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !groupButton.disabled) groupButton.click(); });
   saveButton.addEventListener("click", () => SN.download(G, groups));
   resetButton.addEventListener("click", () => {
     setGroups(SN.clean(G.supernodes, new Map(G.nodes.map((n, i) => [n.id, i]))), null);

@@ -118,10 +118,21 @@ def test_group_two_nodes_into_a_supernode_save_and_ungroup(page, site, open_read
     # the saved file on a rebuilt site, in a fresh browser context (no localStorage): the page starts grouped
     assert main([*site["args"], "--supernodes", str(saved), "--out", str(tmp_path / "site")]) == 0
     other = page.context.browser.new_context()
-    fresh = other.new_page()
+    fresh, errors = other.new_page(), []
+    fresh.on("pageerror", lambda e: errors.append(str(e)))
     _graph_page(fresh, open_ready, tmp_path / "site")
     assert fresh.locator("#graph .node.kind-supernode").count() == 1
     assert fresh.inner_text("#grouping").startswith("1 supernode") and "edited" not in fresh.inner_text("#grouping")
+    # picking a supernode and another node merges them into one group (Enter in the name box groups)
+    c = next(n for n in graph.nodes if n.kind == "feature" and n.id not in (a.id, b.id))
+    fresh.locator("#graph .node.kind-supernode circle").dispatch_event("click", {"shiftKey": True})
+    fresh.locator(f'#graph .node[data-id="{c.id}"] circle').dispatch_event("click", {"shiftKey": True})
+    fresh.fill("#supernode-name", "merged")
+    fresh.press("#supernode-name", "Enter")
+    assert fresh.locator("#graph .node.kind-supernode").count() == 1
+    assert fresh.locator("#graph .node").count() == len(graph.nodes) - 2
+    assert fresh.locator("#members li").count() == 3 and "merged" in fresh.inner_text("#details")
+    assert errors == []
     other.close()
 
 
