@@ -8,17 +8,21 @@ local replacement model, pruned by influence; writes ``graph.json`` (interp's gr
         --prompt "def add(a, b):" --max-feature-nodes 512 --out runs/graph --circuit-tracer
 
 The flags of ``interp.circuits.graph_api.AttributionGraphConfig`` are generated from the dataclass; the ones it
-shares with ``transcoder-paths`` (``--prompt``) are that command's flags.
+shares with ``transcoder-paths`` (``--prompt``) are that command's flags. ``--auto-supernodes`` groups the graph's
+feature nodes by decoder-direction clusters (flags of ``interp.circuits.auto_supernodes.SupernodeConfig``) as a
+starting point for the graph view.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cli._transcoders import load_inputs
-from cli.config_flags import add_config_flags
+from cli.config_flags import add_config_flags, config_kwargs
 
 CONFIG = ("interp.circuits.graph_api", "AttributionGraphConfig")
+SUPERNODES = ("interp.circuits.auto_supernodes", "SupernodeConfig")
 SHARED = ("prompt",)
 """Fields whose flags ``transcoder-paths`` already adds (same name, type and meaning)."""
 
@@ -34,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also attribute this attention score (head HEAD of block LAYER, query position QUERY to "
                        "key position KEY) to pairs of query-side and key-side components (saved in the metadata)")
     add_config_flags(group, *CONFIG, skip=SHARED)
+    auto = parser.add_argument_group("automatic supernodes (attribution-graph --auto-supernodes; SupernodeConfig)")
+    auto.add_argument("--auto-supernodes", action="store_true",
+                      help="group feature nodes whose decoder directions are alike into supernodes (saved in the "
+                      "graph's metadata and both output formats; edit them in the graph view)")
+    add_config_flags(auto, *SUPERNODES)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,11 +51,14 @@ def run(args: argparse.Namespace) -> int:
     from interp.circuits.graph_api import attribution_graph, save_attribution_graph
 
     cfg, model, transcoders = load_inputs(args, CONFIG, "attribution-graph")
+    grouping = _supernode_config(args) if args.auto_supernodes else None  # bad flags fail before the work
     result = attribution_graph(model, transcoders, cfg)
     if args.qk:
         from interp.circuits.qk import qk_attribution, qk_metadata
 
         result.graph.metadata["qk"] = qk_metadata(qk_attribution(model, result.trace, *args.qk))
+    if grouping is not None:
+        result = result._replace(graph=_auto_supernodes(grouping, result.graph, transcoders))
     out = Path(args.out)
     path = save_attribution_graph(result, out)
     meta = result.graph.metadata
@@ -63,3 +75,21 @@ def run(args: argparse.Namespace) -> int:
 
         print(export_circuit_tracer(result.graph, out, slug=args.slug or out.name))
     return 0
+
+
+def _supernode_config(args: argparse.Namespace) -> Any:
+    from interp.circuits.auto_supernodes import SupernodeConfig
+    from interp.configs import config_from_dict
+
+    return config_from_dict(SupernodeConfig, config_kwargs(args, *SUPERNODES), "command line")
+
+
+def _auto_supernodes(cfg: Any, graph: Any, transcoders: Any) -> Any:
+    from interp.circuits.auto_supernodes import auto_supernodes
+    from interp.circuits.supernodes import group_nodes
+    from interp.configs import config_to_dict
+
+    grouped = group_nodes(graph, auto_supernodes(graph, transcoders, cfg))
+    grouped.metadata["supernodes_config"] = config_to_dict(cfg)
+    print(f"  {len(grouped.metadata['supernodes'])} supernodes (decoder cosine >= {cfg.supernode_threshold})")
+    return grouped

@@ -4,6 +4,8 @@ or both.
     interp dashboard --features runs/features --out runs/site
     interp dashboard --graphs runs/compare --out runs/circuits-site            # graphs alone
     interp dashboard --features runs/features --graphs runs/eap/graph.json --out runs/site
+    interp dashboard --features runs/tc1-features --graphs runs/graph/graph.json --out runs/site \\
+        --supernodes ~/Downloads/supernodes-KEY.json     # with a grouping saved from the graph view
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="circuit graph JSON files (from interp circuit), or directories searched for them")
     p.add_argument("--graph-edges", type=int, default=5000,
                    help="edges each graph page keeps, the strongest by |score| (default 5000)")
+    p.add_argument("--supernodes", nargs="+", default=[], metavar="FILE",
+                   help="supernode groupings saved from the graph view ('Save grouping'); each is shown on the graph "
+                   "it was made on, which must be among --graphs")
     p.add_argument("--out", required=True, help="site directory to write (replaced if it holds a site)")
     p.add_argument("--explanations", default=None, help="explanations JSON (feature -> text and scores)")
     p.add_argument("--no-progress", action="store_true")
@@ -29,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from interp.site.build import build_dashboard
 
     index = build_dashboard(args.features, args.out, args.explanations, graphs=args.graphs,
-                            graph_edges=args.graph_edges, progress=not args.no_progress)
+                            graph_edges=args.graph_edges, supernodes=args.supernodes,
+                            progress=not args.no_progress)
     print(f"open file://{index.resolve()}")
     return 0

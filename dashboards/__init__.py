@@ -10,7 +10,8 @@ from pathlib import Path
 ASSETS_DIR = Path(__file__).resolve().parent
 """Directory holding the asset files that :func:`interp.site.build_dashboard` copies."""
 
-ASSET_FILES = ("style.css", "common.js", "index.js", "feature.js", "autointerp.js", "prompt.js", "graph.js")
+ASSET_FILES = ("style.css", "common.js", "index.js", "feature.js", "autointerp.js", "prompt.js", "graph.js",
+               "supernodes.js")
 """The files copied into every site as they are (plotly.min.js is written from the installed plotly package)."""
 
 PAGE_TEMPLATE = "page.html"
@@ -20,6 +21,6 @@ PAGES: dict[str, tuple[str, ...]] = {
     "index.html": ("common.js", "index.js"),
     "feature.html": ("plotly.min.js", "common.js", "autointerp.js", "feature.js"),
     "prompt.html": ("common.js", "prompt.js"),
-    "graph.html": ("common.js", "graph.js"),
+    "graph.html": ("common.js", "supernodes.js", "graph.js"),
 }
 """Page name -> the scripts it loads, in order."""

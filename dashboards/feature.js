@@ -110,6 +110,7 @@
       table(F.nbrs.dec, "decoder cosine"), el("div", { style: "height:10px" }), table(F.nbrs.cooc,
         "co-occurrence (Jaccard)")));
   }
+  if (F.graphs && F.graphs.length) side.append(graphsCard(F.graphs));
   const scored = F.expl && F.expl.results && Object.keys(F.expl.results).length ? InterpAutointerp.card(F.expl) : null;
   root.replaceChildren(...[head, scored, el("div", { class: "grid side" },
     el("div", {}, histCard, exCard, quantCard, randCard), side)].filter(Boolean));
@@ -135,4 +136,27 @@
     histDiv.replaceWith(el("p", { class: "muted" }, "No activations to plot."));
   }
   document.body.dataset.ready = "1";
+
+  // The attribution graphs this feature appears in (interp.site.feature_links): each row opens the graph view with
+  // the feature's node selected.
+  function graphsCard(list) {
+    const tb = el("tbody", { id: "graph-appearances" });
+    for (const r of list) {
+      const href = "graph.html?g=" + encodeURIComponent(String(r.g | 0)) + "&node=" + encodeURIComponent(r.node);
+      const ctx = el("div", { class: "toks graph-context" });
+      r.context.forEach((t, k) => {
+        const c = chip(t);
+        if (k === r.context.length - 1) c.classList.add("at");
+        ctx.append(c);
+      });
+      tb.append(el("tr", { "data-graph": String(r.g) },
+        el("td", {}, el("a", { href, class: "graph-link" }, r.title), el("div", { class: "muted small" },
+          `${r.label} \u00b7 position ${r.position}`), ctx, r.prompt ? el("div", { class: "muted small prompt" },
+          Interp.showToken(r.prompt)) : null),
+        el("td", { class: "num" }, fmt(r.influence)), el("td", { class: "num" }, fmt(r.activation))));
+    }
+    return el("div", { class: "card", id: "graphs" }, el("h2", {}, "In attribution graphs"),
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "graph \u00b7 node \u00b7 prompt"),
+        el("th", {}, "influence"), el("th", {}, "activation"))), tb));
+  }
 })();

@@ -111,7 +111,7 @@ def test_graph_only_site(tmp_path):
     index = build_dashboard(None, tmp_path / "site", graphs=[tmp_path / "graphs"], graph_edges=20)
     site = index.parent
     assert sorted(p.name for p in site.iterdir()) == ["common.js", "data", "graph.html", "graph.js", "index.html",
-                                                      "index.js", "style.css"]  # no feature pages, no plotly
+                                                      "index.js", "style.css", "supernodes.js"]  # no plotly
     meta = _js(site / "data" / "meta.js", "INTERP_META")
     assert meta["has_features"] is False and meta["model_name"] == "m"
     assert meta["graphs"][0]["title"] == "eap \u00b7 induction" and meta["graphs"][0]["n_edges"] == len(graph.edges)

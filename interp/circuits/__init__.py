@@ -26,6 +26,13 @@ Attribution graphs (Ameisen et al. 2025, circuit-tracer) and QK attribution::
     result = attribution_graph(model, transcoders, AttributionGraphConfig(prompt="def add(a, b):"))
     qk = qk_attribution(model, result.trace, layer=1, head=2, query_position=5, key_position=2)
 
+Supernodes (named groups drawn as one node; by hand, from a file saved in the graph view, or by decoder-direction
+clusters)::
+
+    from interp.circuits import SupernodeConfig, auto_supernodes, collapse_supernodes, group_nodes
+    graph = group_nodes(result.graph, auto_supernodes(result.graph, transcoders, SupernodeConfig(0.9)))
+    view = collapse_supernodes(graph)                                      # each group one node, edges summed
+
 Names are imported on first use (reading a graph with :mod:`interp.circuits.graph` does not import torch).
 """
 
@@ -93,6 +100,13 @@ _EXPORTS = {
     "save_attribution_graph": "interp.circuits.graph_api",
     "QKAttribution": "interp.circuits.qk",
     "qk_attribution": "interp.circuits.qk",
+    "Supernode": "interp.circuits.supernodes",
+    "group_nodes": "interp.circuits.supernodes",
+    "collapse_supernodes": "interp.circuits.supernodes",
+    "save_supernodes": "interp.circuits.supernodes",
+    "load_supernodes": "interp.circuits.supernodes",
+    "SupernodeConfig": "interp.circuits.auto_supernodes",
+    "auto_supernodes": "interp.circuits.auto_supernodes",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -26,11 +26,15 @@ Contracts:
 
 Metadata written by interp: ``method``, ``model`` (name, fingerprint, n_layers, n_heads ...), ``task``
 (:meth:`Task.metadata`), ``config``, ``runtime_s``, ``peak_memory_mb``, ``score_origin`` (``node`` or
-``edge``), ``created_by``, and, after scoring against ground truth, ``evaluation``.
+``edge``), ``created_by``, and, after scoring against ground truth, ``evaluation``; attribution graphs add
+``dictionaries`` (model layer -> :func:`dictionary_digest` of its transcoder) and may hold ``supernodes``
+(:mod:`interp.circuits.supernodes`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,3 +211,11 @@ def feature_node_order(node: Node) -> tuple[int, bool, int, int]:
     last), then features before the layer's errors, then position and index. Features of layer L read only what
     layers below L wrote, so every edge runs forward in this order."""
     return node.layer, node.kind == "error", node.position or 0, node.feature or 0
+
+
+def dictionary_digest(cfg: dict[str, Any]) -> str:
+    """A short fingerprint of a dictionary's config (``asdict(dictionary.cfg)``, or a feature store manifest's
+    ``dictionary``): an attribution graph records its transcoders' (``metadata["dictionaries"]``), and the site
+    links a feature node to a feature store's pages only when the two agree."""
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from interp.circuits.attribution import Linearised, Nodes, Rows, Target, active_nodes
 from interp.circuits.decompose import Component
-from interp.circuits.graph import CircuitGraph, Edge, Node, feature_node_order, save_graph
+from interp.circuits.graph import CircuitGraph, Edge, Node, dictionary_digest, feature_node_order, save_graph
 from interp.circuits.influence import Pruned, Scores, graph_scores, influence, normalize, prune
 from interp.circuits.replacement import Trace, TranscoderSet, trace
 from interp.configs import config_to_dict
@@ -166,6 +166,8 @@ def attribution_graph(model: Model, transcoders: TranscoderSet, cfg: Attribution
     graph.metadata.update(
         config=config_to_dict(cfg), runtime_s=time.perf_counter() - started,
         transcoders=sorted({str(transcoders.dictionary(layer).cfg.hook_in) for layer in transcoders.layers}),
+        dictionaries={str(layer): dictionary_digest(asdict(transcoders.dictionary(layer).cfg))
+                      for layer in transcoders.layers},
         replacement_score=scores.replacement, completeness_score=scores.completeness,
         pruned_replacement_score=pruned_scores.replacement, pruned_completeness_score=pruned_scores.completeness,
         n_active_features=nodes.n_features, n_feature_rows=n_sel, n_backward_rows=n_sel + len(nodes.logit_tokens),

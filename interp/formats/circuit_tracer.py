@@ -2,7 +2,8 @@
 
 A circuit-tracer graph file (``<slug>.json``, schema_version 1, as written by ``create_graph_files`` in
 circuit-tracer 0.5) holds ``metadata`` (slug, scan, transcoder_list, prompt_tokens, prompt, node_threshold,
-schema_version), ``qParams`` (the viewer's pinned nodes, supernodes, link type, clicked node, subgraph positions),
+schema_version), ``qParams`` (the viewer's pinned nodes, supernodes, link type, clicked node, subgraph positions;
+interp writes the graph's supernodes there and reads them back, see :mod:`interp.circuits.supernodes`),
 ``nodes`` and ``links`` (``{source, target, weight}``); ``graph-metadata.json`` beside it lists every graph's
 metadata (``{"graphs": [...]}``). Node ids and kinds:
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.circuits.graph import CircuitGraph, Edge, Node, feature_node_order
+from interp.circuits.supernodes import Supernode, group_nodes, supernodes_of
 from interp.errors import InterpError
 from interp.io import atomic_write_json, read_json
 
@@ -85,8 +87,21 @@ def to_circuit_tracer(graph: CircuitGraph, slug: str, scan: str | None = None) -
                 "transcoder_list": list(meta.get("transcoders", [])), "prompt_tokens": tokens,
                 "prompt": config.get("prompt", "".join(tokens)), "node_threshold": config.get("node_threshold"),
                 "schema_version": SCHEMA_VERSION}
-    qparams = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
-    return {"metadata": metadata, "qParams": qparams, "nodes": list(nodes.values()), "links": links}
+    return {"metadata": metadata, "qParams": _qparams(graph, nodes), "nodes": list(nodes.values()), "links": links}
+
+
+def _qparams(graph: CircuitGraph, nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The viewer state: an imported graph's (``metadata["qParams"]``) with the graph's supernodes in circuit-tracer's
+    form (``[name, node_id, ...]``); their members are pinned, as the viewer draws only pinned nodes' groups."""
+    kept = graph.metadata["qParams"] if isinstance(graph.metadata.get("qParams"), dict) else {}
+    qparams = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": "", **kept}
+    groups = supernodes_of(graph)
+    if groups or "supernodes" in graph.metadata:
+        qparams["supernodes"] = [[sn.name, *(nodes[m]["node_id"] for m in sn.members)] for sn in groups]
+        pinned = list(qparams["pinnedIds"])
+        pinned += [i for sn in qparams["supernodes"] for i in sn[1:] if i not in pinned]
+        qparams["pinnedIds"] = pinned
+    return qparams
 
 
 def export_circuit_tracer(graph: CircuitGraph, out_dir: str | Path, slug: str, scan: str | None = None) -> Path:
@@ -148,11 +163,32 @@ def from_circuit_tracer(data: dict[str, Any], where: str = "circuit-tracer graph
         raise InterpError(f"{where} is not a circuit-tracer graph file ({type(err).__name__}: {err}).") from err
     nodes.sort(key=feature_node_order)
     logits = [n.layer for n in nodes if n.kind == "logit"]
+    qparams = data["qParams"] if isinstance(data.get("qParams"), dict) else {}
     metadata = {"method": "attribution-graph", "imported_from": "circuit-tracer", "circuit_tracer": meta,
-                "qParams": data.get("qParams", {}), "prompt_tokens": meta.get("prompt_tokens", []),
+                "qParams": qparams, "prompt_tokens": meta.get("prompt_tokens", []),
                 "model": {"name": meta.get("scan", ""), "n_layers": logits[0] if logits else None},
                 "config": {"prompt": meta.get("prompt", ""), "node_threshold": meta.get("node_threshold")}}
-    return CircuitGraph(nodes, edges, metadata)
+    graph = CircuitGraph(nodes, edges, metadata)
+    return group_nodes(graph, _imported_supernodes(qparams.get("supernodes"), by_id, where), where)
+
+
+def _imported_supernodes(raw: Any, by_id: dict[str, str], where: str) -> list[Supernode]:
+    """circuit-tracer's ``qParams.supernodes`` (``[[name, node_id, ...], ...]``) in interp's node ids; members the
+    graph lacks are dropped, as circuit-tracer's viewer drops them, and so are groups left empty; a node in two groups
+stays in the first (interp's groups do not overlap)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(s, list) and s and all(isinstance(x, str) for x in s)
+                                            for s in raw):
+        raise InterpError(f"{where}: qParams.supernodes must be a list of [name, node_id, ...] lists.")
+    seen: set[str] = set()
+    out = []
+    for name, *ids in raw:
+        members = [by_id[i] for i in ids if i in by_id and by_id[i] not in seen]
+        seen.update(members)
+        if members:
+            out.append(Supernode(name or "supernode", tuple(members)))
+    return out
 
 
 def import_circuit_tracer(path: str | Path) -> CircuitGraph:

@@ -36,10 +36,12 @@ from typing import Any
 import torch
 
 from interp.autointerp.explanations import load_explanations
+from interp.circuits.supernodes import apply_groupings
 from interp.errors import InterpError
 from interp.features.store import KINDS, FeatureStore, load_feature_store
 from interp.io import atomic_directory, disk_full_errors
 from interp.progress import progress_bar
+from interp.site.feature_links import appearances, feature_pages
 from interp.site.graphs import MAX_EDGES, SiteGraph, collect_graphs, graph_payload, graph_summary, graphs_only_meta
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ def build_dashboard(
     *,
     graphs: Sequence[Any] = (),
     graph_edges: int = MAX_EDGES,
+    supernodes: Sequence[str | Path] = (),
     progress: bool = True,
 ) -> Path:
     """Write the static site for ``feature_store`` and/or circuit ``graphs`` to ``out_dir``; returns the path of
@@ -82,13 +85,19 @@ def build_dashboard(
     ``explanations``: see :func:`load_explanations`; default: the runs of ``interp explain`` / ``interp
     score`` inside the feature store. ``graphs``: CircuitGraph objects, graph JSON files, or directories
     holding them (see :func:`interp.site.graphs.collect_graphs`); each graph page keeps its ``graph_edges``
-    strongest edges. An existing site in ``out_dir`` is replaced.
+    strongest edges. ``supernodes``: grouping files saved from the graph view (or by
+    :func:`interp.circuits.supernodes.save_supernodes`), each shown on the graph it was made on. Feature nodes of
+    attribution graphs link to the feature store's pages as :mod:`interp.site.feature_links` says, and each feature
+    page lists the graphs it appears in. An existing site in ``out_dir`` is replaced.
     """
     if feature_store is None and not graphs:
         raise InterpError("Nothing to build: give a feature store, circuit graphs, or both.")
     if feature_store is None and explanations is not None:
         raise InterpError("Explanations describe features: give the feature store they belong to.")
     site_graphs = collect_graphs(graphs)
+    if supernodes:
+        grouped = apply_groupings([sg.graph for sg in site_graphs], supernodes)
+        site_graphs = [SiteGraph(g, sg.source) for g, sg in zip(grouped, site_graphs)]
     fs = None
     if feature_store is not None:
         fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
@@ -102,10 +111,14 @@ def build_dashboard(
     return out / "index.html"
 
 
-def _write_graphs(tmp: Path, graphs: Sequence[SiteGraph], max_edges: int) -> None:
+def _write_graphs(tmp: Path, graphs: Sequence[SiteGraph], max_edges: int, fs: FeatureStore | None
+                  ) -> dict[int, list[dict[str, Any]]]:
+    """The graphs' data files; returns, per feature of ``fs``, the graphs it appears in."""
     (tmp / "data" / "graphs").mkdir(parents=True)
+    pages = [feature_pages(fs.manifest, fs.n_features, sg.graph) if fs else {} for sg in graphs]
     for g, sg in enumerate(graphs):
-        _write(tmp / "data" / "graphs" / f"{g}.js", js_assign("INTERP_GRAPH", graph_payload(sg, max_edges)))
+        _write(tmp / "data" / "graphs" / f"{g}.js", js_assign("INTERP_GRAPH", graph_payload(sg, max_edges, pages[g])))
+    return appearances(graphs, pages)
 
 
 def _write_site(fs: FeatureStore | None, expl: dict[int, dict[str, Any]], tmp: Path, progress: bool,
@@ -113,7 +126,7 @@ def _write_site(fs: FeatureStore | None, expl: dict[int, dict[str, Any]], tmp: P
     """Every file of the site, into the empty directory ``tmp``."""
     (tmp / "data").mkdir(parents=True)
     _copy_assets(tmp, GRAPH_PAGES if fs is None else None)
-    _write_graphs(tmp, graphs, max_edges)
+    seen_in = _write_graphs(tmp, graphs, max_edges, fs)
     summaries = [graph_summary(g, sg) for g, sg in enumerate(graphs)]
     if fs is None:
         _write(tmp / "data" / "meta.js", js_assign("INTERP_META", {**graphs_only_meta(graphs), "graphs": summaries}))
@@ -132,6 +145,8 @@ def _write_site(fs: FeatureStore | None, expl: dict[int, dict[str, Any]], tmp: P
     bar = progress_bar(fs.n_features, "dashboard", "feat", enabled=progress, unit_scale=False)
     for a in range(0, fs.n_features, _BLOCK):
         for rec in feature_payloads(fs, range(a, min(a + _BLOCK, fs.n_features)), tops, expl):
+            if rec["i"] in seen_in:
+                rec["graphs"] = seen_in[rec["i"]]
             _write(tmp / "data" / "features" / f"{rec['i']}.js", js_assign("INTERP_FEATURE", rec))
         bar.update(min(_BLOCK, fs.n_features - a))
     bar.close()

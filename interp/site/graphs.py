@@ -21,11 +21,12 @@ under the reader. With rows and order fixed by the model, what remains is the ar
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from interp.circuits.graph import FORMAT, CircuitGraph, Node, load_graph
+from interp.circuits.supernodes import graph_key, supernodes_of
 from interp.errors import InterpError
 from interp.io import read_json
 
@@ -178,10 +179,13 @@ def graph_summary(index: int, sg: SiteGraph) -> dict[str, Any]:
     })
 
 
-def graph_payload(sg: SiteGraph, max_edges: int = MAX_EDGES) -> dict[str, Any]:
+def graph_payload(sg: SiteGraph, max_edges: int = MAX_EDGES, pages: Mapping[str, int] | None = None) -> dict[str, Any]:
     """What ``graph.html`` draws (``window.INTERP_GRAPH``).
 
-    ``nodes``: every node's fields plus its cell coordinates ``x``, ``y``; non-finite scores become None.
+    ``nodes``: every node's fields plus its cell coordinates ``x``, ``y`` and, for the ids in ``pages``, ``page``
+    (the feature page it links to, :mod:`interp.site.feature_links`); non-finite scores become None.
+    ``key``: :func:`~interp.circuits.supernodes.graph_key`; ``supernodes``: the graph's grouping (the view starts
+    from it).
     ``edges``: the ``max_edges`` edges of largest ``abs(score)``, in that order (ties in file order), each
     ``{"s": source node index, "t": target node index, "slot", "score", "position", "in_circuit"}``; edges
     whose score is None, 0 or not finite are left out (``n_unscored`` counts them).
@@ -194,6 +198,8 @@ def graph_payload(sg: SiteGraph, max_edges: int = MAX_EDGES) -> dict[str, Any]:
         nodes.append({"id": n.id, "kind": n.kind, "layer": n.layer, "head": n.head, "position": n.position,
                       "feature": n.feature, "label": n.label or n.id, "score": _finite(n.score),
                       "in_circuit": n.in_circuit, "attrs": n.attrs, "x": x, "y": y})
+        if pages and n.id in pages:
+            nodes[-1]["page"] = pages[n.id]
     scored = [e for e in graph.edges if _finite(e.score)]
     ranked = sorted(range(len(scored)), key=lambda k: -abs(scored[k].score or 0.0))[: max(max_edges, 0)]
     edges = [{"s": index[e.source], "t": index[e.target], "slot": e.slot, "score": e.score, "position": e.position,
@@ -201,6 +207,8 @@ def graph_payload(sg: SiteGraph, max_edges: int = MAX_EDGES) -> dict[str, Any]:
     return _json_ready({
         "title": graph_title(sg),
         "source": sg.source,
+        "key": graph_key(graph),
+        "supernodes": [sn.to_dict() for sn in supernodes_of(graph)],
         "metadata": graph.metadata,
         "nodes": nodes,
         "edges": edges,
