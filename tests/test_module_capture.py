@@ -87,7 +87,7 @@ CASES = [("gpt2", "default"), ("gpt2", "transformer_lens"), ("gpt2", "none"), ("
 @pytest.mark.parametrize(("family", "processing"), CASES)
 def test_every_served_hook_equals_the_bridge(checkpoints, family, processing):
     model = load_model(str(checkpoints[family]), processing=processing)
-    hooks = model.resolve_hooks(sorted(served(model.info.n_layers)))
+    hooks = model.resolve_hooks(sorted(served(model.info.n_layers, "gpt2" if family == "gpt2" else "llama")))
     assert model.capture_path(hooks) == "modules"
     tokens = _tokens()
     ours = model.capture(tokens, hooks)
@@ -104,7 +104,7 @@ def test_every_served_hook_equals_the_bridge(checkpoints, family, processing):
 @pytest.mark.parametrize(("family", "processing"), [("gpt2", "default"), ("llama", "default"), ("qwen2", "none")])
 def test_gradients_equal_the_bridge(checkpoints, family, processing):
     model = load_model(str(checkpoints[family]), processing=processing)
-    hooks = model.resolve_hooks(sorted(served(model.info.n_layers)))
+    hooks = model.resolve_hooks(sorted(served(model.info.n_layers, "gpt2" if family == "gpt2" else "llama")))
     tokens = _tokens(1)
     ours = model.capture(tokens, hooks, with_grads=True, path="modules")
     theirs = model.capture(tokens, hooks, with_grads=True, path="bridge")

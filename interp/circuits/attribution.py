@@ -188,7 +188,7 @@ class Linearised:
             bias += self._mlp(g, edges, m, T)
             self._inject(g, targets, reads, m)
             bias += g.sum(1) @ self.attn_bias[m]
-            g = g + self._attention_transpose(g, m, T)
+            g += self._attention_transpose(g, m, T)
         cols = self.nodes.token_index(0)
         edges[:, cols : cols + T] = (g * self.embed[:T]).sum(-1)
         return Rows(edges, bias, torch.tensor([r[2] for r in reads]))
@@ -231,14 +231,19 @@ class Linearised:
 
     def _attention_transpose(self, g: torch.Tensor, m: int, T: int) -> torch.Tensor:
         """What ``g`` at block ``m``'s attention output sends to its input (frozen patterns and LayerNorm); the
-        pattern is read (or recomputed) ``_CHUNK_ROWS`` query positions at a time."""
-        gz = torch.einsum("btd,hfd->bhtf", g, self.W_O[m])  # (B, H, T, d_head)
+        pattern is read (or recomputed) ``_CHUNK_ROWS`` query positions at a time. Memory: besides ``g``, at most
+        three buffers of its size at once (gradients on z, on v, and the pulled-back result)."""
+        H = self.W_O.shape[1]
+        gz = torch.einsum("btd,hfd->htbf", g, self.W_O[m]).contiguous()  # (H, T, B, d_head)
         gv = torch.zeros_like(gz)
         for t0 in range(0, T, _CHUNK_ROWS):
             t1 = min(T, t0 + _CHUNK_ROWS)
             A = attention_pattern(self.model, self.tr, m, t0, t1, T)  # (H, t1 - t0, T)
-            gv += torch.einsum("hts,bhtf->bhsf", A, gz[:, :, t0:t1])
-        gx = torch.einsum("bhsf,hdf->bsd", gv, self.W_V[m])
+            # gv[h, s] += sum_t A[h, t, s] gz[h, t], in place (no (H, T, B, d_head) temporary per block)
+            gv.view(H, T, -1).baddbmm_(A.transpose(1, 2), gz[:, t0:t1].reshape(H, t1 - t0, -1))
+        del gz
+        gx = torch.einsum("hsbf,hdf->bsd", gv, self.W_V[m])
+        del gv
         return ln_pullback(self.model, self.tr, gx, "pre", m, slice(0, T))
 
 

@@ -5,8 +5,8 @@ splicing hooks and the weight views. Two engines run it:
 
 - the **module path**: interp's own modules (``interp.model.transformer``) for local GPT-2 and Llama-family
   checkpoints in safetensors, with plain forward hooks and the fused attention kernel. :meth:`Model.capture`
-  uses it for the hooks in ``interp.model.vocabulary.SERVED_IN_BLOCK`` (residual stream, attention and MLP
-  outputs, ``hook_z``, MLP input and activations, the norms' outputs);
+  uses it for the hooks ``interp.model.vocabulary.served`` lists (embeddings, residual stream, attention and MLP
+  outputs, ``hook_v``, ``hook_z``, MLP input and activations, the norms' scales and outputs);
 - **transformer-lens 4.x ``TransformerBridge``** (see the README for why), for everything else: other
   architectures, other hooks, splicing hooks, the weight views, finetuning, ``forward``. It is booted on first
   need, so a command that only caches served hooks never imports transformer-lens.
@@ -69,7 +69,7 @@ class Model(WeightViews):
         self._checkpoint = checkpoint
         self._modules: Transformer | None = None
         self._device, self._dtype = torch.device(device), dtype
-        self._served = served(info.n_layers) if checkpoint is not None else frozenset()
+        self._served = served(info.n_layers, checkpoint.spec.family) if checkpoint is not None else frozenset()
         self._splicing = 0  # depth of open `hooks` blocks
 
     # ---- engines -----------------------------------------------------------------------------

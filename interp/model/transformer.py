@@ -152,10 +152,14 @@ class Norm(nn.Module):
         self.d, self.eps, self.rms = d, eps, rms
         self.register_parameter("weight", None)  # set by the loader when the norm keeps its own scale
         self.register_parameter("bias", None)
-        self.hook_normalized = HookPoint()
+        self.hook_scale, self.hook_normalized = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rms:  # in float32, as Hugging Face's Llama does
+        if self.hook_scale._forward_hooks:  # the scale as its own tensor (TransformerLens's form) when read
+            h = x.float() if self.rms else x - x.mean(-1, keepdim=True)
+            scale = self.hook_scale((h.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # (..., 1)
+            x = (h / scale).to(x.dtype)
+        elif self.rms:  # in float32, as Hugging Face's Llama does
             h = x.float()
             x = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         else:
@@ -173,14 +177,14 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv, self.d_head = s.n_heads, s.n_kv_heads, s.d_head
         self.qkv, self.o = Linear(), Linear()
-        self.hook_z = HookPoint()
+        self.hook_v, self.hook_z = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.qkv(x).split([self.n_heads * self.d_head, self.n_kv * self.d_head, self.n_kv * self.d_head], -1)
         q = q.view(b, n, self.n_heads, self.d_head).transpose(1, 2)  # (b, head, pos, d_head)
         k = k.view(b, n, self.n_kv, self.d_head).transpose(1, 2)
-        v = v.view(b, n, self.n_kv, self.d_head).transpose(1, 2)
+        v = self.hook_v(v.view(b, n, self.n_kv, self.d_head)).transpose(1, 2)  # hook: (b, pos, kv head, d_head)
         if rotary is not None:
             q, k = _rotate(q, *rotary), _rotate(k, *rotary)
         if self.n_kv != self.n_heads:  # grouped-query attention: head h reads kv head h // group
@@ -246,6 +250,7 @@ class Transformer(nn.Module):
         self.spec = s
         self.embed = Embedding()
         self.pos_embed = Embedding() if s.family == "gpt2" else None
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.blocks = nn.ModuleList(Block(s) for _ in range(s.n_layers))
         self.ln_final = Norm(s.d_model, s.eps, s.family == "llama")
         self.unembed = Linear()
@@ -256,10 +261,10 @@ class Transformer(nn.Module):
         """Logits (batch, pos, d_vocab); the residual stream entering block ``stop_at_layer`` when it is given;
         the final norm's output when ``logits`` is False."""
         n = tokens.shape[1]
-        x = self.embed(tokens)
+        x = self.hook_embed(self.embed(tokens))
         positions = torch.arange(n, device=tokens.device)
         if self.pos_embed is not None:
-            x = x + self.pos_embed(positions)
+            x = x + self.hook_pos_embed(self.pos_embed(positions).expand_as(x))
         rotary = None
         if self.spec.family == "llama":
             freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (pos, d_head / 2), in float32

@@ -41,10 +41,11 @@ _VOCABULARY: dict[str, tuple[list[str], list[str], list[str]]] = {
 }
 
 SERVED_IN_BLOCK = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_in",
-                   "hook_mlp_out", "attn.hook_z", "ln1.hook_normalized", "ln2.hook_normalized", "mlp.hook_pre",
-                   "mlp.hook_post")
+                   "hook_mlp_out", "attn.hook_v", "attn.hook_z", "ln1.hook_scale", "ln1.hook_normalized",
+                   "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post")
 """Per-block hooks the module path captures (each a named identity module of ``interp.model.transformer``)."""
-SERVED_AFTER_BLOCKS = ("ln_final.hook_normalized",)
+SERVED_AFTER_BLOCKS = ("ln_final.hook_scale", "ln_final.hook_normalized")
+SERVED_BEFORE_BLOCKS = {"gpt2": ("hook_embed", "hook_pos_embed"), "llama": ("hook_embed",)}
 
 
 def hook_names(family: str, n_layers: int) -> list[str]:
@@ -53,7 +54,8 @@ def hook_names(family: str, n_layers: int) -> list[str]:
     return [*head, *(f"blocks.{layer}.{name}" for layer in range(n_layers) for name in block), *tail]
 
 
-def served(n_layers: int) -> frozenset[str]:
-    """The hooks the module path captures for a model with ``n_layers`` blocks."""
-    return frozenset([*(f"blocks.{layer}.{name}" for layer in range(n_layers) for name in SERVED_IN_BLOCK),
+def served(n_layers: int, family: str) -> frozenset[str]:
+    """The hooks the module path captures for a ``family`` model with ``n_layers`` blocks."""
+    return frozenset([*SERVED_BEFORE_BLOCKS[family],
+                      *(f"blocks.{layer}.{name}" for layer in range(n_layers) for name in SERVED_IN_BLOCK),
                       *SERVED_AFTER_BLOCKS])
