@@ -249,22 +249,28 @@ class Linearised:
 
 def attention_pattern(model: Model, tr: Trace, layer: int, t0: int, t1: int, T: int) -> torch.Tensor:
     """(n_heads, t1 - t0, T) block ``layer``'s attention pattern for query positions [t0, t1) over keys [0, T):
-    from the trace when it kept the patterns, else recomputed from the traced residual stream and LayerNorm scale
-    (models with learned position embeddings; rotary models need a trace with patterns)."""
+    from the trace when it kept the patterns, else recomputed from its rotated queries and keys (rotary models traced
+    on the module path) or from the traced residual stream and LayerNorm scale (learned position embeddings)."""
     kept = tr.acts.get(f"blocks.{layer}.attn.hook_pattern")
     if kept is not None:
         return kept[:, t0:t1, :T]
-    if model.W_pos is None:
-        raise InterpError("Recomputing attention patterns needs learned position embeddings; trace this (rotary) "
-                          "model with patterns=True.")
     H = model.info.n_heads
-    x = ln_pullback(model, tr, tr.resid("pre", layer)[:T], "pre", layer, slice(0, T))  # = ln1.hook_normalized
-    W_Q, W_K, b_Q, b_K = model.W_Q[layer].float(), model.W_K[layer].float(), model.b_Q[layer].float(), \
-        model.b_K[layer].float()
-    if W_K.shape[0] != H:
-        W_K, b_K = W_K.repeat_interleave(H // W_K.shape[0], 0), b_K.repeat_interleave(H // b_K.shape[0], 0)
-    q = torch.einsum("td,hdf->htf", x[t0:t1], W_Q) + b_Q[:, None]
-    k = torch.einsum("sd,hdf->hsf", x, W_K) + b_K[:, None]
+    rot_q = tr.acts.get(f"blocks.{layer}.attn.hook_rot_q")  # (P, H, d_head)
+    if rot_q is not None:
+        k = tr.acts[f"blocks.{layer}.attn.hook_rot_k"][:T].transpose(0, 1)  # (n_kv_heads, T, d_head)
+        k = k.repeat_interleave(H // len(k), 0)
+        q = rot_q[t0:t1].transpose(0, 1)
+    elif model.W_pos is None:
+        raise InterpError("Recomputing attention patterns of a rotary model needs its rotated queries and keys; trace "
+                          "it with patterns=True.")
+    else:
+        x = ln_pullback(model, tr, tr.resid("pre", layer)[:T], "pre", layer, slice(0, T))  # = ln1.hook_normalized
+        W_Q, W_K, b_Q, b_K = model.W_Q[layer].float(), model.W_K[layer].float(), model.b_Q[layer].float(), \
+            model.b_K[layer].float()
+        if W_K.shape[0] != H:
+            W_K, b_K = W_K.repeat_interleave(H // W_K.shape[0], 0), b_K.repeat_interleave(H // b_K.shape[0], 0)
+        q = torch.einsum("td,hdf->htf", x[t0:t1], W_Q) + b_Q[:, None]
+        k = torch.einsum("sd,hdf->hsf", x, W_K) + b_K[:, None]
     scores = q @ k.transpose(1, 2) / q.shape[-1] ** 0.5
     future = torch.arange(T)[None, :] > torch.arange(t0, t1)[:, None]
     return scores.masked_fill(future, float("-inf")).softmax(-1)

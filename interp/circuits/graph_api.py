@@ -145,7 +145,7 @@ def attribution_graph(model: Model, transcoders: TranscoderSet, cfg: Attribution
     if transcoders.model.info.fingerprint != model.info.fingerprint:
         raise InterpError("These transcoders were loaded for another model; load them with this one.")
     prompt = cfg.prompt if tokens is None else tokens
-    tr = trace(model, prompt, transcoders, patterns=model.W_pos is None)  # else recomputed in blocks
+    tr = trace(model, prompt, transcoders, patterns=not _recomputes_patterns(model))
     nodes = active_nodes(model, tr, cfg.max_n_logits, cfg.desired_logit_prob)
     engine = Linearised(model, tr, nodes, demean=cfg.demean_logits)
     selected, feature_rows, logit_rows = select_features(engine, cfg)
@@ -176,6 +176,12 @@ def attribution_graph(model: Model, transcoders: TranscoderSet, cfg: Attribution
              "completeness %.3f", nodes.n_features, n_sel, len(graph.nodes), len(graph.edges), scores.replacement,
              scores.completeness)
     return AttributionGraph(tr, nodes, selected, all_rows, pruned, scores, graph)
+
+
+def _recomputes_patterns(model: Model) -> bool:
+    """True when the rows can recompute attention patterns a block at a time (the trace then keeps none): learned
+    position embeddings, or a rotary model whose rotated queries and keys the module path captures."""
+    return model.W_pos is not None or model.capture_path(["blocks.0.attn.hook_rot_q"]) == "modules"
 
 
 def _node_table(model: Model, tr: Trace, nodes: Nodes, selected: torch.Tensor) -> list[Node]:

@@ -236,8 +236,9 @@ class Trace:
 def _trace_hooks(n_layers: int, with_pos: bool, patterns: bool = True) -> list[str]:
     per_layer = ["hook_resid_pre", "ln1.hook_scale", "attn.hook_pattern", "attn.hook_v", "attn.hook_z",
                  "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "hook_mlp_out"]
-    if not patterns:
+    if not patterns:  # recomputed from the residual stream, or (rotary models) from the rotated queries and keys
         per_layer.remove("attn.hook_pattern")
+        per_layer += [] if with_pos else ["attn.hook_rot_q", "attn.hook_rot_k"]
     hooks = ["hook_embed"] + (["hook_pos_embed"] if with_pos else [])
     hooks += [f"blocks.{l}.{h}" for l in range(n_layers) for h in per_layer]
     return hooks + [f"blocks.{n_layers - 1}.hook_resid_post", "ln_final.hook_scale"]
@@ -248,7 +249,7 @@ def trace(model: Model, tokens: torch.Tensor | str, transcoders: TranscoderSet |
           patterns: bool = True) -> Trace:
     """Run one prompt (a string, or token ids (P,) or (1, P)) and keep what the circuit methods read; without
     ``patterns`` the attention patterns (n_heads x P x P per layer) are left out (attribution graphs recompute them
-    a block of rows at a time)."""
+    a block of rows at a time; rotary models keep their rotated queries and keys for that)."""
     if model.info.processing == "none":
         raise InterpError("Circuit methods need LayerNorm folded into the weights; load the model with "
                           "processing='default'.")

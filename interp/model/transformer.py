@@ -177,7 +177,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv, self.d_head = s.n_heads, s.n_kv_heads, s.d_head
         self.qkv, self.o = Linear(), Linear()
-        self.hook_v, self.hook_z = HookPoint(), HookPoint()
+        self.hook_rot_q, self.hook_rot_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         b, n, _ = x.shape
@@ -186,7 +186,9 @@ class Attention(nn.Module):
         k = k.view(b, n, self.n_kv, self.d_head).transpose(1, 2)
         v = self.hook_v(v.view(b, n, self.n_kv, self.d_head)).transpose(1, 2)  # hook: (b, pos, kv head, d_head)
         if rotary is not None:
-            q, k = _rotate(q, *rotary), _rotate(k, *rotary)
+            # hooks see (b, pos, head, d_head), as TransformerLens's
+            q = self.hook_rot_q(_rotate(q, *rotary).transpose(1, 2)).transpose(1, 2)
+            k = self.hook_rot_k(_rotate(k, *rotary).transpose(1, 2)).transpose(1, 2)
         if self.n_kv != self.n_heads:  # grouped-query attention: head h reads kv head h // group
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)

@@ -9,9 +9,16 @@ import torch
 
 
 class WeightViews:
-    """Mixin: the per-layer weight tensors, read from ``self.bridge``."""
+    """Mixin: the per-layer weight tensors, read from ``self.bridge``. Biases a bias-free checkpoint lacks (Llama's
+    projections, an untied unembedding without bias) read as zeros."""
 
     bridge: Any
+
+    def _bias(self, name: str, *shape: int) -> torch.Tensor:
+        try:
+            return getattr(self.bridge, name)
+        except AttributeError:  # the bridge's stacked view of a bias-free projection
+            return torch.zeros(shape, device=self.bridge.W_U.device, dtype=self.bridge.W_U.dtype)
 
     @property
     def W_U(self) -> torch.Tensor:
@@ -42,7 +49,8 @@ class WeightViews:
     @property
     def b_V(self) -> torch.Tensor:
         """Value biases, (n_layers, n_heads, d_head) (zero once folded into ``b_O``)."""
-        return self.bridge.b_V
+        c = self.bridge.cfg
+        return self._bias("b_V", c.n_layers, c.n_heads, c.d_head)
 
     @property
     def W_Q(self) -> torch.Tensor:
@@ -58,19 +66,23 @@ class WeightViews:
     @property
     def b_Q(self) -> torch.Tensor:
         """Query biases, (n_layers, n_heads, d_head)."""
-        return self.bridge.b_Q
+        c = self.bridge.cfg
+        return self._bias("b_Q", c.n_layers, c.n_heads, c.d_head)
 
     @property
     def b_K(self) -> torch.Tensor:
         """Key biases, (n_layers, n_heads or n_kv_heads, d_head)."""
-        return self.bridge.b_K
+        c = self.bridge.cfg
+        return self._bias("b_K", c.n_layers, c.n_heads, c.d_head)
 
     @property
     def b_O(self) -> torch.Tensor:
         """Attention output bias, (n_layers, d_model): ``attn_out = sum_h z_h W_O[l, h] + b_O[l]``."""
-        return self.bridge.b_O
+        c = self.bridge.cfg
+        return self._bias("b_O", c.n_layers, c.d_model)
 
     @property
     def b_U(self) -> torch.Tensor:
         """Unembedding bias, (d_vocab,)."""
-        return self.bridge.b_U
+        c = self.bridge.cfg
+        return self._bias("b_U", c.d_vocab)

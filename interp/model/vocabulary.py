@@ -46,6 +46,8 @@ SERVED_IN_BLOCK = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_
 """Per-block hooks the module path captures (each a named identity module of ``interp.model.transformer``)."""
 SERVED_AFTER_BLOCKS = ("ln_final.hook_scale", "ln_final.hook_normalized")
 SERVED_BEFORE_BLOCKS = {"gpt2": ("hook_embed", "hook_pos_embed"), "llama": ("hook_embed",)}
+SERVED_ROTARY = ("attn.hook_rot_q", "attn.hook_rot_k")
+"""Per-block hooks the module path captures on rotary (llama-family) models: queries and keys after rotation."""
 
 
 def hook_names(family: str, n_layers: int) -> list[str]:
@@ -56,6 +58,7 @@ def hook_names(family: str, n_layers: int) -> list[str]:
 
 def served(n_layers: int, family: str) -> frozenset[str]:
     """The hooks the module path captures for a ``family`` model with ``n_layers`` blocks."""
+    in_block = SERVED_IN_BLOCK + (SERVED_ROTARY if family == "llama" else ())
     return frozenset([*SERVED_BEFORE_BLOCKS[family],
-                      *(f"blocks.{layer}.{name}" for layer in range(n_layers) for name in SERVED_IN_BLOCK),
+                      *(f"blocks.{layer}.{name}" for layer in range(n_layers) for name in in_block),
                       *SERVED_AFTER_BLOCKS])
