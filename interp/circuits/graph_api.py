@@ -5,10 +5,14 @@ Feature rows are computed in the order of their influence on the logits, estimat
 (circuit-tracer's scheme): the logit rows first, then, batch by batch, the unvisited active features of largest
 estimated influence, until ``max_feature_nodes`` rows exist or no unvisited feature has influence. The graph keeps
 those features (the others are dropped with their edges), every error and embedding node and the logits, then is
-pruned by influence (:func:`interp.circuits.influence.prune`). Memory: the adjacency is (rows x sources), linear in
-the prompt length for a fixed ``max_feature_nodes``; the trace keeps no attention pattern (models with learned
-positions; the rows recompute them a block of query positions at a time); what is left quadratic is transient
-(the traced forward's own attention, one pattern block per pass). Measured in docs/benchmarks.md.
+pruned by influence (:func:`interp.circuits.influence.prune`).
+
+Memory is linear in the prompt length for a fixed ``max_feature_nodes``: the adjacency is (rows x sources); the
+trace runs on the module path's fused attention and keeps no attention pattern (the rows recompute them a block of
+query positions at a time, from the residual stream or, on rotary models, the rotated queries and keys); a pass
+holds a few (row batch x positions x d_model) buffers. Only the passes' time is quadratic (``A^T`` per head).
+Models the module path does not run are traced on the bridge, whose eager attention forms, and whose trace keeps,
+n_heads x P x P patterns per layer. Measured by ``bench/attribution_memory.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
