@@ -11,8 +11,8 @@ Memory is linear in the prompt length for a fixed ``max_feature_nodes``: the adj
 trace runs on the module path's fused attention and keeps no attention pattern (the rows recompute them a block of
 query positions at a time, from the residual stream or, on rotary models, the rotated queries and keys); a pass
 holds a few (row batch x positions x d_model) buffers. Only the passes' time is quadratic (``A^T`` per head).
-Models the module path does not run are traced on the bridge, whose eager attention forms, and whose trace keeps,
-n_heads x P x P patterns per layer. Measured by ``bench/attribution_memory.py`` (docs/benchmarks.md).
+Models the module path does not run are traced on the bridge, whose eager attention forms n_heads x P x P patterns
+per layer (which the trace keeps on rotary models). Measured by ``bench/attribution_memory.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
