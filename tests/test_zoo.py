@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import interp
 from cli import zoo as zoo_cli
@@ -19,7 +19,7 @@ from interp.zoo import DEMO_DIR, ZooConfig, induction_score, iter_stdlib_documen
 from interp.zoo.card import Evaluation, evaluate_model, heldout_text
 from interp.zoo.data import natural_batches, period_two_rows, repeat_rows
 from interp.zoo.probes import HeadScores, induction_pattern_score, repeated_random_tokens
-from interp.zoo.trainer import training_batches
+from interp.zoo.trainer import redraw_first_values, training_batches
 
 
 def test_split_is_deterministic_disjoint_and_complete() -> None:
@@ -123,19 +123,40 @@ def test_period_two_rows_repeat_the_token_two_back() -> None:
 
 
 def test_training_batches_mix_synthetic_rows_deterministically() -> None:
-    cfg = ZooConfig(seq_len=32, batch_size=64, steps=4, warmup_steps=0, late_attention_step=0,
-                    repeat_fraction=0.25, period_two_fraction=0.25, late_synthetic_step=2, late_synthetic_scale=0.0)
+    cfg = ZooConfig(short_steps=2, short_seq_len=24, short_batch_size=96, seq_len=32, batch_size=64, steps=4,
+                    warmup_steps=0, late_attention_step=0, period_two_steps=1, repeat_min_len=4,
+                    repeat_fraction=0.25, period_two_fraction=0.25, late_repeat_fraction=0.0)
     documents = [np.arange(100, 3000)]
 
     def run() -> list[torch.Tensor]:
         return list(training_batches(cfg, documents, bos_token_id=0, unigram=_unigram(4096)))
 
     batches = run()
-    assert len(batches) == 4 and all(b.shape == (64, 32) for b in batches)
+    assert [tuple(b.shape) for b in batches] == [(96, 24), (96, 24), (64, 32), (64, 32)]
     assert all(torch.equal(a, b) for a, b in zip(batches, run()))
     natural = [((b[:, 1:] >= 100) & (b[:, 2:] - b[:, 1:-1] == 1).all(1, keepdim=True)).all(1) for b in batches]
-    assert 16 <= int((~natural[0]).sum()) <= 48 and 16 <= int((~natural[1]).sum()) <= 48
-    assert natural[2].all() and natural[3].all()  # late_synthetic_scale 0: natural text only
+    period_two = [(b[:, 3:] == b[:, 1:-2]).float().mean(1) > 0.7 for b in batches]
+    assert 24 <= int((~natural[0]).sum()) <= 72 and int(period_two[0].sum()) >= 12  # both kinds of rows
+    assert 12 <= int((~natural[1]).sum()) <= 40 and int(period_two[1].sum()) == 0  # period-two rows stopped
+    assert natural[2].all() and natural[3].all()  # late_repeat_fraction 0: natural text only
+
+
+def test_config_phases() -> None:
+    cfg = ZooConfig()
+    assert cfg.shape(0) == (cfg.short_batch_size, cfg.short_seq_len) and cfg.shape(cfg.steps - 1) == (16, 128)
+    assert cfg.synthetic_fractions(cfg.period_two_steps - 1)[1] > 0 == cfg.synthetic_fractions(cfg.period_two_steps)[1]
+    assert cfg.training_tokens == (cfg.short_steps * cfg.short_batch_size * cfg.short_seq_len
+                                   + (cfg.steps - cfg.short_steps) * cfg.batch_size * cfg.seq_len)
+
+
+def test_redraw_keeps_the_queries_and_keys_of_layer_zero() -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    redraw_first_values(model, 0.02)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"model.layers.0.self_attn.v_proj.weight", "model.layers.0.self_attn.o_proj.weight"}
 
 
 @pytest.mark.parametrize(
@@ -149,7 +170,12 @@ def test_training_batches_mix_synthetic_rows_deterministically() -> None:
         {"max_files": 0},
         {"probe_seq_len": 200},
         {"late_attention_step": 5, "steps": 5},
-        {"repeat_fraction": 0.6, "period_two_fraction": 0.4},
+        {"repeat_fraction": 0.8, "period_two_fraction": 0.4},
+        {"late_repeat_fraction": 1.0},
+        {"period_two_steps": 2000, "short_steps": 1400},
+        {"short_steps": 4000},
+        {"rope_theta": 0.5},
+        {"short_seq_len": 10},
         {"uniform_fraction": 1.5},
         {"embedding_std": 0.0},
         {"d_model": 12, "n_head": 4},
@@ -172,6 +198,11 @@ TINY = ZooConfig(
     n_ctx=32,
     seq_len=32,
     batch_size=4,
+    short_seq_len=24,
+    short_batch_size=4,
+    short_steps=1,
+    period_two_steps=1,
+    repeat_min_len=4,
     steps=3,
     warmup_steps=1,
     late_attention_step=1,
@@ -202,7 +233,7 @@ def test_train_demo_end_to_end_and_reproducible(tmp_path: Path) -> None:
         torch.equal(weights_a[k], weights_b[k]) for k in weights_a
     )
     assert card["heldout_loss"] == again["heldout_loss"] and card["config"] == again["config"]
-    assert json.loads((tmp_path / "a" / "zoo_card.json").read_text())["training_tokens"] == 3 * 4 * 32
+    assert json.loads((tmp_path / "a" / "zoo_card.json").read_text())["training_tokens"] == 4 * 24 + 2 * 4 * 32
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "a")
     assert model.config.bos_token_id == tokenizer.bos_token_id == tokenizer.eos_token_id

@@ -11,7 +11,11 @@ from interp.errors import InterpError
 @dataclass(frozen=True)
 class ZooConfig:
     """Everything that decides the demo model (the shipped ``DEMO_DIR`` checkpoint predates this recipe: its
-    ``zoo_card.json`` records the GPT-2 recipe it came from)."""
+    ``zoo_card.json`` records the GPT-2 recipe it came from).
+
+    The run has two phases: ``short_steps`` on short contexts, mostly ``[BOS] r r`` rows, where the layer-0
+    previous-token head and then the layer-1 induction head form; then mostly natural text on longer
+    contexts, with a few ``[BOS] r r`` rows that keep the head."""
 
     vocab_size: int = 4096
     """Tokenizer vocabulary size, the special token and the 256 byte tokens included."""
@@ -25,15 +29,26 @@ class ZooConfig:
     """Hidden width of each MLP."""
     n_ctx: int = 256
     """Positions the model is declared for (``max_position_embeddings``); held-out loss uses contexts this long."""
+    rope_theta: float = 1e12
+    """Rotary base. With 1e12 only the first few frequency pairs of a head turn noticeably over the context,
+    so most of a head's dimensions compare content whatever the distance (an induction head's match) while
+    the fast pairs still give the previous-token head its offset."""
+    short_steps: int = 1400
+    """Optimizer steps of the first phase, on short contexts (``short_seq_len``), where the induction head
+    forms; the remaining ``steps - short_steps`` use ``seq_len``."""
+    short_seq_len: int = 48
+    """Tokens per training context in the first phase, BOS included; at most ``n_ctx``."""
+    short_batch_size: int = 42
+    """Contexts per optimizer step in the first phase (42 x 48 is about the 16 x 128 tokens of a later step)."""
     seq_len: int = 128
-    """Tokens per training context, BOS included; at most ``n_ctx``."""
+    """Tokens per training context after the first phase, BOS included; at most ``n_ctx``."""
     batch_size: int = 16
-    """Contexts per optimizer step (and per evaluation batch)."""
-    steps: int = 1500
-    """Optimizer steps."""
+    """Contexts per optimizer step after the first phase (and per evaluation batch)."""
+    steps: int = 3000
+    """Optimizer steps in all."""
     warmup_steps: int = 50
     """Steps of linear learning-rate warmup from zero; fewer than ``steps``."""
-    lr: float = 3e-3
+    lr: float = 2e-3
     """Peak learning rate of AdamW (betas 0.9, 0.95)."""
     min_lr_ratio: float = 0.1
     """Final learning rate of the cosine decay, as a fraction of ``lr``."""
@@ -45,20 +60,24 @@ class ZooConfig:
     """Per-component scale of one random vector added to every token embedding at initialization. With
     tied embeddings it shifts every logit equally (free for the loss) and gives layer 0's normalized input
     a direction shared by all positions, which a rotary head needs to prefer a relative offset."""
-    repeat_fraction: float = 0.35
-    """Fraction of training rows that are ``[BOS] r1 r1 r2 r2 ...`` (``data.repeat_rows``): predicted
+    repeat_fraction: float = 0.75
+    """Fraction of first-phase rows that are ``[BOS] r1 r1 r2 r2 ...`` (``data.repeat_rows``): predicted
     only by copying from the earlier copy, an induction head."""
+    late_repeat_fraction: float = 0.15
+    """Fraction of ``[BOS] r r`` rows after the first phase (the rest natural text), which keeps the head."""
+    repeat_min_len: int = 6
+    """Shortest random sequence ``r`` of a repeat row; the longest is ``(context length - 1) // 2``."""
     period_two_fraction: float = 0.25
-    """Fraction of training rows of ``a b a b ...`` segments (``data.period_two_rows``): predicted by a
-    previous-token head that copies, so the layer-0 previous-token head forms first."""
+    """Fraction of rows of ``a b a b ...`` segments (``data.period_two_rows``) before ``period_two_steps``:
+    predicted by a previous-token head that copies, so the layer-0 previous-token head forms first."""
+    period_two_steps: int = 150
+    """Period-two rows stop at this step, and layer 0's attention value and output weights are drawn anew: the
+    previous-token pattern stays, the copy goes. A layer-0 head that copies writes the previous token in the
+    token-embedding basis, where layer 1 cannot tell it from the current token, and no induction head forms
+    (docs/notes/zoo.md, session 3). 0 uses no period-two rows and re-draws nothing."""
     uniform_fraction: float = 0.5
     """Fraction of the random sequences of synthetic rows drawn uniformly from the vocabulary; the rest
     follow the train split's unigram frequencies."""
-    late_synthetic_step: int = 1000
-    """From this step on the synthetic fractions are multiplied by ``late_synthetic_scale`` (more natural text
-    once the circuit has formed); ``steps`` or more keeps them constant."""
-    late_synthetic_scale: float = 0.5
-    """Multiplier of ``repeat_fraction`` and ``period_two_fraction`` from ``late_synthetic_step`` on."""
     late_attention_step: int = 100
     """Attention of the blocks after the first writes nothing (output projection zero and frozen) before
     this step, so the previous-token head forms in layer 0; 0 trains every block from the start."""
@@ -80,7 +99,8 @@ class ZooConfig:
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "n_layer", "n_head", "d_model", "d_mlp", "n_ctx", "seq_len", "batch_size",
-                    "steps", "probe_seq_len", "probe_batch", "num_threads")
+                    "short_seq_len", "short_batch_size", "steps", "repeat_min_len", "probe_seq_len", "probe_batch",
+                    "num_threads")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InterpError(f"ZooConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -90,9 +110,16 @@ class ZooConfig:
             raise InterpError(
                 f"ZooConfig.d_model={self.d_model} must be n_head={self.n_head} times an even head width"
             )
-        if not 18 <= self.seq_len <= self.n_ctx:
-            raise InterpError(f"ZooConfig.seq_len must be in [18, n_ctx={self.n_ctx}], got {self.seq_len}")
+        for name in ("seq_len", "short_seq_len"):
+            if not max(18, 2 * self.repeat_min_len + 1) <= getattr(self, name) <= self.n_ctx:
+                raise InterpError(f"ZooConfig.{name} must be in [max(18, 2 * repeat_min_len + 1), n_ctx={self.n_ctx}], "
+                                  f"got {getattr(self, name)}")
         self._check_fractions()
+        if self.rope_theta <= 1:
+            raise InterpError(f"ZooConfig.rope_theta must exceed 1, got {self.rope_theta}")
+        if not 0 <= self.period_two_steps <= self.short_steps <= self.steps:
+            raise InterpError("ZooConfig needs 0 <= period_two_steps <= short_steps <= steps, got "
+                              f"{self.period_two_steps}, {self.short_steps}, {self.steps}")
         for name in ("warmup_steps", "late_attention_step"):
             if not 0 <= getattr(self, name) < self.steps:
                 raise InterpError(f"ZooConfig.{name} must be in [0, steps={self.steps}), got {getattr(self, name)}")
@@ -111,18 +138,28 @@ class ZooConfig:
             raise InterpError(f"ZooConfig.save_dtype must be 'float32' or 'float16', got {self.save_dtype!r}")
 
     def _check_fractions(self) -> None:
-        for name in ("repeat_fraction", "period_two_fraction", "uniform_fraction", "late_synthetic_scale"):
+        for name in ("repeat_fraction", "late_repeat_fraction", "period_two_fraction", "uniform_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InterpError(f"ZooConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.repeat_fraction + self.period_two_fraction >= 1:
+        if self.repeat_fraction + self.period_two_fraction > 1:
             raise InterpError(
-                "ZooConfig.repeat_fraction + period_two_fraction must be below 1 (some rows must be natural "
-                f"text), got {self.repeat_fraction} + {self.period_two_fraction}"
+                "ZooConfig.repeat_fraction + period_two_fraction must be at most 1, got "
+                f"{self.repeat_fraction} + {self.period_two_fraction}"
             )
-        if self.late_synthetic_step < 0:
-            raise InterpError(f"ZooConfig.late_synthetic_step must be >= 0, got {self.late_synthetic_step}")
+        if self.late_repeat_fraction >= 1:
+            raise InterpError("ZooConfig.late_repeat_fraction must be below 1 (later rows must include natural text)")
 
     def synthetic_fractions(self, step: int) -> tuple[float, float]:
         """(repeat, period-two) row fractions at optimizer ``step`` (0-based)."""
-        scale = self.late_synthetic_scale if step >= self.late_synthetic_step else 1.0
-        return self.repeat_fraction * scale, self.period_two_fraction * scale
+        repeat = self.repeat_fraction if step < self.short_steps else self.late_repeat_fraction
+        return repeat, self.period_two_fraction if step < self.period_two_steps else 0.0
+
+    def shape(self, step: int) -> tuple[int, int]:
+        """(batch size, context length) of the batch at optimizer ``step`` (0-based)."""
+        short = step < self.short_steps
+        return (self.short_batch_size, self.short_seq_len) if short else (self.batch_size, self.seq_len)
+
+    @property
+    def training_tokens(self) -> int:
+        short = self.short_steps * self.short_batch_size * self.short_seq_len
+        return short + (self.steps - self.short_steps) * self.batch_size * self.seq_len

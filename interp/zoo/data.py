@@ -81,21 +81,22 @@ def _random_tokens(
 
 
 def repeat_rows(
-    rows: int, seq_len: int, bos_token_id: int, unigram: np.ndarray, uniform_fraction: float, rng: np.random.Generator
+    rows: int, seq_len: int, bos_token_id: int, unigram: np.ndarray, uniform_fraction: float, rng: np.random.Generator,
+    min_len: int = 8,
 ) -> torch.Tensor:
     """(rows, seq_len) int64: ``[BOS] r1 r1 r2 r2 ...`` cut to ``seq_len``.
 
-    Each ``r`` has a length uniform in ``[8, (seq_len - 1) // 2]`` and random tokens (see ``_random_tokens``).
+    Each ``r`` has a length uniform in ``[min_len, (seq_len - 1) // 2]`` and random tokens (see ``_random_tokens``).
     The first copy is unpredictable; every token of the second is predicted by finding the previous
     occurrence of the current token and reading what followed it, the probe's ``[BOS] r r`` shape.
     """
-    high = max(8, (seq_len - 1) // 2)
+    high = max(min_len, (seq_len - 1) // 2)
     out = np.empty((rows, seq_len), dtype=np.int64)
     for row in range(rows):
         parts = [np.array([bos_token_id])]
         filled = 1
         while filled < seq_len:
-            r = _random_tokens(int(rng.integers(8, high + 1)), bos_token_id, unigram, uniform_fraction, rng)
+            r = _random_tokens(int(rng.integers(min_len, high + 1)), bos_token_id, unigram, uniform_fraction, rng)
             parts += [r, r]
             filled += 2 * len(r)
         out[row] = np.concatenate(parts)[:seq_len]

@@ -84,7 +84,7 @@ def train_demo(cfg: ZooConfig, out_dir: str | Path) -> dict[str, Any]:
             "schema_version": CARD_SCHEMA_VERSION,
             "config": dataclasses.asdict(cfg),
             "parameter_count": model.num_parameters(),
-            "training_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
+            "training_tokens": cfg.training_tokens,
             "final_train_loss": train_loss,
             **card_sections(evaluation, evaluate_baselines(train_docs, heldout, len(tokenizer))),
             **_provenance(cfg, train_files, heldout_files),

@@ -7,7 +7,10 @@ the previous token after 1,200 steps; with rotary positions a previous-token hea
 steps, but in layer 1 unless layer 0's input has a direction shared by all positions (the shared
 embedding component) and rows reward a one-layer previous-token copy (period-two rows). Keeping the later
 blocks' attention silent for the first ``late_attention_step`` steps makes the previous-token head form in
-layer 0, where the induction head of layer 1 can compose with it.
+layer 0, where the induction head of layer 1 can compose with it. Period-two rows also make that head copy
+(write the previous token in the embedding basis), which hides "the previous token is x" from "the token is
+x" in layer 1; so they stop at ``period_two_steps`` and layer 0's value and output weights are drawn anew,
+keeping the attention pattern. Short contexts full of ``[BOS] r r`` rows then form the induction head.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def build_model(cfg: ZooConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForC
         num_attention_heads=cfg.n_head,
         num_key_value_heads=cfg.n_head,
         max_position_embeddings=cfg.n_ctx,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         tie_word_embeddings=True,
         attention_bias=False,
         attention_dropout=0.0,
@@ -61,18 +65,21 @@ def build_model(cfg: ZooConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForC
 def training_batches(
     cfg: ZooConfig, documents: list[np.ndarray], bos_token_id: int, unigram: np.ndarray
 ) -> Iterator[torch.Tensor]:
-    """Endless (batch_size, seq_len) int64 batches: natural contexts (``data.natural_batches``) in which,
-    at step s, rows are replaced by ``repeat_rows`` / ``period_two_rows`` with the probabilities
-    ``cfg.synthetic_fractions(s)``. All randomness comes from ``cfg.seed``."""
+    """One int64 batch per step, of shape ``cfg.shape(step)``: natural contexts (``data.natural_batches``) in
+    which rows are replaced by ``repeat_rows`` / ``period_two_rows`` with the probabilities
+    ``cfg.synthetic_fractions(step)``. All randomness comes from ``cfg.seed``."""
     rng = np.random.default_rng(cfg.seed)
-    natural = natural_batches(documents, cfg.seq_len, cfg.batch_size, bos_token_id, rng)
-    args = (cfg.seq_len, bos_token_id, unigram, cfg.uniform_fraction, rng)
+    phases = {}
     for step in range(cfg.steps):
-        batch = next(natural)
+        batch_size, seq_len = cfg.shape(step)
+        if (batch_size, seq_len) not in phases:
+            phases[(batch_size, seq_len)] = natural_batches(documents, seq_len, batch_size, bos_token_id, rng)
+        batch = next(phases[(batch_size, seq_len)])
         repeat, period_two = cfg.synthetic_fractions(step)
-        draw = rng.random(cfg.batch_size)
+        draw = rng.random(batch_size)
+        args = (seq_len, bos_token_id, unigram, cfg.uniform_fraction, rng)
         rows = np.flatnonzero(draw < repeat)
-        batch[rows] = repeat_rows(len(rows), *args)
+        batch[rows] = repeat_rows(len(rows), *args, min_len=cfg.repeat_min_len)
         rows = np.flatnonzero((draw >= repeat) & (draw < repeat + period_two))
         batch[rows] = period_two_rows(len(rows), *args)
         yield batch
@@ -98,6 +105,15 @@ def _late_attention_outputs(model: LlamaForCausalLM) -> list[torch.nn.Parameter]
     return [layer.self_attn.o_proj.weight for layer in model.model.layers[1:]]
 
 
+def redraw_first_values(model: LlamaForCausalLM, std: float) -> None:
+    """Draw layer 0's attention value and output weights anew (normal, ``std``; torch's global RNG), keeping its
+    queries and keys: the heads attend where they did, and write what they read in a fresh basis."""
+    attention = model.model.layers[0].self_attn
+    with torch.no_grad():
+        attention.v_proj.weight.normal_(0.0, std)
+        attention.o_proj.weight.normal_(0.0, std)
+
+
 def train_model(
     cfg: ZooConfig, model: LlamaForCausalLM, batches: Iterator[torch.Tensor], natural: torch.Tensor
 ) -> float:
@@ -116,12 +132,15 @@ def train_model(
             weight.requires_grad_(False)
     model.train()
     recent: list[float] = []
+    seen = 0
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="zoo train", unit="step", mininterval=2.0)
     for step in bar:
         if step == cfg.late_attention_step:
             for weight in silent:
                 weight.requires_grad_(True)
+        if step == cfg.period_two_steps and cfg.period_two_steps:
+            redraw_first_values(model, model.config.initializer_range)
         batch = next(batches)  # (B, T)
         loss = model(batch, labels=batch).loss
         loss.backward()
@@ -130,7 +149,8 @@ def train_model(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         recent = (recent + [loss.item()])[-max(1, cfg.steps // 10) :]
-        tokens_per_s = (step + 1) * cfg.batch_size * cfg.seq_len / (time.perf_counter() - start)
+        seen += batch.numel()
+        tokens_per_s = seen / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}")
         if (step + 1) % max(1, cfg.steps // 20) == 0 or step + 1 == cfg.steps:
             previous = previous_token_pattern_score(attention_patterns(model, natural)).max().item()
