@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from interp.progress import progress_bar
 from interp.zoo.config import ZooConfig
 from interp.zoo.data import natural_batches, period_two_rows, repeat_rows
 from interp.zoo.probes import attention_patterns, induction_score, previous_token_pattern_score
@@ -134,8 +134,8 @@ def train_model(
     recent: list[float] = []
     seen = 0
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="zoo train", unit="step", mininterval=2.0)
-    for step in bar:
+    bar = progress_bar(cfg.steps, "zoo train", unit="step", unit_scale=False)
+    for step in range(cfg.steps):
         if step == cfg.late_attention_step:
             for weight in silent:
                 weight.requires_grad_(True)
@@ -152,6 +152,7 @@ def train_model(
         seen += batch.numel()
         tokens_per_s = seen / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        bar.update(1)
         if (step + 1) % max(1, cfg.steps // 20) == 0 or step + 1 == cfg.steps:
             previous = previous_token_pattern_score(attention_patterns(model, natural)).max().item()
             induction = induction_score(model, cfg.probe_seq_len, 4, cfg.seed).max().item()
