@@ -2,8 +2,8 @@
 
 auto-circuit is never installed in interp's environment: it lives in a side venv (made once, see ``SETUP``) and
 runs in a subprocess executing ``PEER_SCRIPT``. That script loads the model's Hugging Face checkpoint with the
-peer's own transformers, converts it into a TransformerLens 2.x ``HookedTransformer`` offline (TL's GPT-2
-weight converter, no hub, with the weight processing interp loaded the model with: by default folded
+peer's own transformers, converts it into a TransformerLens 2.x ``HookedTransformer`` offline (TL's GPT-2 or
+Llama weight converter, no hub, with the weight processing interp loaded the model with: by default folded
 LayerNorms and value biases and a centred unembedding), checks its logits against the Hugging Face model (up
 to each row's mean, which a centred unembedding removes) and, here, against interp's, builds
 auto-circuit's factorized graph (q/k/v inputs separate, every position together, the last position's output)
@@ -59,23 +59,40 @@ import torch as t
 spec = json.loads(Path(sys.argv[1]).read_text())
 t.set_num_threads(spec["threads"])
 import importlib.metadata as md
-from transformers import GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 from auto_circuit.data import load_datasets_from_json
 from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
 from auto_circuit.utils.graph_utils import patchable_model
 
-hf = GPT2LMHeadModel.from_pretrained(spec["model_dir"]).eval()
+hf = AutoModelForCausalLM.from_pretrained(spec["model_dir"]).eval()
 c = hf.config
-cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
-                              d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions,
-                              act_fn=c.activation_function, eps=c.layer_norm_epsilon, normalization_type="LN",
-                              positional_embedding_type="standard", original_architecture="GPT2LMHeadModel",
-                              default_prepend_bos=False, device="cpu", seed=0)
+common = dict(n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=c.num_attention_heads,
+              d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings, default_prepend_bos=False, device="cpu", seed=0)
+if c.model_type == "gpt2":
+    cfg = HookedTransformerConfig(**common, d_head=c.n_embd // c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
+                                  act_fn=c.activation_function, eps=c.layer_norm_epsilon, normalization_type="LN",
+                                  positional_embedding_type="standard", original_architecture="GPT2LMHeadModel")
+    convert = convert_gpt2_weights
+elif c.model_type == "llama":  # rotary (halves, not adjacent pairs), RMSNorm, gated SiLU MLP
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        sys.exit(f"rope scaling {rope} is not converted here")
+    kv = c.num_key_value_heads
+    cfg = HookedTransformerConfig(**common, d_head=d_head, d_mlp=c.intermediate_size, act_fn="silu", eps=c.rms_norm_eps,
+                                  normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d_head,
+                                  rotary_base=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)),
+                                  rotary_adjacent_pairs=False, final_rms=True, gated_mlp=True,
+                                  n_key_value_heads=kv if kv != c.num_attention_heads else None,
+                                  original_architecture="LlamaForCausalLM")
+    convert = convert_llama_weights
+else:
+    sys.exit(f"model_type {c.model_type!r}: this script converts gpt2 and llama checkpoints")
 model = HookedTransformer(cfg)
-model.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), refactor_factored_attn_matrices=False,
-                                  **spec["processing"])
+model.load_and_process_state_dict(convert(hf, cfg), refactor_factored_attn_matrices=False, **spec["processing"])
 model.eval()
 clean = t.tensor([p["clean"] for p in spec["prompts"]])
 with t.no_grad():
@@ -149,7 +166,7 @@ def run_peer(venv: Path, spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="demo", help="demo or a local GPT-2 checkpoint directory")
+    p.add_argument("--model", default="demo", help="demo or a local GPT-2 or Llama checkpoint directory")
     p.add_argument("--n-prompts", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)

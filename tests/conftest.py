@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random GPT-2 with its own BPE tokenizer, a small text corpus on disk, a stand-in
-dictionary with controlled weights, and a feature store made from them.
+"""Shared fixtures: a tiny random GPT-2 with its own BPE tokenizer, a tiny random Llama with the same tokenizer, a
+small text corpus on disk, a stand-in dictionary with controlled weights, and a feature store made from them.
 
 Thread count: every test runs with ``TORCH_THREADS`` threads, taken from its module (default 1: the tests' tensors
 are small, and before this fixture one module's import-time ``set_num_threads(1)`` ran the whole session on one
@@ -62,6 +62,31 @@ def make_tiny_model(path: Path, *, vocab_size: int = 320, n_layer: int = 2, d: i
     return path
 
 
+def make_tiny_llama(path: Path, tokenizer_dir: Path, *, n_layer: int = 2, d: int = 32, n_ctx: int = 64,
+                    kv_heads: int = 4, seed: int = 0, **config: Any) -> Path:
+    """Save a seeded random Llama (rotary positions, RMSNorm, gated SiLU MLP, no biases, tied embeddings: the
+    shape of the ``interp zoo train`` recipe) with the tokenizer of ``tokenizer_dir``. The norms' scales are
+    drawn away from one so that folding them into the next weights is exercised. Weights are drawn with std 0.1
+    (Hugging Face's 0.02 leaves the residual stream ~50x smaller than a trained model's, rms 0.02 against the
+    Llama demo checkpoint's 0.9, which inflates every norm pullback and the float32 rounding of exact sums)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layer,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=n_ctx,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      **{"initializer_range": 0.1, **config})
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
@@ -72,6 +97,24 @@ def tiny_model(tiny_model_dir: Path):
     from interp.model.model import load_model
 
     return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir: Path):
+    from interp.model.model import load_model
+
+    return load_model(str(tiny_llama_dir))
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny_lm(request: pytest.FixtureRequest):
+    """The tiny GPT-2 and the tiny Llama in turn (both d_model 32, 2 layers of 4 heads, the same tokenizer)."""
+    return request.getfixturevalue("tiny_model" if request.param == "gpt2" else "tiny_llama")
 
 
 @pytest.fixture(scope="session")

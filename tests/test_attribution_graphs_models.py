@@ -112,32 +112,71 @@ def _clt(fp):
     return d
 
 
-def test_qk_attribution_sums_to_the_attention_score(tiny_model):
-    ts = TranscoderSet([_clt(tiny_model.info.fingerprint)], tiny_model)
-    tr = trace(tiny_model, PROMPT, ts)
+def test_qk_attribution_sums_to_the_attention_score(tiny_lm):
+    ts = TranscoderSet([_clt(tiny_lm.info.fingerprint)], tiny_lm)
+    tr = trace(tiny_lm, PROMPT, ts)
     for layer in range(3):
-        comps, writes = residual_writes(tiny_model, tr, layer, 5)
+        comps, writes = residual_writes(tiny_lm, tr, layer, 5)
         assert len(comps) == len(writes)
         torch.testing.assert_close(writes.sum(0), tr.resid("pre", layer)[5], rtol=1e-4, atol=1e-4)
     t = 9
     for layer in (0, 1):
         for head in (0, 3):
-            results = [qk_attribution(tiny_model, tr, layer, head, t, s) for s in range(t + 1)]
+            results = [qk_attribution(tiny_lm, tr, layer, head, t, s) for s in range(t + 1)]
             for r in results:
                 assert abs(float(r.pairs.sum()) - r.score) <= 1e-4 * max(1.0, abs(r.score))
             # the scores are the model's own: their softmax is the traced attention pattern
             pattern = tr.acts[f"blocks.{layer}.attn.hook_pattern"][head, t, : t + 1]
             torch.testing.assert_close(torch.tensor([r.score for r in results]).softmax(0), pattern, atol=1e-5,
                                        rtol=1e-4)
-    r = qk_attribution(tiny_model, tr, 1, 2, t, 4)
+    r = qk_attribution(tiny_lm, tr, 1, 2, t, 4)
     assert r.pairs.shape == (len(r.query), len(r.key)) and r.query[-1].kind == "q_bias"
     assert any(c.kind == "feature" for c in r.query) and any(c.kind == "head" for c in r.key)
     top = r.top(3)
     assert abs(top[0][2]) >= abs(top[1][2]) >= abs(top[2][2])
     with pytest.raises(InterpError, match="key_position <= query_position"):
-        qk_attribution(tiny_model, tr, 1, 0, 3, 5)
+        qk_attribution(tiny_lm, tr, 1, 0, 3, 5)
     with pytest.raises(InterpError, match="No head 9"):
-        qk_attribution(tiny_model, tr, 1, 9, 5, 3)
+        qk_attribution(tiny_lm, tr, 1, 9, 5, 3)
+
+
+def test_rotary_models_rotate_every_term_and_bias_free_views_are_zero(tiny_llama, tiny_llama_dir, tmp_path,
+                                                                       monkeypatch):
+    """A bias-free Llama: zero bias views of TransformerLens's shapes; with grouped-query attention, QK attribution
+    and recomputed patterns (from the traced rotated queries and keys) give the traced pattern; without those, or for
+    a model with neither learned nor rotary positions, a clear refusal."""
+    from conftest import make_tiny_llama
+
+    from interp.circuits.attribution import attention_pattern
+    from interp.model import load_model, rotate
+
+    m = tiny_llama
+    assert m.rotary and m.W_pos is None
+    shapes = {"b_Q": (2, 4, 8), "b_K": (2, 4, 8), "b_V": (2, 4, 8), "b_O": (2, 32), "b_U": (m.info.d_vocab,)}
+    for name, shape in shapes.items():
+        bias = getattr(m, name)
+        assert bias.shape == shape and not bias.any(), name
+    gqa = load_model(str(make_tiny_llama(tmp_path / "gqa", tiny_llama_dir, kv_heads=2, seed=1)))
+    assert gqa.W_K.shape[1] == 2 and gqa.b_K.shape == (2, 2, 8)
+    tr = trace(gqa, PROMPT, TranscoderSet([_clt(gqa.info.fingerprint)], gqa))
+    lean = trace(gqa, PROMPT, TranscoderSet([_clt(gqa.info.fingerprint)], gqa), patterns=False)
+    t = 9
+    for head in (1, 2):  # they read key-value heads 0 and 1
+        results = [qk_attribution(gqa, lean, 1, head, t, s) for s in range(t + 1)]
+        assert all(abs(float(r.pairs.sum()) - r.score) <= 1e-4 * max(1.0, abs(r.score)) for r in results)
+        pattern = tr.acts["blocks.1.attn.hook_pattern"][head, t, : t + 1]
+        torch.testing.assert_close(torch.tensor([r.score for r in results]).softmax(0), pattern, atol=1e-5,
+                                   rtol=1e-4)
+        torch.testing.assert_close(torch.tensor([r.pattern for r in results]), pattern, atol=1e-5, rtol=1e-4)
+    x, angles = torch.randn(3, 8), torch.tensor([0.3, 2.0]).repeat(2)  # feature i pairs with i + 2
+    half = rotate(x, angles.cos(), angles.sin())  # partial rotary: the first 4 features rotate, the rest stay
+    assert torch.equal(half[:, 4:], x[:, 4:]) and torch.allclose(half.norm(dim=1), x.norm(dim=1), atol=1e-5)
+    del lean.acts["blocks.1.attn.hook_rot_q"]
+    with pytest.raises(InterpError, match="rotated queries and keys"):
+        attention_pattern(gqa, lean, 1, 0, 4, 4)
+    monkeypatch.setattr(type(m), "rotary", property(lambda self: False))  # as if positions were, e.g., ALiBi
+    with pytest.raises(InterpError, match="learned or rotary"):
+        qk_attribution(m, trace(m, PROMPT), 1, 0, 4, 2)
 
 
 def test_command_writes_interp_and_circuit_tracer_graphs_that_import_back(tiny_model_dir, tiny_model, tmp_path,

@@ -198,3 +198,18 @@ def test_generate_with_codes_changes_greedy_output(run):
     assert any(not torch.equal(f, plain.tokens) for f in forced)
     with pytest.raises(InterpError):
         generate_with_codes(model, cbs, "x", "blocks.0.hook_mlp_out", 0, 0)
+
+
+def test_a_finetuned_llama_exports_and_reloads(tiny_llama_dir: Path, corpus_dir: Path, tmp_path: Path):
+    """Rotary positions, RMSNorm, a gated MLP and tied embeddings: the finetuned model is written back as a Hugging
+    Face Llama (``save_hf_model`` checks its log-probs) and reloads with the held-out loss measured in training."""
+    from interp.codebooks.finetune import finetune_codebooks
+
+    cfg = _cfg(tiny_llama_dir, corpus_dir, steps=20)
+    result = finetune_codebooks(cfg, tmp_path, progress=False)
+    m = result.metrics
+    assert m["finetuned"]["loss"] < m["snap"]["loss"] - 1.0
+    model, cbs = load_run(result.paths["model"].parent)
+    assert model.info.architecture == "LlamaForCausalLM"
+    _, held = load_token_data(cfg, model)
+    assert evaluate_lm(model, cbs, held)["loss"] == pytest.approx(m["finetuned"]["loss"], abs=1e-2)

@@ -65,14 +65,18 @@ def test_head_scores_find_the_planted_heads(planted: interp.Model) -> None:
     assert _others(scores.induction, PLANTED.induction_heads).max() < 0.01
 
 
-def test_hugging_face_and_hook_patterns_agree(planted: interp.Model, planted_dir: Path) -> None:
-    hf = AutoModelForCausalLM.from_pretrained(planted_dir).eval()
-    natural = stdlib_contexts(planted.tokenizer, n_contexts=4, seq_len=96)
-    via_hooks, via_hf = head_scores(planted, natural, seq_len=30), head_scores(hf, natural, seq_len=30)
+@pytest.mark.parametrize("kind", ["planted", "tiny_llama"])
+def test_hugging_face_and_hook_patterns_agree(kind: str, request: pytest.FixtureRequest) -> None:
+    """The planted GPT-2, and a tiny Llama (rotary attention): interp's hook patterns are Hugging Face's eager
+    attention weights."""
+    model: interp.Model = request.getfixturevalue(kind)
+    hf = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(f"{kind}_dir"))
+    natural = stdlib_contexts(model.tokenizer, n_contexts=4, seq_len=min(96, model.info.n_ctx))
+    via_hooks, via_hf = head_scores(model, natural, seq_len=30), head_scores(hf.eval(), natural, seq_len=30)
     for a, b in zip(via_hooks, via_hf):
         assert torch.allclose(a, b, atol=1e-4)
     assert torch.allclose(induction_score(hf, 30), via_hooks.induction, atol=1e-4)
-    assert copying_gap(hf, n=30) == pytest.approx(copying_gap(planted, n=30), abs=1e-3)
+    assert copying_gap(hf, n=30) == pytest.approx(copying_gap(model, n=30), abs=1e-3)
 
 
 def test_copying_gap_of_the_planted_model(planted: interp.Model) -> None:

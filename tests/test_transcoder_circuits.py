@@ -45,32 +45,32 @@ def _check_children(model, tr, dec) -> int:
 
 
 @pytest.mark.parametrize("setup", sorted(SETUPS))
-def test_decompositions_sum_exactly_to_pre_activations_and_logits(tiny_model, setup):
-    ts = TranscoderSet(SETUPS[setup](tiny_model.info.fingerprint), tiny_model)
-    tr = trace(tiny_model, PROMPT, ts)
+def test_decompositions_sum_exactly_to_pre_activations_and_logits(tiny_lm, setup):
+    ts = TranscoderSet(SETUPS[setup](tiny_lm.info.fingerprint), tiny_lm)
+    tr = trace(tiny_lm, PROMPT, ts)
     t = len(tr.tokens) - 1
     layer = ts.layers[-1]
     feature = int(tr.features[layer][t].argmax())
-    root = feature_root(tiny_model, tr, layer, feature, t)
+    root = feature_root(tiny_lm, tr, layer, feature, t)
     x = tr.acts[ts.input_hook(layer)][t]
     assert root.activation == pytest.approx(float(ts.encode(layer, x)[feature]), abs=1e-6) and root.activation > 0
     assert root.value == pytest.approx(root.activation, rel=1e-5), "an active feature's value is its pre-activation"
-    dec = decompose(tiny_model, tr, root.vector, root.site)
+    dec = decompose(tiny_lm, tr, root.vector, root.site)
     assert _close(dec.total() + root.bias, root.value)
-    assert _check_children(tiny_model, tr, dec) > 10
-    logits = tiny_model.forward(tr.tokens[None])[0, t]
-    lr = logit_root(tiny_model, tr, 5, t, other=7)
+    assert _check_children(tiny_lm, tr, dec) > 10
+    logits = tiny_lm.forward(tr.tokens[None])[0, t]
+    lr = logit_root(tiny_lm, tr, 5, t, other=7)
     assert _close(lr.value, float(logits[5] - logits[7]))
-    ldec = decompose(tiny_model, tr, lr.vector, lr.site)
+    ldec = decompose(tiny_lm, tr, lr.vector, lr.site)
     assert _close(ldec.total() + lr.bias, lr.value)
-    _check_children(tiny_model, tr, ldec)
+    _check_children(tiny_lm, tr, ldec)
 
 
 @pytest.mark.parametrize("raw", [True, False])
-def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_model, raw, tmp_path):
-    ts = TranscoderSet([clt(tiny_model.info.fingerprint)], tiny_model)
-    tr = trace(tiny_model, PROMPT, ts)
-    search = greedy_paths(tiny_model, tr, logit_root(tiny_model, tr, 5), num_iters=3, num_branches=4, raw=raw)
+def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_lm, raw, tmp_path):
+    ts = TranscoderSet([clt(tiny_lm.info.fingerprint)], tiny_lm)
+    tr = trace(tiny_lm, PROMPT, ts)
+    search = greedy_paths(tiny_lm, tr, logit_root(tiny_lm, tr, 5), num_iters=3, num_branches=4, raw=raw)
     assert [len(level) for level in search.paths] == [4, 4, 4]
     assert all(len(p) == i + 2 for i, level in enumerate(search.paths) for p in level)
     capped = 0
@@ -81,7 +81,7 @@ def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_model, raw, t
             capped += abs(path[-1].value) > min(above)
         assert raw or not above or path[-1].score == max(-min(above), min(min(above), path[-1].value))
     assert raw or capped, "some contribution was capped"
-    graph = paths_graph(tiny_model, tr, search)  # a CircuitGraph checks that edges run forward
+    graph = paths_graph(tiny_lm, tr, search)  # a CircuitGraph checks that edges run forward
     incoming: dict[str, float] = {}
     for e in graph.edges:
         incoming[e.target] = incoming.get(e.target, 0.0) + e.score
@@ -95,41 +95,41 @@ def test_path_graph_incoming_edges_sum_to_every_expanded_node(tiny_model, raw, t
     assert again.node_scores() == scores and len(again.edges) == len(graph.edges)
 
 
-def test_pullbacks_are_the_input_invariant_part_of_the_attributions(tiny_model):
-    cross = clt(tiny_model.info.fingerprint, skip=False)
-    ts = TranscoderSet([cross], tiny_model)
-    tr = trace(tiny_model, PROMPT, ts)
+def test_pullbacks_are_the_input_invariant_part_of_the_attributions(tiny_lm):
+    cross = clt(tiny_lm.info.fingerprint, skip=False)
+    ts = TranscoderSet([cross], tiny_lm)
+    tr = trace(tiny_lm, PROMPT, ts)
     e = torch.randn(D, generator=torch.Generator().manual_seed(3))
-    dec = decompose(tiny_model, tr, e, Site("pre", 2, 4))
+    dec = decompose(tiny_lm, tr, e, Site("pre", 2, 4))
     for layer in (0, 1):
         p = pullback(tr, e, layer, below=2)
         W = cross.W_dec.detach().view(2, N, 2, D)[layer] / cross.out_scale[None, :, None]
         torch.testing.assert_close(p, (W @ e).sum(1), rtol=1e-5, atol=1e-6)  # summed over both target layers
         torch.testing.assert_close(dec.features[layer], tr.features[layer][4] * p)
-    assert deembedding(tiny_model, e).shape == (tiny_model.info.d_vocab,)
+    assert deembedding(tiny_lm, e).shape == (tiny_lm.info.d_vocab,)
 
 
-def test_attention_dfa_by_head_and_source_sums_to_the_pre_activation(tiny_model):
+def test_attention_dfa_by_head_and_source_sums_to_the_pre_activation(tiny_lm):
     sae = randomised(create("relu", D, 64, hook_in="blocks.1.attn.hook_z", normalization="scalar",
-                             model_fingerprint=tiny_model.info.fingerprint), scale=0.2)
-    ts = TranscoderSet(per_layer("transcoder", tiny_model.info.fingerprint, layers=(0,)), tiny_model)
-    tr = trace(tiny_model, PROMPT, ts)
+                             model_fingerprint=tiny_lm.info.fingerprint), scale=0.2)
+    ts = TranscoderSet(per_layer("transcoder", tiny_lm.info.fingerprint, layers=(0,)), tiny_lm)
+    tr = trace(tiny_lm, PROMPT, ts)
     t = 9
     z = tr.acts["blocks.1.attn.hook_z"][t]  # (H, d_head)
     pre = sae.pre_acts(z.reshape(1, -1) * sae.in_scale)[0].detach()
     W = sae.W_enc.detach() * sae.in_scale
     for feature in range(6):
-        dfa = attention_dfa(tiny_model, tr, sae, feature, t)
+        dfa = attention_dfa(tiny_lm, tr, sae, feature, t)
         assert _close(dfa.pre_activation, float(pre[feature]))
         assert _close(float(dfa.by_head_source.sum()) + dfa.bias, float(pre[feature]), rel=1e-5)
         torch.testing.assert_close(dfa.by_head, (z * W[:, feature].view(4, -1)).sum(1), rtol=1e-4, atol=1e-6)
         for s in range(t + 1):
             for head in (None, 2):
-                dec, value_bias = recursive_dfa(tiny_model, tr, sae, feature, t, s, head=head)
+                dec, value_bias = recursive_dfa(tiny_lm, tr, sae, feature, t, s, head=head)
                 want = dfa.by_source[s] if head is None else dfa.by_head_source[head, s]
                 assert _close(dec.total() + value_bias, float(want)), (feature, s, head)
-    root = attention_feature_root(tiny_model, tr, sae, 0, t)
-    search = greedy_paths(tiny_model, tr, root, num_iters=2, num_branches=3, raw=True)
+    root = attention_feature_root(tiny_lm, tr, sae, 0, t)
+    search = greedy_paths(tiny_lm, tr, root, num_iters=2, num_branches=3, raw=True)
     assert all(p[1].component.kind == "head" and p[1].component.layer == 1 for p in search.paths[0])
 
 
@@ -203,42 +203,42 @@ def test_transcoder_paths_command_writes_a_graph(tiny_model_dir, tiny_model, tmp
     assert not (tmp_path / "x").exists()
 
 @pytest.mark.parametrize("setup", ["skip transcoders", "cross-layer transcoder"])
-def test_replacement_model_logits(tiny_model, setup):
+def test_replacement_model_logits(tiny_lm, setup):
     from interp.circuits.replacement import replacement_logits
     from interp.training.evals import _run_spliced
 
-    dictionaries = SETUPS[setup](tiny_model.info.fingerprint)
-    ts = TranscoderSet(dictionaries, tiny_model)
-    toks = tiny_model.to_tokens([PROMPT, PROMPT.upper()])
-    clean = tiny_model.forward(toks)
-    torch.testing.assert_close(replacement_logits(tiny_model, ts, toks, with_error=True), clean, rtol=1e-4, atol=1e-4)
-    replaced = replacement_logits(tiny_model, ts, toks)
+    dictionaries = SETUPS[setup](tiny_lm.info.fingerprint)
+    ts = TranscoderSet(dictionaries, tiny_lm)
+    toks = tiny_lm.to_tokens([PROMPT, PROMPT.upper()])
+    clean = tiny_lm.forward(toks)
+    torch.testing.assert_close(replacement_logits(tiny_lm, ts, toks, with_error=True), clean, rtol=1e-4, atol=1e-4)
+    replaced = replacement_logits(tiny_lm, ts, toks)
     assert (replaced - clean).abs().max() > 1e-2, "the transcoders are not the MLPs"
     if setup == "cross-layer transcoder":  # the evals' splice of a causal dictionary is the same closed loop
         mask = torch.ones(toks.shape, dtype=torch.bool)
-        torch.testing.assert_close(_run_spliced(dictionaries[0], tiny_model, toks, mask, ablate=False), replaced,
+        torch.testing.assert_close(_run_spliced(dictionaries[0], tiny_lm, toks, mask, ablate=False), replaced,
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_mean_attribution_averages_the_decomposition_over_the_tokens_where_the_feature_fires(tiny_model):
+def test_mean_attribution_averages_the_decomposition_over_the_tokens_where_the_feature_fires(tiny_lm):
     from interp.circuits.mean_attribution import mean_attribution
 
-    ts = TranscoderSet([clt(tiny_model.info.fingerprint)], tiny_model)
+    ts = TranscoderSet([clt(tiny_lm.info.fingerprint)], tiny_lm)
     prompts = [PROMPT, "class Point:\n    x = 1\n"]
-    toks = torch.nn.utils.rnn.pad_sequence([tiny_model.to_tokens(p)[0] for p in prompts], batch_first=True)
+    toks = torch.nn.utils.rnn.pad_sequence([tiny_lm.to_tokens(p)[0] for p in prompts], batch_first=True)
     toks = toks[:, :12]
-    feature = int(trace(tiny_model, toks[0], ts).features[1][1:].sum(0).argmax())
-    result = mean_attribution(tiny_model, ts, 1, feature, 0, toks, quantile=0.0)
+    feature = int(trace(tiny_lm, toks[0], ts).features[1][1:].sum(0).argmax())
+    result = mean_attribution(tiny_lm, ts, 1, feature, 0, toks, quantile=0.0)
     terms = []
     for row in toks:
-        tr = trace(tiny_model, row, ts)
+        tr = trace(tiny_lm, row, ts)
         root_vec = None
         for t in range(1, len(row)):
             if tr.features[1][t, feature] > 0:
-                root_vec = feature_root(tiny_model, tr, 1, feature, t)
-                terms.append(decompose(tiny_model, tr, root_vec.vector, root_vec.site).features[0])
+                root_vec = feature_root(tiny_lm, tr, 1, feature, t)
+                terms.append(decompose(tiny_lm, tr, root_vec.vector, root_vec.site).features[0])
     assert result.n_tokens == len(terms) > 0
     torch.testing.assert_close(result.mean, torch.stack(terms).mean(0), rtol=1e-4, atol=1e-6)
     assert 0.0 <= result.top_k_overlap(5) <= 1.0
     with pytest.raises(InterpError, match="write to no MLP below"):
-        mean_attribution(tiny_model, ts, 0, feature, 1, toks)
+        mean_attribution(tiny_lm, ts, 0, feature, 1, toks)

@@ -7,8 +7,10 @@ the sum of what wrote it (:func:`residual_writes`): the embeddings, every earlie
 output bias, every transcoder feature active there (activation times its decoders into the layers below L), each
 MLP's decoder bias, skip term and error (or the whole MLP output where no transcoder replaces it). The score is
 bilinear in those writes, so ``score = sum_ij Q_i . K_j / sqrt(d_head)`` exactly, with ``Q_i`` the query made from
-write i alone (the query bias is one more query-side term, the key bias one more key-side term).
-Models with rotary position embeddings are refused (the rotation would have to act on every term).
+write i alone (the query bias is one more query-side term, the key bias one more key-side term). In a model with
+rotary position embeddings the rotation at a position is a fixed linear map, so it acts on every term (``Q_i``
+rotated by the query position's angles, ``K_j`` by the key position's; the angles are the model's own, read from
+one forward of the prompt) and the sum stays exact.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from interp.circuits.attribution import attention_pattern
 from interp.circuits.decompose import Component, ln_pullback
 from interp.circuits.replacement import Trace
 from interp.errors import InterpError
-from interp.model import Model
+from interp.model import Model, rotate
 
 
 def residual_writes(model: Model, tr: Trace, layer: int, position: int) -> tuple[list[Component], torch.Tensor]:
@@ -95,20 +97,23 @@ def qk_attribution(model: Model, tr: Trace, layer: int, head: int, query_positio
                    key_position: int) -> QKAttribution:
     """Attribute head ``head`` of block ``layer``'s score from ``query_position`` to ``key_position``."""
     P = len(tr.tokens)
-    if model.W_pos is None:
-        raise InterpError("QK attribution needs learned position embeddings; rotary models are not supported.")
+    if model.W_pos is None and not model.rotary:
+        raise InterpError("QK attribution needs learned or rotary position embeddings; this model has neither.")
     if not 0 <= layer < tr.n_layers or not 0 <= head < model.info.n_heads:
         raise InterpError(f"No head {head} in block {layer} (the model has {tr.n_layers} blocks of "
                           f"{model.info.n_heads} heads).")
     if not 0 <= key_position <= query_position < P:
         raise InterpError(f"Need 0 <= key_position <= query_position < {P}; got {key_position}, {query_position}.")
     sides = []
+    angles = rotary_angles(model, tr, layer)
     for pos, W, b, name in ((query_position, model.W_Q, model.b_Q, "q_bias"),
                             (key_position, model.W_K, model.b_K, "k_bias")):
         h = head if W.shape[1] == model.info.n_heads else head // (model.info.n_heads // W.shape[1])
         comps, writes = residual_writes(model, tr, layer, pos)
         normed = ln_pullback(model, tr, writes, "pre", layer, pos)  # LN1 is linear with its scale frozen
         vecs = torch.cat([normed @ W[layer, h].float(), b[layer, h].float()[None]])
+        if angles is not None:  # the rotation at this position is linear: it acts on each term
+            vecs = rotate(vecs, angles[0][pos].to(vecs), angles[1][pos].to(vecs))
         sides.append((comps + [Component(name, layer, pos, head)], vecs))
     (q_comps, Q), (k_comps, K) = sides
     pairs = Q @ K.T / Q.shape[1] ** 0.5
@@ -116,6 +121,16 @@ def qk_attribution(model: Model, tr: Trace, layer: int, head: int, query_positio
     pattern = float(attention_pattern(model, tr, layer, query_position, query_position + 1,
                                       query_position + 1)[head, 0, key_position])
     return QKAttribution(layer, head, query_position, key_position, score, pattern, q_comps, k_comps, pairs)
+
+
+def rotary_angles(model: Model, tr: Trace, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(cos, sin), each (P, rotary dims), of block ``layer``'s rotary embedding on the traced prompt, from one
+    forward of the bridge (its ``attn.hook_cos`` / ``hook_sin``); None for a model without rotary positions."""
+    if not model.rotary:
+        return None
+    hooks = [f"blocks.{layer}.attn.hook_cos", f"blocks.{layer}.attn.hook_sin"]
+    acts = model.capture(tr.tokens[None], hooks, path="bridge").acts
+    return acts[hooks[0]][0].float(), acts[hooks[1]][0].float()
 
 
 def qk_metadata(result: QKAttribution, k: int = 20) -> dict[str, object]:

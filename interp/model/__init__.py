@@ -5,6 +5,7 @@ transformer-lens stays behind this package: nothing outside ``interp.model`` tou
 
 from interp.model.corpus import Context, CorpusConfig, iter_contexts, iter_documents, pack_contexts, pack_token_ids
 from interp.model.model import DEMO_DIR, DEMO_NAME, PROCESSING, Captured, Model, ModelInfo, load_model, next_token_loss
+from interp.model.transformer import rotate
 
 __all__ = [
     "DEMO_DIR",
@@ -21,4 +22,5 @@ __all__ = [
     "next_token_loss",
     "pack_contexts",
     "pack_token_ids",
+    "rotate",
 ]

@@ -187,8 +187,8 @@ class Attention(nn.Module):
         v = self.hook_v(v.view(b, n, self.n_kv, self.d_head)).transpose(1, 2)  # hook: (b, pos, kv head, d_head)
         if rotary is not None:
             # hooks see (b, pos, head, d_head), as TransformerLens's
-            q = self.hook_rot_q(_rotate(q, *rotary).transpose(1, 2)).transpose(1, 2)
-            k = self.hook_rot_k(_rotate(k, *rotary).transpose(1, 2)).transpose(1, 2)
+            q = self.hook_rot_q(rotate(q, *rotary).transpose(1, 2)).transpose(1, 2)
+            k = self.hook_rot_k(rotate(k, *rotary).transpose(1, 2)).transpose(1, 2)
         if self.n_kv != self.n_heads:  # grouped-query attention: head h reads kv head h // group
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
@@ -197,8 +197,14 @@ class Attention(nn.Module):
         return self.o(z.reshape(b, n, self.n_heads * self.d_head))
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as Hugging Face's Llama family applies it (halves, not interleaved pairs): ``x * cos +
+    rotate_half(x) * sin`` on the first ``cos.shape[-1]`` features of ``x`` (..., d_head), the rest unchanged
+    (partial rotary). ``cos`` and ``sin`` broadcast against ``x``; a linear map of ``x`` for fixed angles."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat((rotate(x[..., :r], cos, sin), x[..., r:]), dim=-1)
+    half = r // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 

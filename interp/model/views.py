@@ -37,6 +37,13 @@ class WeightViews:
         return self.bridge.W_E
 
     @property
+    def rotary(self) -> bool:
+        """True when queries and keys are rotated by position (rotary embeddings, Llama family); the angles are
+        the hooks ``blocks.{l}.attn.hook_cos`` / ``hook_sin``, (batch, pos, rotary dims); see
+        :func:`interp.model.rotate`."""
+        return self.bridge.cfg.positional_embedding_type == "rotary"
+
+    @property
     def W_pos(self) -> torch.Tensor | None:
         """Learned positional embedding, (n_ctx, d_model); None for models without one (rotary)."""
         return self.bridge.W_pos if self.bridge.cfg.positional_embedding_type == "standard" else None
@@ -73,7 +80,7 @@ class WeightViews:
     def b_K(self) -> torch.Tensor:
         """Key biases, (n_layers, n_heads or n_kv_heads, d_head)."""
         c = self.bridge.cfg
-        return self._bias("b_K", c.n_layers, c.n_heads, c.d_head)
+        return self._bias("b_K", c.n_layers, c.n_key_value_heads or c.n_heads, c.d_head)
 
     @property
     def b_O(self) -> torch.Tensor:
