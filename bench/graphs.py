@@ -12,7 +12,11 @@ size, and the kept graph.
 ``--venv``): circuit-tracer's pydantic graph models validate interp's exported JSON, and both tools' adjacency
 entries between the same nodes are compared (max relative difference).
 
+``scaling-peer``: interp and circuit-tracer side by side against prompt length, on the ``scaling`` model with
+per-layer ReLU transcoders written in circuit-tracer's format (bench/graphs_scaling_peer.py says how).
+
 Usage:
+    python bench/graphs.py scaling-peer --venv /tmp/peer-circuit-tracer/venv [--layers 12] [--lengths 64 128 256 512]
     python bench/graphs.py scaling [--lengths 64 128 256 512 1024 2048] [--max-feature-nodes 128]
     python bench/graphs.py peer --venv /tmp/peer-circuit-tracer/venv
 """
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -59,6 +64,33 @@ def gpt2_small_shaped(out: Path, n_layers: int, n_ctx: int) -> Path:
     return out
 
 
+def readable_by_peer(model_dir: Path) -> None:
+    """Name the tokenizer class in ``tokenizer_config.json``: transformers 4 (circuit-tracer's venv) needs it."""
+    config_path = model_dir / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
+                                       "tokenizer_class": "PreTrainedTokenizerFast"}))
+
+
+def write_peer_transcoders(ts, out: Path, scan: str) -> Path:
+    """Per-layer ReLU/JumpReLU transcoders of ``ts`` in circuit-tracer's format (one safetensors file per layer:
+    ``W_enc`` (n, d_model), ``b_enc``, ``W_dec`` (n, d_model), ``b_dec``; ``config.yaml`` with local paths, read
+    by its ``load_transcoders``); features read ``ln2.hook_normalized`` as interp's do. Returns the config's path."""
+    import yaml
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for layer in ts.layers:  # circuit-tracer's features read x W_enc^T + b_enc
+        W, b = ts.encoder(layer)
+        weights = {"W_enc": W.T, "b_enc": b, "W_dec": ts.decoder(layer, layer), "b_dec": ts.bias(layer)}
+        paths.append(out / f"layer_{layer}.safetensors")
+        save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(paths[-1]))
+    (out / "config.yaml").write_text(yaml.safe_dump({
+        "model_kind": "transcoder_set", "scan": scan, "feature_input_hook": "ln2.hook_normalized",
+        "feature_output_hook": "hook_mlp_out", "transcoders": [str(p) for p in paths]}))
+    return out / "config.yaml"
+
+
 def stdlib_tokens(model, n: int) -> torch.Tensor:
     """(n,) BOS then the first n - 1 tokens of stdlib source."""
     import inspect
@@ -75,21 +107,24 @@ def one(args: argparse.Namespace) -> None:
     from interp.circuits import attribution
     from interp.circuits.graph_api import AttributionGraphConfig, attribution_graph
     from interp.circuits.replacement import TranscoderSet
-    from interp.dictionaries import create
+    from interp.dictionaries import create, load_dictionary
     from interp.model import load_model
 
     torch.set_num_threads(args.threads)
     model = load_model(str(args.model_dir))
-    g = torch.Generator().manual_seed(1)
-    tcs = []
-    for layer in range(model.info.n_layers):
-        d = create("skip_transcoder", 768, args.d_sae, hook_in=f"blocks.{layer}.ln2.hook_normalized",
-                   hook_out=f"blocks.{layer}.hook_mlp_out", normalization="none", k=args.k,
-                   model_fingerprint=model.info.fingerprint)
-        with torch.no_grad():
-            for p in d.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.03)
-        tcs.append(d)
+    if args.transcoders is not None:  # saved interp dictionaries, one directory per layer (``scaling-peer``)
+        tcs = [load_dictionary(args.transcoders / f"layer_{layer}") for layer in range(model.info.n_layers)]
+    else:
+        g = torch.Generator().manual_seed(1)
+        tcs = []
+        for layer in range(model.info.n_layers):
+            d = create("skip_transcoder", 768, args.d_sae, hook_in=f"blocks.{layer}.ln2.hook_normalized",
+                       hook_out=f"blocks.{layer}.hook_mlp_out", normalization="none", k=args.k,
+                       model_fingerprint=model.info.fingerprint)
+            with torch.no_grad():
+                for p in d.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.03)
+            tcs.append(d)
     ts = TranscoderSet(tcs, model)
     tokens = stdlib_tokens(model, args.length)
     warm = AttributionGraphConfig(prompt="(tokens)", max_feature_nodes=8, row_batch_size=args.row_batch_size)
@@ -114,9 +149,11 @@ def one(args: argparse.Namespace) -> None:
     total = time.perf_counter() - start
     meta = result.graph.metadata
     print(json.dumps({
-        "length": args.length, "active_features": meta["n_active_features"], "feature_rows": meta["n_feature_rows"],
+        "tool": "interp", "length": args.length, "n_layers": model.info.n_layers,
+        "active_features": meta["n_active_features"], "feature_rows": meta["n_feature_rows"],
         "rows": meta["n_backward_rows"], "passes": spent["passes"], "seconds": total,
-        "backward_share": spent["seconds"] / total, "peak_rss_mb": _rss_mb(), "above_baseline_mb": _rss_mb() - baseline,
+        "pass_seconds": spent["seconds"], "backward_share": spent["seconds"] / total, "peak_rss_mb": _rss_mb(),
+        "above_baseline_mb": _rss_mb() - baseline,
         "trace_mb": sum(t.numel() * t.element_size() for part in (result.trace.acts, result.trace.features,
                                                                   result.trace.reconstruction, result.trace.error)
                         for t in part.values()) / 2**20,
@@ -148,9 +185,38 @@ def scaling(args: argparse.Namespace) -> None:
                   flush=True)
 
 
-PEER_SCRIPT = r"""
-import json, re, sys, torch, yaml
+CT_SETUP = r"""
+import json, re, sys, time, torch, yaml
 from pathlib import Path
+
+
+def replacement_model(model_dir, transcoders_config):
+    # circuit-tracer's ReplacementModel of a local GPT-2 checkpoint with local transcoders, offline
+    from transformers import GPT2LMHeadModel
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+    from circuit_tracer import ReplacementModel
+    from circuit_tracer.utils.hf_utils import load_transcoders
+    tcs = load_transcoders(yaml.safe_load(Path(transcoders_config).read_text()), device=torch.device("cpu"),
+                           lazy_decoder=False)
+    hf = GPT2LMHeadModel.from_pretrained(model_dir)
+    c = hf.config
+    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
+                                  d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new",
+                                  normalization_type="LN", tokenizer_name=model_dir, model_name="gpt2-shaped",
+                                  default_prepend_bos=True, device="cpu", original_architecture="GPT2LMHeadModel")
+    rm = ReplacementModel.from_config(cfg, tcs, backend="transformerlens")
+
+    def rename(mm):
+        return mm.group(1) + (".old_mlp." if "mlp" in mm.group(1) else ".old_unembed.")
+
+    sd = {re.sub(r"^(blocks\.\d+\.mlp|unembed)\.", rename, k): v for k, v in convert_gpt2_weights(hf, rm.cfg).items()}
+    rm.load_state_dict(sd, strict=False)
+    del hf
+    return rm
+"""
+
+PEER_SCRIPT = CT_SETUP + r"""
 work = Path(sys.argv[1])
 spec = json.loads((work / "spec.json").read_text())
 torch.set_num_threads(1)
@@ -163,29 +229,13 @@ links = [Link.model_validate(l) for l in m.links]
 index = json.loads((work / "export" / "graph-metadata.json").read_text())
 out["validated"] = {"nodes": len(m.nodes), "links": len(links), "index_graphs": len(index["graphs"])}
 # 2. circuit-tracer's attribution on the same model, transcoders and tokens
-from transformers import GPT2LMHeadModel
-from transformer_lens import HookedTransformerConfig
-from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
-from circuit_tracer import ReplacementModel, attribute
-from circuit_tracer.utils.hf_utils import load_transcoders
-tcs = load_transcoders(yaml.safe_load((work / "transcoders" / "config.yaml").read_text()), device=torch.device("cpu"),
-                       lazy_decoder=False)
-hf = GPT2LMHeadModel.from_pretrained(spec["model_dir"])
-c = hf.config
-cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
-                              d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new",
-                              normalization_type="LN", tokenizer_name=spec["model_dir"], model_name="tiny-gpt2",
-                              default_prepend_bos=True, device="cpu", original_architecture="GPT2LMHeadModel")
-rm = ReplacementModel.from_config(cfg, tcs, backend="transformerlens")
-def rename(mm):
-    return mm.group(1) + (".old_mlp." if "mlp" in mm.group(1) else ".old_unembed.")
-sd = {re.sub(r"^(blocks\.\d+\.mlp|unembed)\.", rename, k): v for k, v in convert_gpt2_weights(hf, rm.cfg).items()}
-rm.load_state_dict(sd, strict=False)
+from circuit_tracer import attribute
+rm = replacement_model(spec["model_dir"], work / "transcoders" / "config.yaml")
 tokens = torch.tensor(spec["tokens"])
-t0 = __import__("time").perf_counter()
+t0 = time.perf_counter()
 g = attribute(tokens, rm, max_n_logits=spec["max_n_logits"], desired_logit_prob=spec["desired_logit_prob"],
               batch_size=64, max_feature_nodes=None)
-out["seconds"] = __import__("time").perf_counter() - t0
+out["seconds"] = time.perf_counter() - t0
 out["active_features"] = g.active_features[g.selected_features].tolist()
 out["logit_tokens"] = [int(t.vocab_idx) for t in g.logit_targets]
 out["n_layers"] = g.cfg.n_layers
@@ -197,8 +247,7 @@ save_file({"adjacency": g.adjacency_matrix.contiguous()}, str(work / "ct_adjacen
 
 def peer(args: argparse.Namespace) -> None:
     """interp and circuit-tracer on one tiny GPT-2, per-layer ReLU transcoders and prompt (module docstring)."""
-    import yaml
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from interp.circuits.graph_api import AttributionGraphConfig, attribution_graph
     from interp.circuits.replacement import TranscoderSet
@@ -218,13 +267,10 @@ def peer(args: argparse.Namespace) -> None:
                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
                         ).save_pretrained(work / "model")
         tok.save_pretrained(work / "model")
-        config_path = work / "model" / "tokenizer_config.json"  # transformers 4 (circuit-tracer's) reads this class
-        config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
-                                           "tokenizer_class": "PreTrainedTokenizerFast"}))
+        readable_by_peer(work / "model")
         model = load_model(str(work / "model"))
         g = torch.Generator().manual_seed(1)
         tcs = []
-        (work / "transcoders").mkdir()
         for layer in range(2):
             d = create("transcoder", 64, 128, hook_in=f"blocks.{layer}.ln2.hook_normalized",
                        hook_out=f"blocks.{layer}.hook_mlp_out", normalization="none",
@@ -232,18 +278,10 @@ def peer(args: argparse.Namespace) -> None:
             with torch.no_grad():
                 for p in d.parameters():
                     p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-                d.b_enc.sub_(0.5)  # sparse codes
+                cast(torch.Tensor, d.b_enc).sub_(0.5)  # sparse codes
             tcs.append(d)
         ts = TranscoderSet(tcs, model)
-        for layer in range(2):  # circuit-tracer's per-layer file: features read x W_enc^T + b_enc
-            W, b = ts.encoder(layer)
-            weights = {"W_enc": W.T, "b_enc": b, "W_dec": ts.decoder(layer, layer), "b_dec": ts.bias(layer)}
-            save_file({k: v.contiguous() for k, v in weights.items()},
-                      str(work / "transcoders" / f"layer_{layer}.safetensors"))
-        (work / "transcoders" / "config.yaml").write_text(yaml.safe_dump({
-            "model_kind": "transcoder_set", "scan": "interp-peer-check", "feature_input_hook": "ln2.hook_normalized",
-            "feature_output_hook": "hook_mlp_out",
-            "transcoders": [str(work / "transcoders" / f"layer_{i}.safetensors") for i in range(2)]}))
+        write_peer_transcoders(ts, work / "transcoders", "interp-peer-check")
         prompt = "def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n"
         tokens = model.to_tokens(prompt)[0]
         cfg = AttributionGraphConfig(prompt=prompt, max_feature_nodes=10**6, row_batch_size=64)  # as the peer's
@@ -293,7 +331,7 @@ def compare(model, ts, tokens, ct: dict, A_ct: torch.Tensor, ours_s: float) -> N
     print(f"nodes: circuit-tracer {n_f} features (BOS features zeroed), interp {nodes.n_features}; "
           f"{len(missing)} of theirs not active in interp; logits {ct['logit_tokens']} vs "
           f"{nodes.logit_tokens.tolist()}")
-    print(f"attribution time: circuit-tracer {ct['seconds']:.2f} s, interp {ours_s:.2f} s (whole graph, all rows)")
+    print(f"attribution time: circuit-tracer {ct['seconds']:.2f} s, interp {ours_s:.2f} s (whole graph call)")
     for name, which in kinds.items():
         a, b = ours[:, which], theirs[:, which]
         big = b.abs() > 1e-3 * scale
@@ -317,10 +355,14 @@ def main() -> None:
     sub.choices["scaling"].add_argument("--layers", type=int, default=12)
     sub.choices["one"].add_argument("--model-dir", type=Path, required=True)
     sub.choices["one"].add_argument("--length", type=int, required=True)
+    sub.choices["one"].add_argument("--transcoders", type=Path, help="saved interp dictionaries, layer_<i> each")
     peer_parser = sub.add_parser("peer")
     peer_parser.add_argument("--venv", default="/tmp/peer-circuit-tracer/venv")
+    import graphs_scaling_peer
+
+    graphs_scaling_peer.add_arguments(sub.add_parser("scaling-peer"))
     args = p.parse_args()
-    {"scaling": scaling, "one": one, "peer": peer}[args.cmd](args)
+    {"scaling": scaling, "one": one, "peer": peer, "scaling-peer": graphs_scaling_peer.scaling_peer}[args.cmd](args)
 
 
 if __name__ == "__main__":
