@@ -179,8 +179,8 @@ def _run(cmd: list[str], args: argparse.Namespace) -> dict[str, Any]:
                               preexec_fn=_limited(args.memory_gb))
     except subprocess.TimeoutExpired:
         return {"error": f"no graph after {args.timeout} s (time limit)"}
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    if done.returncode != 0:  # the error, not circuit-tracer's harmless exit-time noise that follows it
+        lines = [line for line in done.stderr.split("Exception ignored in")[0].splitlines() if line.strip()]
         return {"error": f"exit {done.returncode} after {time.perf_counter() - start:.0f} s: "
                          + (lines[-1] if lines else "no message")[:300]}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -235,12 +235,16 @@ def scaling_peer(args: argparse.Namespace) -> None:
             ours: list[dict[str, Any]] = []
             theirs: list[dict[str, Any]] = []
             for _ in range(args.runs):
-                ours.append(_run([sys.executable, str(here / "graphs.py"), "one", "--model-dir", spec["model_dir"],
-                                  "--transcoders", str(work / "interp_transcoders"), "--length", str(n),
-                                  "--max-feature-nodes", str(args.max_feature_nodes),
-                                  "--row-batch-size", str(args.row_batch_size), "--threads", "1"], args))
-                theirs.append(_run([peer_python, "-c", CT_SETUP + PEER_ONE, tmp, str(n),
-                                    "1" if n == args.agree_length else "0"], args))
+                if "interp" not in args.tools:
+                    ours.append({"error": "not run (--tools)"})
+                else:
+                    ours.append(_run([sys.executable, str(here / "graphs.py"), "one", "--model-dir",
+                                      spec["model_dir"], "--transcoders", str(work / "interp_transcoders"),
+                                      "--length", str(n), "--max-feature-nodes", str(args.max_feature_nodes),
+                                      "--row-batch-size", str(args.row_batch_size), "--threads", "1"], args))
+                peer_cmd = [peer_python, "-c", CT_SETUP + PEER_ONE, tmp, str(n), "1" if n == args.agree_length else "0"]
+                skipped = {"error": "not run (--tools)"}
+                theirs.append(_run(peer_cmd, args) if "circuit-tracer" in args.tools else skipped)
             print(_row(n, "interp", ours, args.layers), flush=True)
             print(_row(n, "circuit-tracer", theirs, args.layers), flush=True)
             ratios.append(f"- {n} tokens, interp / circuit-tracer: {_ratios(list(zip(ours, theirs)))}")
@@ -263,6 +267,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--row-batch-size", type=int, default=32)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--agree-length", type=int, default=64)
+    p.add_argument("--tools", nargs="+", choices=["interp", "circuit-tracer"], default=["interp", "circuit-tracer"])
     p.add_argument("--timeout", type=float, default=900, help="seconds per tool and length")
     p.add_argument("--memory-gb", type=float, default=12, help="address-space limit per tool and length")
 
