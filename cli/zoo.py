@@ -21,8 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train the demo model on the Python standard library's source",
         description="Train a demo model with the zoo recipe (a small Llama on the stdlib source, see "
-        "interp/zoo/config.py). The shipped checkpoint (interp/zoo/demo) still comes from the earlier GPT-2 "
-        "recipe; its zoo_card.json records that config.",
+        "interp/zoo/config.py). The shipped checkpoint (interp/zoo/demo) is this command's output with the "
+        "defaults and --num-threads 1; its zoo_card.json records that config.",
     )
     train.add_argument("--out", required=True, help="directory to write the checkpoint to (replaced)")
     add_config_flags(train, *_RECIPE)

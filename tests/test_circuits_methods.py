@@ -107,7 +107,7 @@ def test_eap_ig_activations_converges_per_group(demo_model, setup):
     cg = ComponentGraph.of(demo_model)
     effect = activation_patching(demo_model, task, base).mlps[0].item()  # m(MLP0 patched) - m(clean)
     errors = [abs(float(eap_ig_activations(demo_model, task, base, steps=s)[cg.mlp_src(0)].sum()) - effect)
-              for s in (2, 16)]
+              for s in (8, 64)]  # about 1/steps from 8 steps on (2 and 4 steps are not yet in that regime)
     assert errors[1] < errors[0] / 4 and errors[1] < 0.05 * abs(effect)
 
 

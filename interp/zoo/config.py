@@ -10,8 +10,8 @@ from interp.errors import InterpError
 
 @dataclass(frozen=True)
 class ZooConfig:
-    """Everything that decides the demo model (the shipped ``DEMO_DIR`` checkpoint predates this recipe: its
-    ``zoo_card.json`` records the GPT-2 recipe it came from).
+    """Everything that decides the demo model (the shipped ``DEMO_DIR`` checkpoint is these defaults' output,
+    trained with ``num_threads=1``; its ``zoo_card.json`` records the config).
 
     The run has two phases: ``short_steps`` on short contexts, mostly ``[BOS] r r`` rows, where the layer-0
     previous-token head and then the layer-1 induction head form; then mostly natural text on longer
