@@ -11,8 +11,10 @@ import torch
 
 from interp.circuits.attribution import Linearised, Target, active_nodes
 from interp.circuits.graph_api import AttributionGraphConfig, attribution_graph
+from interp.circuits.paths_api import TranscoderPathsConfig, transcoder_paths
 from interp.circuits.qk import qk_attribution, residual_writes
 from interp.circuits.replacement import TranscoderSet, trace
+from interp.circuits.truth import card_ground_truth, card_path
 from interp.dictionaries import create, load_dictionary
 from interp.errors import InterpError
 
@@ -214,3 +216,27 @@ def test_command_writes_interp_and_circuit_tracer_graphs_that_import_back(tiny_m
     assert {e.key: e.score for e in back.edges} == {e.key: e.score for e in graph.edges}
     assert main([*common, "--out", str(tmp_path / "bad"), "--edge-threshold", "0"]) == 2
     assert "in (0, 1]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+REPEATED = "x = alpha_beta + gamma_delta * epsilon_zeta; y = alpha_beta + gamma"
+"""The second half repeats the first: after the last ``ma`` the answer is the token that followed ``ma`` before."""
+
+
+def test_demo_paths_run_through_the_heads_of_its_card(demo_model, demo_clt):
+    """Issue 12's ground truth on the demo model: the top logit's largest head path is an induction head of the
+    per-head card reading the token after the earlier occurrence, and a previous-token head of the card feeds a
+    feature on the last token."""
+    truth = card_ground_truth(card_path("demo")).nodes  # heads with a previous-token or induction score >= 0.3
+    ts = TranscoderSet([load_dictionary(demo_clt)], demo_model)
+    result = transcoder_paths(demo_model, ts, TranscoderPathsConfig(prompt=REPEATED))
+    tokens = demo_model.token_strings(result.trace.tokens.tolist())
+    last = len(tokens) - 1
+    earlier = max(i for i in range(last) if tokens[i] == tokens[last])
+    heads = [p[-1].component for p in result.search.paths[0] if p[-1].component.kind == "head"]
+    assert heads, "no head path among the largest paths of length 1"
+    top = heads[0]
+    assert f"a{top.layer}.h{top.index}" in truth and top.layer == 1
+    assert (top.position, top.target) == (earlier + 1, last)
+    deeper = [p[-1].component for p in result.search.all_paths() if p[-1].component.kind == "head"
+              and p[-1].component.layer == 0]
+    assert any(f"a0.h{c.index}" in truth and c.position == c.target - 1 for c in deeper)
