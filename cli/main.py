@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -65,5 +66,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code``. A ``torchrun`` worker leaves the process group, flushes its logs and output, then ends
+    with ``os._exit``: C++ static destructors run at a normal exit, and torch's distributed threads can abort
+    the process there ("terminate called without an active exception", SIGABRT) after all its work succeeded."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from interp.distributed import leave
+
+        leave()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -28,10 +28,10 @@ def init_from_env(device: str = "cpu") -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
-    atexit.register(_leave)
+    atexit.register(leave)
 
 
-def _leave() -> None:
+def leave() -> None:
     """Destroy the process group before the interpreter tears down: left to static destructors, gloo's
     threads can abort the process at exit ("terminate called without an active exception", SIGABRT) after
     all its work succeeded."""
