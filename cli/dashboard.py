@@ -6,6 +6,8 @@ or both.
     interp dashboard --features runs/features --graphs runs/eap/graph.json --out runs/site
     interp dashboard --features runs/tc1-features --graphs runs/graph/graph.json --out runs/site \\
         --supernodes ~/Downloads/supernodes-KEY.json     # with a grouping saved from the graph view
+    interp dashboard --features runs/tc0-features runs/tc1-features --graphs runs/graph --out runs/site
+        # per-layer transcoders: every layer's feature nodes link to their store's pages (stores/<k>/ after the first)
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("dashboard", help="build the static dashboard (features and/or circuit graphs)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--features", help="feature store directory (from interp analyze)")
+    p.add_argument("--features", nargs="+", default=None, metavar="FEATURES",
+                   help="feature store directory (from interp analyze); several (e.g. one per layer's transcoder) "
+                   "make one site in which every store's features link from the graphs; the first is the main one")
     p.add_argument("--graphs", nargs="+", default=[], metavar="PATH",
                    help="circuit graph JSON files (from interp circuit), or directories searched for them")
     p.add_argument("--graph-edges", type=int, default=5000,

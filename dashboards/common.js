@@ -95,26 +95,34 @@ const Interp = (() => {
     return s;
   }
 
-  function featureHref(i) { return "feature.html?i=" + encodeURIComponent(String(i | 0)); }
+  // A feature page of this store, or (from a graph page at the site's top) of feature store ``store`` of the site:
+  // stores after the first live under stores/<k>/ (interp.site.build).
+  function featureHref(i, store) {
+    return (store ? "stores/" + encodeURIComponent(String(store | 0)) + "/" : "") + "feature.html?i=" +
+      encodeURIComponent(String(i | 0));
+  }
+
+  // The path from this page to the site's top ("" for the first store and the graphs, "../../" under stores/<k>/).
+  function siteRoot(meta) { return meta && meta.root === "../../" ? "../../" : ""; }
 
   function header(meta, page) {
     const h = el("header", { class: "top" },
       el("span", { class: "brand" }, "interp"),
       el("a", { href: "index.html" }, meta && meta.has_features === false ? "Index" : "Features"));
-    if (meta && meta.graphs && meta.graphs.length) h.append(el("a", { href: "graph.html" }, "Circuits"));
+    if (meta && meta.graphs && meta.graphs.length) h.append(el("a", { href: siteRoot(meta) + "graph.html" }, "Circuits"));
     if (meta && meta.served) h.append(el("a", { href: "prompt.html" }, "Prompt"));
     if (meta) h.append(el("span", { class: "sub" }, meta.model_name + (meta.hook ? ` \u00b7 ${meta.hook}` : "")));
     document.body.prepend(h);
     document.title = (page ? page + " \u00b7 " : "") + "interp features";
   }
 
-  // The site's circuit graphs as a table linking to graph.html (null when there are none).
-  function graphTable(graphs) {
+  // The site's circuit graphs as a table linking to graph.html (null when there are none); ``root``: siteRoot.
+  function graphTable(graphs, root = "") {
     if (!graphs || !graphs.length) return null;
     const head = el("tr", {}, ...["Graph", "Model", "Nodes", "Edges", "Node AUC", "Edge AUC", "CPR", "Runtime (s)"]
       .map((k) => el("th", {}, k)));
     const body = el("tbody", { id: "graph-rows" }, ...graphs.map((s) => el("tr", { "data-graph": String(s.id) },
-      el("td", {}, el("a", { href: "graph.html?g=" + encodeURIComponent(String(s.id | 0)) }, s.title),
+      el("td", {}, el("a", { href: root + "graph.html?g=" + encodeURIComponent(String(s.id | 0)) }, s.title),
         s.source ? el("div", { class: "muted mono small" }, s.source) : null),
       el("td", {}, s.model || "?"), el("td", { class: "num" }, String(s.n_nodes)),
       el("td", { class: "num" }, s.n_edges.toLocaleString()), el("td", { class: "num" }, fmt(s.node_auc)),
@@ -127,6 +135,16 @@ const Interp = (() => {
   function fail(root, message) {
     root.replaceChildren(el("p", { class: "error" }, message));
     document.body.dataset.ready = "1";
+  }
+
+  // The site's feature stores, each linking to its index, this one marked (null for a site of one store).
+  function storeList(meta) {
+    if (!meta.stores || meta.stores.length < 2) return null;
+    const root = siteRoot(meta);
+    const items = meta.stores.map((s, k) => el("li", {}, k === meta.store ? el("strong", {}, s.label)
+      : el("a", { href: root + s.href + "index.html", class: "store-link" }, s.label),
+      el("span", { class: "muted" }, ` \u00b7 ${s.n_features.toLocaleString()} features`)));
+    return el("div", { class: "card", id: "stores" }, el("h2", {}, "Feature stores"), el("ul", {}, ...items));
   }
 
   // Every page starts here: load the site's metadata and draw the header. Returns { root, meta }, or null
@@ -144,5 +162,5 @@ const Interp = (() => {
   }
 
   return { el, loadScript, fmt, fmtDensity, showToken, chip, actColour, tokenSpan, attachTip, tooltip, featureHref,
-    header, graphTable, fail, boot };
+    siteRoot, header, graphTable, storeList, fail, boot };
 })();

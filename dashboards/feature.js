@@ -142,7 +142,8 @@
   function graphsCard(list) {
     const tb = el("tbody", { id: "graph-appearances" });
     for (const r of list) {
-      const href = "graph.html?g=" + encodeURIComponent(String(r.g | 0)) + "&node=" + encodeURIComponent(r.node);
+      const href = Interp.siteRoot(meta) + "graph.html?g=" + encodeURIComponent(String(r.g | 0)) + "&node=" +
+        encodeURIComponent(r.node);
       const ctx = el("div", { class: "toks graph-context" });
       r.context.forEach((t, k) => {
         const c = chip(t);

@@ -185,8 +185,9 @@
       if (e.t === i || e.s === i) edgeEls[k].classList.add("hl");
     });
     const attrs = n.attrs && Object.keys(n.attrs).length ? JSON.stringify(n.attrs) : null;
-    const page = n.page !== undefined && meta.has_features ? el("p", {}, el("a", { href: Interp.featureHref(n.page),
-      id: "feature-link" }, `feature page #${n.page}`)) : null;
+    const store = n.store && meta.stores && meta.stores[n.store] ? ` (${meta.stores[n.store].label})` : "";
+    const page = n.page !== undefined && meta.has_features ? el("p", {}, el("a", {
+      href: Interp.featureHref(n.page, n.store), id: "feature-link" }, `feature page #${n.page}${store}`)) : null;
     const pick = el("button", { id: "pick-node", type: "button" }, picked.has(n.id) ? "Unpick" : "Pick for a group");
     pick.addEventListener("click", () => { togglePick(n.id); selectNode(i); });
     details.replaceChildren(...[el("h2", {}, "Node ", el("span", { class: "chip" }, nodeName(i))), page,

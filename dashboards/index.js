@@ -6,7 +6,7 @@
   const page = await Interp.boot("");
   if (!page) return;
   const { root, meta } = page;
-  const graphs = Interp.graphTable(meta.graphs);
+  const graphs = Interp.graphTable(meta.graphs, Interp.siteRoot(meta));
   if (meta.has_features === false) {  // a site of circuit graphs only
     root.replaceChildren(el("h1", {}, "Circuits"), graphs);
     document.body.dataset.ready = "1";
@@ -77,7 +77,7 @@
     el("div", { class: "muted" },
       `${meta.architecture} dictionary on ${meta.hook}` + (meta.hook_out ? ` \u2192 ${meta.hook_out}` : "") +
       ` \u00b7 ${meta.model_name} \u00b7 ${meta.n_rows.toLocaleString()} tokens analysed`));
-  root.replaceChildren(title, graphs || "",
+  root.replaceChildren(title, Interp.storeList(meta) || "", graphs || "",
     el("div", { class: "card" },
       el("div", { class: "controls" }, search, filter, count),
       el("div", { class: "scroll-x" }, el("table", { class: "index" }, el("thead", {}, headRow), tbody)),

@@ -32,6 +32,9 @@ def site(tmp_path_factory, tiny_model_dir, corpus_dir, tiny_model):
     save_graph(made.graph, base / "graphs" / "graph.json")
     args = ["dashboard", "--features", str(made.features.path), "--graphs", str(base / "graphs"), "--no-progress"]
     assert main([*args, "--out", str(base / "site")]) == 0
+    both = ["dashboard", "--features", str(made.features.path), str(made.features0.path), "--graphs",
+            str(base / "graphs"), "--no-progress", "--out", str(base / "site-both")]
+    assert main(both) == 0
     return {"base": base, "graph": made.graph, "args": args, "features": made.features}
 
 
@@ -73,6 +76,36 @@ def test_feature_node_links_to_its_page_which_lists_the_graph(page, site, open_r
     page.wait_for_selector("body[data-ready]")
     assert node.id in page.inner_text("#details") and page.locator("#graph .node.sel").get_attribute(
         "data-id") == node.id
+    assert page.errors == []
+
+
+def test_with_two_stores_a_layer0_node_opens_its_page_in_the_second_store_and_back(page, site, open_ready):
+    graph, top = site["graph"], site["base"] / "site-both"
+    node = max((n for n in graph.nodes if n.kind == "feature" and n.layer == 0), key=lambda n: abs(n.score))
+    latent = node.attrs["latent"]
+    _graph_page(page, open_ready, top)
+    page.locator(f'#graph .node[data-id="{node.id}"] circle').dispatch_event("click")
+    link = page.locator("#feature-link")
+    assert link.get_attribute("href") == f"stores/1/feature.html?i={latent}"
+    assert link.inner_text().startswith(f"feature page #{latent} (") and "blocks.0." in link.inner_text()
+    link.click()
+    page.wait_for_selector("body[data-ready]")
+    assert page.url == (top / "stores" / "1" / "feature.html").as_uri() + f"?i={latent}"
+    assert page.locator("#hooks").inner_text().startswith("reads blocks.0.")  # the layer-0 store's own data
+    assert page.locator("#hist .main-svg").count() > 0  # plotly, loaded from the site's top, drew the histogram
+    row = page.locator(f'#graph-appearances tr:has-text("{node.label}")').first
+    assert row.locator(".graph-link").get_attribute("href") == f"../../graph.html?g=0&node={quote(node.id, safe='')}"
+    # the store's index lists both stores and links back to the first
+    open_ready(page, (top / "stores" / "1" / "index.html").as_uri())
+    assert page.locator("#stores li").count() == 2 and page.locator("#stores a.store-link").count() == 1
+    page.click("#stores a.store-link")
+    page.wait_for_selector("body[data-ready]")
+    assert page.url == (top / "index.html").as_uri()
+    page.goto((top / "stores" / "1" / "feature.html").as_uri() + f"?i={latent}")
+    page.wait_for_selector("body[data-ready]")
+    page.locator(f'#graph-appearances tr:has-text("{node.label}") .graph-link').first.click()
+    page.wait_for_selector("body[data-ready]")
+    assert page.locator("#graph .node.sel").get_attribute("data-id") == node.id
     assert page.errors == []
 
 

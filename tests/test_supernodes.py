@@ -217,6 +217,32 @@ def test_feature_nodes_link_to_their_own_dictionarys_pages(site, tmp_path):
     assert '"page"' not in (index.parent / "data" / "graphs" / "0.js").read_text()
 
 
+def test_with_every_layers_store_every_layers_feature_nodes_link(site, tmp_path):
+    from interp.site.build import build_dashboard
+
+    graph = site.graph
+    index = build_dashboard([site.features, site.features0], tmp_path / "site", graphs=[graph], progress=False)
+    top = index.parent
+    payload = json.loads((top / "data" / "graphs" / "0.js").read_text()[len("window.INTERP_GRAPH = "):-2])
+    linked = {n["id"]: (n.get("store", 0), n["page"]) for n in payload["nodes"] if "page" in n}
+    feats = [n for n in graph.nodes if n.kind == "feature"]
+    assert {n.layer for n in feats} == {0, 1}
+    assert linked == {n.id: (1 - n.layer, n.attrs["latent"]) for n in feats}  # layer 1 first, layer 0 second
+    # the second store's pages and data live under stores/1/, loading the top's assets; its features list the graph
+    sub = top / "stores" / "1"
+    assert '<script src="../../feature.js"></script>' in (sub / "feature.html").read_text()
+    assert not (sub / "feature.js").exists() and not (sub / "graph.html").exists()
+    meta = json.loads((sub / "data" / "meta.js").read_text()[len("window.INTERP_META = "):-2])
+    assert meta["hook"] == HOOK.replace("1", "0", 1) and meta["root"] == "../../" and meta["store"] == 1
+    assert [s["href"] for s in meta["stores"]] == ["", "stores/1/"]
+    node = max((n for n in feats if n.layer == 0), key=lambda n: abs(n.score))
+    rec = json.loads((sub / "data" / "features" / f"{node.attrs['latent']}.js").read_text()[23:-2])
+    assert any(r["node"] == node.id and r["influence"] == pytest.approx(node.score) for r in rec["graphs"])
+    # explanations given explicitly describe one store
+    with pytest.raises(InterpError, match="exactly one feature store"):
+        build_dashboard([site.features, site.features0], tmp_path / "site2", {"0": "x"}, progress=False)
+
+
 def test_attribution_graph_command_groups_automatically(site, tiny_model_dir, tiny_model, tmp_path, capsys):
     from interp.circuits.graph import load_graph
     from interp.dictionaries import save_dictionary

@@ -8,6 +8,7 @@ Layout of a site directory::
     data/meta.js                                window.INTERP_META: what the site shows
     data/index-<c>.js                           INTERP_INDEX chunks: columns of 4096 features each
     data/features/<i>.js                        window.INTERP_FEATURE: everything about feature i
+    stores/<k>/index.html, feature.html, data/  feature stores after the first (pages load the top's assets)
     graph.html  graph.js  data/graphs/<g>.js    circuit graphs (window.INTERP_GRAPH; see interp.site.graphs)
 
 A site holds a feature store, circuit graphs, or both; without a feature store the index lists the graphs.
@@ -41,7 +42,7 @@ from interp.errors import InterpError
 from interp.features.store import KINDS, FeatureStore, load_feature_store
 from interp.io import atomic_directory, disk_full_errors
 from interp.progress import progress_bar
-from interp.site.feature_links import appearances, feature_pages
+from interp.site.feature_links import appearances, site_links, store_pages
 from interp.site.graphs import MAX_EDGES, SiteGraph, collect_graphs, graph_payload, graph_summary, graphs_only_meta
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ DISK_FULL_HINT = (
 INDEX_CHUNK = 4096
 GRAPH_PAGES = ("index.html", "graph.html")
 """The pages of a site without a feature store."""
+STORE_PAGES = ("index.html", "feature.html")
+"""The pages of each feature store after a site's first (its graphs and assets are the site's)."""
+STORES_DIR = "stores"
+"""The directory of a site that holds the feature stores after its first, ``stores/<k>/``."""
 _BLOCK = 512
 _JS_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -70,7 +75,7 @@ def js_assign(name: str, obj: Any) -> str:
 
 
 def build_dashboard(
-    feature_store: FeatureStore | str | Path | None,
+    feature_store: FeatureStore | str | Path | Sequence[FeatureStore | str | Path] | None,
     out_dir: str | Path,
     explanations: Any = None,
     *,
@@ -82,62 +87,83 @@ def build_dashboard(
     """Write the static site for ``feature_store`` and/or circuit ``graphs`` to ``out_dir``; returns the path of
     ``index.html``.
 
-    ``explanations``: see :func:`load_explanations`; default: the runs of ``interp explain`` / ``interp
-    score`` inside the feature store. ``graphs``: CircuitGraph objects, graph JSON files, or directories
-    holding them (see :func:`interp.site.graphs.collect_graphs`); each graph page keeps its ``graph_edges``
-    strongest edges. ``supernodes``: grouping files saved from the graph view (or by
+    ``feature_store``: one feature store, or several (a list): the first is the site's main store (its pages at the
+    top of the site), each other one, ``k``, gets its own index and feature pages under ``stores/<k>/``, and every
+    index links to every store; use several for the per-layer transcoders of an attribution graph, so that every
+    layer's feature nodes link to a page. ``explanations``: see :func:`load_explanations`; default: the runs of
+    ``interp explain`` / ``interp score`` inside each feature store (an explicit value needs exactly one store).
+    ``graphs``: CircuitGraph objects, graph JSON files, or directories holding them (see
+    :func:`interp.site.graphs.collect_graphs`); each graph page keeps its ``graph_edges`` strongest edges.
+    ``supernodes``: grouping files saved from the graph view (or by
     :func:`interp.circuits.supernodes.save_supernodes`), each shown on the graph it was made on. Feature nodes of
-    attribution graphs link to the feature store's pages as :mod:`interp.site.feature_links` says, and each feature
+    attribution graphs link to the feature stores' pages as :mod:`interp.site.feature_links` says, and each feature
     page lists the graphs it appears in. An existing site in ``out_dir`` is replaced.
     """
-    if feature_store is None and not graphs:
+    given: list[FeatureStore | str | Path] = (
+        [] if feature_store is None else [feature_store] if isinstance(feature_store, (FeatureStore, str, Path))
+        else list(feature_store))
+    if not given and not graphs:
         raise InterpError("Nothing to build: give a feature store, circuit graphs, or both.")
-    if feature_store is None and explanations is not None:
-        raise InterpError("Explanations describe features: give the feature store they belong to.")
+    if explanations is not None and len(given) != 1:
+        raise InterpError("Explanations describe the features of one store: give exactly one feature store with "
+                          "them (with several stores, each store's own explanation runs are shown).")
     site_graphs = collect_graphs(graphs)
     if supernodes:
         grouped = apply_groupings([sg.graph for sg in site_graphs], supernodes)
         site_graphs = [SiteGraph(g, sg.source) for g, sg in zip(grouped, site_graphs)]
-    fs = None
-    if feature_store is not None:
-        fs = feature_store if isinstance(feature_store, FeatureStore) else load_feature_store(feature_store)
-    expl = load_explanations(explanations if explanations is not None or fs is None else fs.path)
+    stores = [fs if isinstance(fs, FeatureStore) else load_feature_store(fs) for fs in given]
+    expls = [load_explanations(explanations if explanations is not None else fs.path) for fs in stores]
     out = Path(out_dir)
     if out.exists() and not (out / "index.html").exists() and any(out.iterdir()):
         raise InterpError(f"{out} is not empty and holds no dashboard; choose a new directory.")
     with disk_full_errors(DISK_FULL_HINT), atomic_directory(out) as tmp:
-        _write_site(fs, expl, tmp, progress, site_graphs, graph_edges)
-    log.info("dashboard for %d features and %d graphs at %s", fs.n_features if fs else 0, len(site_graphs), out)
+        _write_site(stores, expls, tmp, progress, site_graphs, graph_edges)
+    log.info("dashboard for %d features in %d stores and %d graphs at %s", sum(fs.n_features for fs in stores),
+             len(stores), len(site_graphs), out)
     return out / "index.html"
 
 
-def _write_graphs(tmp: Path, graphs: Sequence[SiteGraph], max_edges: int, fs: FeatureStore | None
-                  ) -> dict[int, list[dict[str, Any]]]:
-    """The graphs' data files; returns, per feature of ``fs``, the graphs it appears in."""
-    (tmp / "data" / "graphs").mkdir(parents=True)
-    pages = [feature_pages(fs.manifest, fs.n_features, sg.graph) if fs else {} for sg in graphs]
-    for g, sg in enumerate(graphs):
-        _write(tmp / "data" / "graphs" / f"{g}.js", js_assign("INTERP_GRAPH", graph_payload(sg, max_edges, pages[g])))
-    return appearances(graphs, pages)
-
-
-def _write_site(fs: FeatureStore | None, expl: dict[int, dict[str, Any]], tmp: Path, progress: bool,
-                graphs: Sequence[SiteGraph] = (), max_edges: int = MAX_EDGES) -> None:
+def _write_site(stores: Sequence[FeatureStore], expls: Sequence[dict[int, dict[str, Any]]], tmp: Path,
+                progress: bool, graphs: Sequence[SiteGraph] = (), max_edges: int = MAX_EDGES) -> None:
     """Every file of the site, into the empty directory ``tmp``."""
-    (tmp / "data").mkdir(parents=True)
-    _copy_assets(tmp, GRAPH_PAGES if fs is None else None)
-    seen_in = _write_graphs(tmp, graphs, max_edges, fs)
+    (tmp / "data" / "graphs").mkdir(parents=True)
+    _copy_assets(tmp, None if stores else GRAPH_PAGES)
+    links = [site_links(stores, sg.graph) for sg in graphs]
+    for g, sg in enumerate(graphs):
+        _write(tmp / "data" / "graphs" / f"{g}.js", js_assign("INTERP_GRAPH", graph_payload(sg, max_edges, links[g])))
     summaries = [graph_summary(g, sg) for g, sg in enumerate(graphs)]
-    if fs is None:
+    if not stores:
         _write(tmp / "data" / "meta.js", js_assign("INTERP_META", {**graphs_only_meta(graphs), "graphs": summaries}))
         return
-    (tmp / "data" / "features").mkdir(parents=True)
+    nav = [{"href": "" if k == 0 else f"{STORES_DIR}/{k}/", "label": _store_label(fs), "n_features": fs.n_features}
+           for k, fs in enumerate(stores)] if len(stores) > 1 else []
+    for k, (fs, expl) in enumerate(zip(stores, expls)):
+        dest = tmp if k == 0 else tmp / STORES_DIR / str(k)
+        if k:
+            dest.mkdir(parents=True)
+            _copy_assets(dest, STORE_PAGES, prefix="../../")
+        seen_in = appearances(graphs, [store_pages(lk, k) for lk in links])
+        site = {"graphs": summaries, "root": "" if k == 0 else "../../", "stores": nav, "store": k}
+        _write_store(fs, expl, dest, progress, seen_in, site)
+
+
+def _store_label(fs: FeatureStore) -> str:
+    m = fs.manifest
+    hooks = str(m.get("hook")) + (f" \u2192 {m['hook_out']}" if m.get("hook_out") else "")
+    return f"{m.get('dictionary', {}).get('architecture', '?')} on {hooks}"
+
+
+def _write_store(fs: FeatureStore, expl: dict[int, dict[str, Any]], dest: Path, progress: bool,
+                 seen_in: dict[int, list[dict[str, Any]]], site: dict[str, Any]) -> None:
+    """One feature store's data files into ``dest/data`` (its pages are already there); ``seen_in``: per feature,
+    the graphs it appears in; ``site``: the meta fields that place the store in the site."""
+    (dest / "data" / "features").mkdir(parents=True)
     tops = top_tokens(fs)
     score_name = _score_name(expl)
-    _write(tmp / "data" / "meta.js", js_assign("INTERP_META", {**site_meta(fs, expl, score_name), "graphs": summaries}))
+    _write(dest / "data" / "meta.js", js_assign("INTERP_META", {**site_meta(fs, expl, score_name), **site}))
     for c, a in enumerate(range(0, fs.n_features, INDEX_CHUNK)):
         _write(
-            tmp / "data" / f"index-{c}.js",
+            dest / "data" / f"index-{c}.js",
             "window.INTERP_INDEX.push("
             + safe_json(_index_chunk(fs, a, min(a + INDEX_CHUNK, fs.n_features), tops, expl, score_name))
             + ");\n",
@@ -147,7 +173,7 @@ def _write_site(fs: FeatureStore | None, expl: dict[int, dict[str, Any]], tmp: P
         for rec in feature_payloads(fs, range(a, min(a + _BLOCK, fs.n_features)), tops, expl):
             if rec["i"] in seen_in:
                 rec["graphs"] = seen_in[rec["i"]]
-            _write(tmp / "data" / "features" / f"{rec['i']}.js", js_assign("INTERP_FEATURE", rec))
+            _write(dest / "data" / "features" / f"{rec['i']}.js", js_assign("INTERP_FEATURE", rec))
         bar.update(min(_BLOCK, fs.n_features - a))
     bar.close()
 
@@ -156,23 +182,25 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _copy_assets(dest: Path, only: Sequence[str] | None = None) -> None:
+def _copy_assets(dest: Path, only: Sequence[str] | None = None, prefix: str = "") -> None:
     """The pages (rendered from the one template; ``only`` these when given), the scripts they load, styles and
-    plotly's bundle (when a page loads it), into ``dest``."""
+    plotly's bundle (when a page loads it), into ``dest``. With a ``prefix`` (the path from ``dest`` to the site's
+    top, ``"../../"`` for a store under ``stores/<k>/``) only the pages are written, loading the top's files."""
     import plotly.offline
 
     from dashboards import ASSET_FILES, ASSETS_DIR, PAGE_TEMPLATE, PAGES
 
     pages = {page: scripts for page, scripts in PAGES.items() if only is None or page in only}
     used = {s for scripts in pages.values() for s in scripts}
-    for name in ASSET_FILES:
+    for name in ASSET_FILES if not prefix else ():
         if name in used or not name.endswith(".js"):
             shutil.copyfile(ASSETS_DIR / name, dest / name)
-    template = (ASSETS_DIR / PAGE_TEMPLATE).read_text(encoding="utf-8")
+    template = (ASSETS_DIR / PAGE_TEMPLATE).read_text(encoding="utf-8").replace(
+        'href="style.css"', f'href="{prefix}style.css"')
     for page, scripts in pages.items():
-        tags = "\n".join(f'<script src="{s}"></script>' for s in scripts)
+        tags = "\n".join(f'<script src="{prefix}{s}"></script>' for s in scripts)
         _write(dest / page, template.replace("<!-- scripts -->", tags))
-    if "plotly.min.js" in used:
+    if "plotly.min.js" in used and not prefix:
         _write(dest / "plotly.min.js", plotly.offline.get_plotlyjs())
 
 

@@ -1,13 +1,15 @@
 """Links between attribution graphs and the feature pages of a site: which feature nodes open which feature page,
 and, per feature, the graphs it appears in.
 
-**Rule.** A site shows one feature store, the features of one dictionary. A feature node (kind ``feature``) of an
-attribution graph links to feature ``attrs["latent"]`` of that store when the graph's transcoder of the node's layer
-is that dictionary: the graph's ``metadata["dictionaries"][layer]`` equals the
+**Rule.** A site shows one or more feature stores, each the features of one dictionary. A feature node (kind
+``feature``) of an attribution graph links to feature ``attrs["latent"]`` of a store when the graph's transcoder of
+the node's layer is that store's dictionary: the graph's ``metadata["dictionaries"][layer]`` equals the
 :func:`~interp.circuits.graph.dictionary_digest` of the store manifest's ``dictionary`` (the dictionary's config,
-training run included), and the latent is one of the store's features. So with per-layer transcoders and the
-feature store of layer 1's, only layer 1's nodes link; with a cross-layer transcoder every layer's nodes do.
-Graphs without ``dictionaries`` (written before it was recorded, or imported from circuit-tracer) link nowhere.
+training run included), and the latent is one of the store's features. So with per-layer transcoders, a site with
+the feature stores of every layer's transcoder links every layer's nodes (one store per layer), a site with layer 1's
+store only layer 1's; with a cross-layer transcoder its one store links every layer's nodes. When two stores match a
+node the first given wins. Graphs without ``dictionaries`` (written before it was recorded, or imported from
+circuit-tracer) link nowhere.
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ def feature_pages(manifest: Mapping[str, Any], n_features: int, graph: CircuitGr
                 and not isinstance(latent, bool) and 0 <= latent < n_features):
             out[node.id] = latent
     return out
+
+
+def site_links(stores: Sequence[Any], graph: CircuitGraph) -> dict[str, tuple[int, int]]:
+    """Node id -> (store index, feature index) for the feature nodes of ``graph`` that one of the feature ``stores``
+    (FeatureStore objects, in site order) describes; the first matching store wins."""
+    out: dict[str, tuple[int, int]] = {}
+    for k, fs in enumerate(stores):
+        for node, latent in feature_pages(fs.manifest, fs.n_features, graph).items():
+            out.setdefault(node, (k, latent))
+    return out
+
+
+def store_pages(links: Mapping[str, tuple[int, int]], store: int) -> dict[str, int]:
+    """The part of :func:`site_links`' result that links into ``store``: node id -> feature index."""
+    return {node: latent for node, (k, latent) in links.items() if k == store}
 
 
 def _prompt(graph: CircuitGraph) -> tuple[str, list[str]]:

@@ -179,11 +179,13 @@ def graph_summary(index: int, sg: SiteGraph) -> dict[str, Any]:
     })
 
 
-def graph_payload(sg: SiteGraph, max_edges: int = MAX_EDGES, pages: Mapping[str, int] | None = None) -> dict[str, Any]:
+def graph_payload(sg: SiteGraph, max_edges: int = MAX_EDGES, pages: Mapping[str, tuple[int, int]] | None = None
+                  ) -> dict[str, Any]:
     """What ``graph.html`` draws (``window.INTERP_GRAPH``).
 
-    ``nodes``: every node's fields plus its cell coordinates ``x``, ``y`` and, for the ids in ``pages``, ``page``
-    (the feature page it links to, :mod:`interp.site.feature_links`); non-finite scores become None.
+    ``nodes``: every node's fields plus its cell coordinates ``x``, ``y`` and, for the ids in ``pages`` (node id ->
+    (store, feature), :func:`interp.site.feature_links.site_links`), ``page`` (the feature page it links to) and,
+    when that page is not in the site's first feature store, ``store``; non-finite scores become None.
     ``key``: :func:`~interp.circuits.supernodes.graph_key`; ``supernodes``: the graph's grouping (the view starts
     from it).
     ``edges``: the ``max_edges`` edges of largest ``abs(score)``, in that order (ties in file order), each
@@ -199,7 +201,9 @@ def graph_payload(sg: SiteGraph, max_edges: int = MAX_EDGES, pages: Mapping[str,
                       "feature": n.feature, "label": n.label or n.id, "score": _finite(n.score),
                       "in_circuit": n.in_circuit, "attrs": n.attrs, "x": x, "y": y})
         if pages and n.id in pages:
-            nodes[-1]["page"] = pages[n.id]
+            store, nodes[-1]["page"] = pages[n.id]
+            if store:
+                nodes[-1]["store"] = store
     scored = [e for e in graph.edges if _finite(e.score)]
     ranked = sorted(range(len(scored)), key=lambda k: -abs(scored[k].score or 0.0))[: max(max_edges, 0)]
     edges = [{"s": index[e.source], "t": index[e.target], "slot": e.slot, "score": e.score, "position": e.position,
