@@ -39,6 +39,7 @@ def configs(layer: int, k: int, common: dict) -> list[TrainConfig]:
         "matryoshka": dict(hook=resid, k=k),
         "relu": dict(hook=resid, params={"l1_coeff": 5.0}),
         "relu_normweighted": dict(hook=resid, params={"l1_coeff": 5.0}),
+        "relu_unitnorm": dict(hook=resid, params={"l1_coeff": 5.0}),
         "jumprelu": dict(hook=resid),  # registry defaults: l0_coeff, threshold, bandwidth from the data
         "gated": dict(hook=resid),  # registry defaults: l1_coeff from the data
         "mp": dict(hook=resid, k=k),
