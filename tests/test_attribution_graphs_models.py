@@ -240,3 +240,29 @@ def test_demo_paths_run_through_the_heads_of_its_card(demo_model, demo_clt):
     deeper = [p[-1].component for p in result.search.all_paths() if p[-1].component.kind == "head"
               and p[-1].component.layer == 0]
     assert any(f"a0.h{c.index}" in truth and c.position == c.target - 1 for c in deeper)
+
+
+def test_demo_induction_keys_are_written_by_the_previous_token_head(demo_model):
+    """QK attribution on the demo's induction heads finds K-composition: on ``[BOS] r r`` (random tokens), the score
+    of each card induction head from the second ``r_i`` to the ``r_(i+1)`` after the first is fed, among all heads'
+    writes at the key position, most by the card's previous-token head, and on the query side by ``r_i``'s own
+    embedding."""
+    from interp.io import read_json
+
+    heads = read_json(card_path("demo"))["heads"]
+    prev = max((h for h in heads if h["layer"] == 0), key=lambda h: h["previous_token"])
+    induction = [h for h in heads if h["induction"] >= 0.5]
+    assert prev["previous_token"] >= 0.5 and induction
+    n = 16
+    r = torch.randint(100, demo_model.info.d_vocab, (n,), generator=torch.Generator().manual_seed(1))
+    tr = trace(demo_model, torch.cat([torch.tensor([demo_model.info.bos_token_id]), r, r]))
+    for h in induction:
+        for i in range(1, n - 1, 3):
+            a = qk_attribution(demo_model, tr, h["layer"], h["head"], 1 + n + i, 2 + i)
+            key, query = a.pairs.sum(0), a.pairs.sum(1)
+            assert float(key.sum()) == pytest.approx(a.score, rel=1e-4) and a.pattern > 0.3
+            by_head = sorted(((float(key[j]), c.layer, c.index) for j, c in enumerate(a.key) if c.kind == "head"),
+                             reverse=True)
+            assert by_head[0][1:] == (prev["layer"], prev["head"]) and by_head[0][0] > 1.5 * abs(by_head[1][0])
+            embed = next(j for j, c in enumerate(a.query) if c.kind == "embed")
+            assert a.query[embed].index == int(r[i]) and query[embed] > 0
