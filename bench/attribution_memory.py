@@ -129,8 +129,7 @@ def one(args: argparse.Namespace) -> None:
     print(json.dumps({
         "length": args.length, "path": model.capture_path(list(tr.acts)), "active": meta["n_active_features"],
         "rows": meta["n_backward_rows"], "peak_mb": phases.peak_mb, "seconds": phases.seconds,
-        "trace_mb": sum(t.numel() * t.element_size() for part in (tr.acts, tr.features, tr.reconstruction, tr.error)
-                        for t in part.values()) / 2**20,
+        "trace_mb": tr.nbytes / 2**20,
         "adjacency_mb": result.rows.edges.numel() * 4 / 2**20,
         "kept": [len(result.graph.nodes), len(result.graph.edges)],
     }))

@@ -154,9 +154,7 @@ def one(args: argparse.Namespace) -> None:
         "rows": meta["n_backward_rows"], "passes": spent["passes"], "seconds": total,
         "pass_seconds": spent["seconds"], "backward_share": spent["seconds"] / total, "peak_rss_mb": _rss_mb(),
         "above_baseline_mb": _rss_mb() - baseline,
-        "trace_mb": sum(t.numel() * t.element_size() for part in (result.trace.acts, result.trace.features,
-                                                                  result.trace.reconstruction, result.trace.error)
-                        for t in part.values()) / 2**20,
+        "trace_mb": result.trace.nbytes / 2**20,
         "adjacency_mb": result.rows.edges.numel() * 4 / 2**20, "kept_nodes": len(result.graph.nodes),
         "kept_edges": len(result.graph.edges), "replacement": meta["replacement_score"],
     }))

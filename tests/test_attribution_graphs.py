@@ -76,7 +76,7 @@ def test_rows_sum_exactly_and_logits_are_the_models(tiny_lm, setup):
         got = torch.zeros_like(ref)
         for (p, f), c in cols.items():
             got[p, f] = rows.edges[r, c]
-        torch.testing.assert_close(got, ref * (tr.features[0] != 0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got, ref * (tr.features[0].to_dense() != 0), rtol=1e-4, atol=1e-5)
         checked += 1
     assert checked > 0
 

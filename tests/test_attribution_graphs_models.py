@@ -35,7 +35,7 @@ def _exact_rows(model, ts, prompt, n_rows=None):
     rows = engine.rows(targets)
     rel = (rows.edges.sum(1) + rows.bias - rows.values).abs() / rows.values.abs().clamp(min=1.0)
     assert rel.max() < 1e-4, rel.max()
-    acts = torch.stack([tr.features[int(l)][int(p), int(f)] for l, p, f in feats])
+    acts = torch.tensor([tr.features[int(l)].at(int(p), int(f)) for l, p, f in feats])
     torch.testing.assert_close(rows.values[: len(feats)], acts, rtol=1e-4, atol=1e-5)
     logits = model.forward(tr.tokens[None])[0, -1].float()
     torch.testing.assert_close(rows.values[len(feats):], (logits - logits.mean())[nodes.logit_tokens], rtol=1e-4,

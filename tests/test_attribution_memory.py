@@ -1,7 +1,8 @@
 """What keeps an attribution graph's memory linear in the prompt (issue 12, item 4): the trace of a model with
 learned positions runs on the module path (fused attention, no n_heads x P x P pattern) and records what the
 bridge records; rows computed in position-sorted batches equal one pass over every target; a rotary model's trace
-keeps its rotated queries and keys instead of its patterns, and its rows equal those from kept patterns."""
+keeps its rotated queries and keys instead of its patterns, and its rows equal those from kept patterns; feature
+activations are kept as their active entries only."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from transcoders import D, clt, per_layer
 
 from interp.circuits.attribution import Linearised, Target, active_nodes
 from interp.circuits.graph_api import AttributionGraphConfig, _compute_rows, attribution_graph
-from interp.circuits.replacement import TranscoderSet, trace
+from interp.circuits.replacement import SparseActs, TranscoderSet, trace
 
 TORCH_THREADS = 1  # see conftest.py
 PROMPT = "def add(a, b):\n    return a + b\n\nclass Point:\n    pass\n"
@@ -103,3 +104,22 @@ def test_a_rotary_model_recomputes_its_patterns_from_rotated_queries_and_keys(ti
     torch.testing.assert_close(got.values[: nodes.n_features], nodes.activations, rtol=1e-4, atol=1e-5)
     graph = attribution_graph(tiny_llama, ts, AttributionGraphConfig(prompt=PROMPT, max_feature_nodes=20))
     assert not any("hook_pattern" in h for h in graph.trace.acts) and graph.graph.edges
+
+
+def test_feature_activations_are_kept_sparse_and_read_like_the_dense_ones(tiny_model):
+    dense = torch.relu(torch.randn(7, 50, generator=torch.Generator().manual_seed(0)) - 1.0)
+    dense[3] = 0.0  # a position with nothing active
+    acts = SparseActs(dense)
+    assert acts.shape == (7, 50) and torch.equal(acts.to_dense(), dense)
+    assert torch.equal(acts.nonzero(), dense.nonzero()) and torch.equal(acts.values(), dense[dense != 0])
+    for t in range(7):
+        assert torch.equal(acts.row(t), dense[t])
+    assert acts.at(3, 4) == 0.0 and all(acts.at(int(t), int(f)) == float(dense[t, f]) for t, f in dense.nonzero())
+    w = torch.randn(50, 6)
+    torch.testing.assert_close(acts @ w, dense @ w)
+    # a trace holds the active entries, not positions x features
+    ts = TranscoderSet(per_layer("skip_transcoder", tiny_model.info.fingerprint, k=4), tiny_model)
+    tr = trace(tiny_model, PROMPT, ts, patterns=False)
+    for layer, f in tr.features.items():
+        nnz = len(f.values())
+        assert nnz <= 4 * f.shape[0] and f.nbytes <= nnz * 12 + (f.shape[0] + 1) * 8

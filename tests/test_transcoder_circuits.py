@@ -50,7 +50,7 @@ def test_decompositions_sum_exactly_to_pre_activations_and_logits(tiny_lm, setup
     tr = trace(tiny_lm, PROMPT, ts)
     t = len(tr.tokens) - 1
     layer = ts.layers[-1]
-    feature = int(tr.features[layer][t].argmax())
+    feature = int(tr.features[layer].row(t).argmax())
     root = feature_root(tiny_lm, tr, layer, feature, t)
     x = tr.acts[ts.input_hook(layer)][t]
     assert root.activation == pytest.approx(float(ts.encode(layer, x)[feature]), abs=1e-6) and root.activation > 0
@@ -105,7 +105,7 @@ def test_pullbacks_are_the_input_invariant_part_of_the_attributions(tiny_lm):
         p = pullback(tr, e, layer, below=2)
         W = cross.W_dec.detach().view(2, N, 2, D)[layer] / cross.out_scale[None, :, None]
         torch.testing.assert_close(p, (W @ e).sum(1), rtol=1e-5, atol=1e-6)  # summed over both target layers
-        torch.testing.assert_close(dec.features[layer], tr.features[layer][4] * p)
+        torch.testing.assert_close(dec.features[layer], tr.features[layer].row(4) * p)
     assert deembedding(tiny_lm, e).shape == (tiny_lm.info.d_vocab,)
 
 
@@ -167,7 +167,7 @@ def _best(search, depth):
 def test_path_search_recovers_planted_paths_within_and_across_positions(planted):
     model, ts, X = planted
     tr = trace(model, PROMPT, ts)
-    assert int(tr.tokens[1]) == X and tr.features[0][:, 0].nonzero().flatten().tolist() == [1]
+    assert int(tr.tokens[1]) == X and tr.features[0].to_dense()[:, 0].nonzero().flatten().tolist() == [1]
     t = len(tr.tokens) - 1
     across = greedy_paths(model, tr, feature_root(model, tr, 1, 0, t), num_iters=2, num_branches=3)
     assert _best(across, 2) == [f"f1.0@{t}", f"a1.h0@1>{t}", "embed@1"]
@@ -227,14 +227,14 @@ def test_mean_attribution_averages_the_decomposition_over_the_tokens_where_the_f
     prompts = [PROMPT, "class Point:\n    x = 1\n"]
     toks = torch.nn.utils.rnn.pad_sequence([tiny_lm.to_tokens(p)[0] for p in prompts], batch_first=True)
     toks = toks[:, :12]
-    feature = int(trace(tiny_lm, toks[0], ts).features[1][1:].sum(0).argmax())
+    feature = int(trace(tiny_lm, toks[0], ts).features[1].to_dense()[1:].sum(0).argmax())
     result = mean_attribution(tiny_lm, ts, 1, feature, 0, toks, quantile=0.0)
     terms = []
     for row in toks:
         tr = trace(tiny_lm, row, ts)
         root_vec = None
         for t in range(1, len(row)):
-            if tr.features[1][t, feature] > 0:
+            if tr.features[1].at(t, feature) > 0:
                 root_vec = feature_root(tiny_lm, tr, 1, feature, t)
                 terms.append(decompose(tiny_lm, tr, root_vec.vector, root_vec.site).features[0])
     assert result.n_tokens == len(terms) > 0

@@ -117,7 +117,7 @@ def active_nodes(model: Model, tr: Trace, max_n_logits: int = 10, desired_logit_
         raise InterpError("Trace the prompt with transcoders to build an attribution graph.")
     found = [(layer, tr.features[layer].nonzero()) for layer in tc.layers]
     feats = torch.cat([torch.cat([torch.full((len(nz), 1), layer), nz], 1) for layer, nz in found])
-    acts = torch.cat([tr.features[layer][nz[:, 0], nz[:, 1]] for layer, nz in found])
+    acts = torch.cat([tr.features[layer].values() for layer in tc.layers])
     probs = _final_logits(model, tr).softmax(-1)
     top = probs.sort(descending=True)
     n = int((top.values.cumsum(0) < desired_logit_prob).sum()) + 1

@@ -171,7 +171,7 @@ def decompose(model: Model, trace: Trace, vector: torch.Tensor, site: Site) -> D
             p = sum(tc.decoder(layer, m) @ e for m in reach)
             assert isinstance(p, torch.Tensor)
             out.pullbacks[layer] = p
-            out.features[layer] = trace.features[layer][t] * p
+            out.features[layer] = trace.features[layer].row(t) * p
     return out
 
 

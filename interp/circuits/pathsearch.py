@@ -82,7 +82,7 @@ def feature_root(model: Model, trace: Trace, layer: int, feature: int, position:
     vec = ln_pullback(model, trace, w, "mid", layer, t) if tc.reads_ln(layer) else w
     label = f"L{layer} feature {feature} @ {t}"
     return Root("feature", layer, t, pre, vec, Site("mid", layer, t), float(b[feature]), label,
-                feature, float(trace.features[layer][t, feature]), {"latent": tc.latent(layer, feature)})
+                feature, trace.features[layer].at(t, feature), {"latent": tc.latent(layer, feature)})
 
 
 @torch.no_grad()
@@ -306,7 +306,7 @@ def _node(model: Model, trace: Trace, kind: str, layer: int, position: int, inde
         latent = tc.latent(layer, index) if kind == "feature" and tc is not None and index is not None else index
         node.update(feature=latent, label=f"L{layer}/{index} @ {position}")
         if kind == "feature" and tc is not None and index is not None:
-            node["attrs"].update(activation=float(trace.features[layer][position, index]), layer_feature=index)
+            node["attrs"].update(activation=trace.features[layer].at(position, index), layer_feature=index)
     elif kind == "embed":
         node.update(label=f"embed {tok!r} @ {position}", layer=-1)
     elif kind == "pos":

@@ -57,12 +57,13 @@ def residual_writes(model: Model, tr: Trace, layer: int, position: int) -> tuple
     for src in sorted(covered):
         assert tc is not None
         reach = [m for m in tc.targets(src) if m < layer]
-        active = tr.features[src][t].nonzero().flatten()
+        row = tr.features[src].row(t)
+        active = row.nonzero().flatten()
         if reach and len(active):
             decoder = sum(tc.decoder(src, m).float()[active] for m in reach)
             assert isinstance(decoder, torch.Tensor)
             comps += [Component("feature", src, t, int(i)) for i in active]
-            rows += list(tr.features[src][t, active, None] * decoder)
+            rows += list(row[active, None] * decoder)
     return comps, torch.stack(rows)
 
 

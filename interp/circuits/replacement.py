@@ -202,6 +202,53 @@ def _check_pair(d: Dictionary, hook_in: str | None, hook_out: str | None, n_laye
     return layer, _INPUTS[m_in.group(2)]
 
 
+class SparseActs:
+    """(P, n) feature activations kept as their active entries only (compressed rows): a trace holds L0 values per
+    position and layer instead of ``P x n`` (at 2,048 tokens and 24,576 features a dense layer is 200 MB)."""
+
+    def __init__(self, dense: torch.Tensor):
+        self.csr = dense.to_sparse_csr()
+        self.shape = tuple(dense.shape)
+
+    def row(self, t: int) -> torch.Tensor:
+        """(n,) the activations at position ``t``, dense."""
+        crow = self.csr.crow_indices()
+        a, b = int(crow[t]), int(crow[t + 1])
+        out = torch.zeros(self.shape[1], dtype=self.csr.dtype)
+        out[self.csr.col_indices()[a:b]] = self.csr.values()[a:b]
+        return out
+
+    def at(self, t: int, feature: int) -> float:
+        """The activation of ``feature`` at position ``t`` (0.0 when inactive)."""
+        crow = self.csr.crow_indices()
+        a, b = int(crow[t]), int(crow[t + 1])
+        hit = (self.csr.col_indices()[a:b] == feature).nonzero()
+        return float(self.csr.values()[a + int(hit[0, 0])]) if len(hit) else 0.0
+
+    def nonzero(self) -> torch.Tensor:
+        """(nnz, 2) (position, feature) of every active entry, in position-major order (as ``Tensor.nonzero``)."""
+        crow = self.csr.crow_indices()
+        rows = torch.repeat_interleave(torch.arange(self.shape[0]), crow[1:] - crow[:-1])
+        return torch.stack([rows, self.csr.col_indices()], 1)
+
+    def values(self) -> torch.Tensor:
+        """(nnz,) the active values, in :meth:`nonzero`'s order."""
+        return self.csr.values()
+
+    def to_dense(self) -> torch.Tensor:
+        return self.csr.to_dense()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (row offsets, feature indices, values)."""
+        c = self.csr
+        return sum(t.numel() * t.element_size() for t in (c.crow_indices(), c.col_indices(), c.values()))
+
+    def __matmul__(self, w: torch.Tensor) -> torch.Tensor:
+        """(P, n) @ (n, d) -> (P, d)."""
+        return self.csr @ w
+
+
 @dataclass(frozen=True)
 class Trace:
     """One prompt's forward pass, batch dimension dropped (P positions), and its transcoder features."""
@@ -210,8 +257,8 @@ class Trace:
     """(P,) token ids."""
     acts: dict[str, torch.Tensor]
     """hook -> activation (P, ...) for the hooks the circuit methods read."""
-    features: dict[int, torch.Tensor]
-    """covered layer -> feature activations (P, n)."""
+    features: dict[int, SparseActs]
+    """covered layer -> feature activations (P, n), active entries only."""
     reconstruction: dict[int, torch.Tensor]
     """covered layer -> the transcoders' MLP output (P, d_model), bias and skip included."""
     error: dict[int, torch.Tensor]
@@ -225,6 +272,13 @@ class Trace:
         if kind == "pre" and layer == self.n_layers:
             return self.acts[f"blocks.{layer - 1}.hook_resid_post"]
         return self.acts[f"blocks.{layer}.hook_resid_{kind}"]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the trace holds (activations, feature activations, reconstructions, errors)."""
+        dense = sum(t.numel() * t.element_size() for part in (self.acts, self.reconstruction, self.error)
+                    for t in part.values())
+        return dense + sum(f.nbytes for f in self.features.values())
 
     def ln_scale(self, kind: str, layer: int) -> torch.Tensor:
         """(P, 1) the frozen scale of the LayerNorm that reads ``resid(kind, layer)``."""
@@ -261,14 +315,14 @@ def trace(model: Model, tokens: torch.Tensor | str, transcoders: TranscoderSet |
     L = model.info.n_layers
     hooks = _trace_hooks(L, model.W_pos is not None, patterns)
     acts = {h: a[0].float() for h, a in model.capture(toks, hooks).acts.items()}
-    features: dict[int, torch.Tensor] = {}
+    features: dict[int, SparseActs] = {}
     recon: dict[int, torch.Tensor] = {}
     error: dict[int, torch.Tensor] = {}
     if transcoders is not None:
         if transcoders.model.info.fingerprint != model.info.fingerprint:
             raise InterpError("These transcoders were loaded for another model; load them with this one.")
         inputs = {l: acts[transcoders.input_hook(l)] for l in transcoders.layers}
-        features = {l: transcoders.encode(l, inputs[l]).float() for l in transcoders.layers}
+        features = {l: SparseActs(transcoders.encode(l, inputs[l]).float()) for l in transcoders.layers}
         for m in transcoders.layers:
             recon[m] = _reconstruct(transcoders, m, features, inputs[m])
             error[m] = acts[f"blocks.{m}.hook_mlp_out"] - recon[m]
@@ -314,9 +368,10 @@ def replacement_logits(model: Model, transcoders: TranscoderSet, tokens: torch.T
         return model.forward(tokens)
 
 
-def _reconstruct(transcoders: TranscoderSet, target: int, features: dict[int, torch.Tensor],
+def _reconstruct(transcoders: TranscoderSet, target: int, features: Any,
                  x: torch.Tensor) -> torch.Tensor:
-    """The transcoders' output at MLP ``target`` from the features of the layers that write it and its input x."""
+    """The transcoders' output at MLP ``target`` from the features of the layers that write it (layer -> dense
+    tensor or :class:`SparseActs`) and its input x."""
     y = transcoders.bias(target).expand_as(x).clone()
     for layer in transcoders.layers:
         if target in transcoders.targets(layer):
