@@ -120,6 +120,6 @@ def test_feature_activations_are_kept_sparse_and_read_like_the_dense_ones(tiny_m
     # a trace holds the active entries, not positions x features
     ts = TranscoderSet(per_layer("skip_transcoder", tiny_model.info.fingerprint, k=4), tiny_model)
     tr = trace(tiny_model, PROMPT, ts, patterns=False)
-    for layer, f in tr.features.items():
+    for f in tr.features.values():
         nnz = len(f.values())
         assert nnz <= 4 * f.shape[0] and f.nbytes <= nnz * 12 + (f.shape[0] + 1) * 8

@@ -10,17 +10,20 @@ import pytest
 from llm_server import LLMServer, Reply, chat_body
 
 from interp.autointerp import AutointerpConfig, LLMClient, LLMConfig, SampleConfig, sample_feature
+from interp.autointerp.allatonce import simulation_prompt
 from interp.autointerp.examples import Example, FeatureExamples, split_examples
 from interp.autointerp.metrics import auroc, classification_metrics, pearson
 from interp.autointerp.ngram import NgramSimulator, explain_ngrams, parse_items
 from interp.autointerp.prompts import (
     Malformed,
+    classifier_messages,
     expected_values,
     explainer_messages,
     mark,
     normalised,
     parse_explanation,
     parse_int_list,
+    simulation_messages,
     value_distributions,
 )
 from interp.autointerp.scorers import detection, fuzzing_texts, simulation
@@ -60,6 +63,17 @@ def test_marks_merge_runs_and_activations_are_normalised():
     assert msgs[0]["role"] == "system" and "[EXPLANATION]:" in msgs[0]["content"]
     assert [m["role"] for m in msgs[1:]] == ["user", "assistant", "user", "assistant", "user"]
     assert msgs[-1]["content"] == 'Excerpt 1:  x<< y>> z\nActivations: (" y", 10)'  # 1.0 < 0.3 * 8: unmarked
+
+
+def test_descriptions_reach_the_llm_as_written_on_one_line():
+    """A description quoting a token JSON-style keeps its one backslash (example text is escaped, descriptions are
+    not: escaping them would show the LLM ``"\\\\n"`` for the newline token); its line breaks become spaces."""
+    quoted = 'Tokens: "\\n"; " \\t" after "\\\\"'
+    assert f"Feature description: {quoted}\n" in classifier_messages("system", None, quoted, ["a"])[-1]["content"]
+    assert f"Feature description: {quoted}\n" in simulation_messages(quoted, [" a"])[-1]["content"]
+    assert f"\nDescription: {quoted}\n" in simulation_prompt(quoted, [" a", "\n"]).text
+    msg = simulation_messages("  Closing brackets\n\tat the end of a line\r\n", [" a"])[-1]["content"]
+    assert msg.startswith("Feature description: Closing brackets at the end of a line\n\n")
 
 
 @pytest.mark.parametrize("text,kind", [("", "empty"), ("   ", "empty"), ("I think they all fit.", "no_list"),

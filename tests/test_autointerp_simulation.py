@@ -69,7 +69,7 @@ def simulate(script, feature_examples: FeatureExamples, **cfg_kw):
 
 def test_prompt_lists_every_token_with_an_escaped_slot():
     p = simulation_prompt("Errors\tin an except clause,\nby name.", ACT_TOKENS + NEG_TOKENS[2:])
-    tail = ("\nFeature 3\nDescription: Errors\\tin an except clause,\\nby name.\nActivations:\n<start>\n"
+    tail = ("\nFeature 3\nDescription: Errors in an except clause, by name.\nActivations:\n<start>\n"
             " ImportError\t?\n:\t?\na\\tb\t?\n\\n    \t?\n\\t\t?\n<\\|endoftext|>\t?\n<end>\n")
     assert p.text.endswith(tail)
     assert p.n_slots == 6 and p.n_before == sum(len(lines) for _, lines, _ in SHOTS)
@@ -198,29 +198,33 @@ def test_run_checks_the_server_before_explaining(own_demo_features):
 
 def test_llm_run_all_at_once_end_to_end(own_demo_features, caplog):
     with LLMServer() as server:
-        cfg = AutointerpConfig(explainer="llm", run_name="sim-all", max_features=6, scorers="simulation",
+        cfg = AutointerpConfig(explainer="llm", run_name="sim-all", max_features=8, scorers="simulation",
                                simulation="all_at_once")
         s = run_autointerp(own_demo_features, cfg, SampleConfig(hard_negatives=0),
                            LLMConfig(base_url=server.url, llm="fixture", concurrency=8, cache=False), progress=False)
         paths = [r["path"] for r in server.requests]
-    assert s.scored == 6 and s.failures == {}
+    assert s.scored == 8 and s.failures == {}
     recs = list(iter_records(s.run_dir))
     n_texts = sum(len(r["scores"]["simulation"]["examples"]) for r in recs)
     # 1 check + one request per text for the explanation and for its control; only the explainer on chat
-    assert n_texts >= 6 * 6 and paths.count("/v1/completions") == 1 + 2 * n_texts
-    assert paths.count("/v1/chat/completions") == 6
+    assert n_texts >= 8 * 6 and paths.count("/v1/completions") == 1 + 2 * n_texts
+    assert paths.count("/v1/chat/completions") == 8
     assert all(r["scores"]["simulation"]["mode"] == "all_at_once" for r in recs)
     sim = s.summary["simulation"]
-    assert sim["explanation"]["mean"] > sim["control"]["mean"] + 0.2
+    assert sim["explanation"]["mean"] > sim["control"]["mean"]
+    # where the control says something else (two features may share an explanation), the explanation wins clearly
+    pairs = [(r["scores"]["simulation"]["score"], r["scores"]["simulation"]["control"]["score"]) for r in recs
+             if r["scores"]["simulation"]["control"]["explanation"] != r["explanation"]]
+    assert len(pairs) >= 5 and sum(e for e, _ in pairs) / len(pairs) > sum(c for _, c in pairs) / len(pairs) + 0.2
     assert s.usage["by_purpose"]["simulation_check"]["requests"] == 1
-    with LLMServer() as server, caplog.at_level(logging.WARNING):  # resumed on chat: the 6 are kept, and said so
-        more = AutointerpConfig(**{**cfg.__dict__, "max_features": 8, "simulation": "chat"})
+    with LLMServer() as server, caplog.at_level(logging.WARNING):  # resumed on chat: the 8 are kept, and said so
+        more = AutointerpConfig(**{**cfg.__dict__, "max_features": 10, "simulation": "chat"})
         again = run_autointerp(own_demo_features, more, SampleConfig(hard_negatives=0),
                                LLMConfig(base_url=server.url, llm="fixture", cache=False), progress=False)
         assert not any(r["body"].get("echo") for r in server.requests)
-    assert again.scored == 2 and "6 features of run sim-all were simulated all_at_once, not chat" in caplog.text
+    assert again.scored == 2 and "8 features of run sim-all were simulated all_at_once, not chat" in caplog.text
     modes = [r["scores"]["simulation"]["mode"] for r in iter_records(s.run_dir)]
-    assert sorted(modes) == ["all_at_once"] * 6 + ["chat"] * 2
+    assert sorted(modes) == ["all_at_once"] * 8 + ["chat"] * 2
 
 
 def test_unreadable_slots_are_counted_in_the_run(own_demo_features):

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from interp.autointerp.client import LLMClient, LLMError
 from interp.autointerp.config import AutointerpConfig
-from interp.autointerp.prompts import Malformed, one_line
+from interp.autointerp.prompts import Malformed, description_line, one_line
 from interp.autointerp.wire import Completion
 from interp.errors import InterpError
 
@@ -84,7 +84,7 @@ def _block(lines: Sequence[tuple[str, str]]) -> str:
 
 
 def _feature(n: int, description: str, lines: Sequence[tuple[str, str]]) -> str:
-    return f"\nFeature {n}\nDescription: {one_line(description.strip())}\nActivations:\n{_block(lines)}"
+    return f"\nFeature {n}\nDescription: {description_line(description)}\nActivations:\n{_block(lines)}"
 
 
 def simulation_prompt(explanation: str, tokens: Sequence[str]) -> SimulationPrompt:

@@ -127,6 +127,13 @@ def one_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
+def description_line(text: str) -> str:
+    """A feature description on one line: its line breaks and tabs become spaces, and nothing else changes. A
+    description is prose, often quoting tokens JSON-style (``"\\n"``); escaping it as :func:`one_line` escapes
+    example text would double those backslashes."""
+    return " ".join(part.strip() for part in re.split(r"[\r\n]+", text.strip())).replace("\t", " ")
+
+
 def mark(tokens: Sequence[str], marked: Sequence[bool]) -> str:
     """Tokens joined, with each run of marked tokens wrapped in ``<<`` ``>>``."""
     out, inside = [], False
@@ -171,7 +178,7 @@ def explainer_messages(examples: Sequence[tuple[Sequence[str], Sequence[float]]]
 def classifier_messages(system: str, shot: tuple[str, str] | None, explanation: str, texts: Sequence[str],
                         label: str = "Text") -> list[dict[str, str]]:
     """Detection / fuzzing / intervention chat: the explanation, then ``texts`` (already on one line)."""
-    body = f"Feature description: {one_line(explanation.strip())}\n\n{label}s:\n" + "\n".join(
+    body = f"Feature description: {description_line(explanation)}\n\n{label}s:\n" + "\n".join(
         f"{label} {n}: {t}" for n, t in enumerate(texts, 1))
     messages = [{"role": "system", "content": system}]
     if shot:
@@ -183,7 +190,7 @@ def classifier_messages(system: str, shot: tuple[str, str] | None, explanation: 
 def simulation_messages(explanation: str, tokens: Sequence[str]) -> list[dict[str, str]]:
     """The simulator's chat for one text."""
     listed = "\n".join(f"{n} {json.dumps(t, ensure_ascii=False)}" for n, t in enumerate(tokens, 1))
-    body = (f"Feature description: {one_line(explanation.strip())}\n\nTokens:\n{listed}\n\n"
+    body = (f"Feature description: {description_line(explanation)}\n\nTokens:\n{listed}\n\n"
             f"Reply with a JSON list of {len(tokens)} integers.")
     return [{"role": "system", "content": SIMULATION_SYSTEM}, {"role": "user", "content": SIMULATION_SHOT[0]},
             {"role": "assistant", "content": SIMULATION_SHOT[1]}, {"role": "user", "content": body}]
