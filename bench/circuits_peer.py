@@ -67,8 +67,12 @@ from auto_circuit.data import load_datasets_from_json
 from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
 from auto_circuit.utils.graph_utils import patchable_model
 
-hf = AutoModelForCausalLM.from_pretrained(spec["model_dir"]).eval()
-c = hf.config
+from transformers import AutoConfig
+c = AutoConfig.from_pretrained(spec["model_dir"])
+rope = getattr(c, "rope_parameters", None) or {}
+if "rope_theta" in rope:  # transformers 5's key; the peer's transformers 4 would read the default theta instead
+    c.rope_theta = rope["rope_theta"]
+hf = AutoModelForCausalLM.from_pretrained(spec["model_dir"], config=c).eval()
 common = dict(n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=c.num_attention_heads,
               d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings, default_prepend_bos=False, device="cpu", seed=0)
 if c.model_type == "gpt2":

@@ -18,6 +18,7 @@ deterministic for a seed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -27,6 +28,7 @@ from interp.circuits.components import ComponentGraph, capture_sources, patched_
 from interp.circuits.tasks import Baseline, Task, TaskBatch, metric_values, task_batches, tile
 from interp.errors import InterpError
 
+log = logging.getLogger(__name__)
 ACDC_METRICS = ("kl", "task")
 AUTO_THRESHOLDS = tuple(m * 10.0**e for e in range(-5, -1) for m in (1, 3, 5, 7, 9))
 """auto-circuit's sweep: {1, 3, 5, 7, 9} x 10^-5 .. 10^-2."""
@@ -120,4 +122,7 @@ def acdc(
         keep[active[remove], src, dst] = False
         current[active[remove]] = new[remove]
     scores = (keep.double() * tau[:, None, None]).amax(0)
+    if (top := int(keep[-1].sum())) > 1:
+        log.warning("ACDC: %d edges survive the largest threshold %g, so they tie at the top of the ranking; pass "
+                    "larger thresholds to order them.", top, taus[-1])
     return AcdcResult(scores, keep, taus, forwards)
