@@ -8,8 +8,9 @@ vouch for (the key is only ever in the ``Authorization`` header of the connectio
 
 Constraints this module was designed under:
 - the API key is never logged, never written to a file and never put in an error message;
-- at most ``concurrency`` requests are in flight at once (an ``asyncio.Semaphore`` held per attempt,
-  not during backoff sleeps), so one slow feature never blocks the others;
+- at most ``concurrency`` requests are in flight at once (an ``asyncio.Semaphore`` held per attempt, until
+  its answer is in the cache, not during backoff sleeps), so one slow feature never blocks the others, and a
+  killed run leaves at most ``concurrency`` answered-but-unsaved requests to ask again;
 - 429 (honouring ``Retry-After``), 5xx, timeouts, dropped connections and unreadable bodies are retried
   with full-jitter exponential backoff; other 4xx fail at once with the server's message;
 - the response cache is keyed by the request body (model, messages, sampling parameters) and the
@@ -24,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -276,8 +277,11 @@ class LLMClient:
                     return c
                 except Unreadable:
                     pass  # an unreadable cache entry is simply asked again
+        def keep(data: dict[str, Any]) -> Any:  # inside the request's concurrency slot: see _send
+            return asyncio.to_thread(self.cache.put, key, path, body, data) if self.cache else None
+
         try:
-            data, c = await self._send(path, body)
+            data, c = await self._send(path, body, keep)
         except _LogprobsRefused as e:
             if not drop_refused_logprobs:
                 raise LLMError(f"{path} answered HTTP {e.status}: {e}", fatal=True, status=e.status) from None
@@ -285,12 +289,14 @@ class LLMClient:
             self.logprobs_offered = False
             body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
             return await self._request(path, body, purpose, fresh, drop_refused_logprobs)
-        if self.cache:
-            await asyncio.to_thread(self.cache.put, key, path, body, data)
         self.usage.add(purpose, c)
         return c
 
-    async def _send(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Completion]:
+    async def _send(self, path: str, body: dict[str, Any],
+                    keep: Callable[[dict[str, Any]], Any] | None = None) -> tuple[dict[str, Any], Completion]:
+        """Send ``body`` with retries; ``keep(answer)`` (an awaitable or None: the cache write) runs before the
+        concurrency slot is released, so a process killed at any moment has at most ``concurrency`` requests
+        that the server saw and the cache does not hold (a resumed run asks only those again)."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.cfg.max_retries + 1),
             wait=_Wait(self.cfg.backoff, self.cfg.backoff_max),
@@ -302,7 +308,11 @@ class LLMClient:
             async for attempt in retrying:
                 with attempt:
                     async with self._sem:
-                        return await self._attempt(path, body)
+                        data, c = await self._attempt(path, body)
+                        saving = keep(data) if keep is not None else None
+                        if saving is not None:
+                            await saving
+                        return data, c
         except (_Retryable, httpx.HTTPError) as e:
             raise LLMError(f"{path} failed after {self.cfg.max_retries + 1} tries: {_describe(e)}") from None
         raise AssertionError("unreachable")
