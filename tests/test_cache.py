@@ -211,3 +211,48 @@ def test_cuda_cache_matches_cpu(tiny_model_dir, corpus_dir, tmp_path):
                             tmp_path / "gpu", progress=False)
     assert torch.equal(cpu.column("tokens"), gpu.column("tokens"))
     assert torch.allclose(cpu.read(f"act/{hook}", 0), gpu.read(f"act/{hook}", 0), atol=1e-4, rtol=1e-4)
+
+
+def test_non_finite_activations_stop_the_job_and_keep_the_shards_before(tiny_model_dir, tmp_path):
+    from interp.model.model import load_model
+
+    corpus = tmp_path / "corpus"  # one document, whose second half has words that its first half never uses
+    corpus.mkdir()
+    (corpus / "doc.txt").write_text("aaa " * 600 + "def value(x): return x\n" * 40)
+    hook = "blocks.0.hook_resid_post"
+    cfg = _cfg(tiny_model_dir, corpus, hooks=(hook,))
+    clean = cache_activations(cfg, tmp_path / "clean", progress=False)
+    tokens = [clean.read("tokens", i) for i in range(len(clean.shards))]
+    # the first shard after the first one that holds a token no shard before it has
+    k, token = next((k, t) for k in range(1, len(tokens)) for t in tokens[k].tolist()
+                    if t not in set(torch.cat(tokens[:k]).tolist()))
+    model = load_model(str(tiny_model_dir))
+    with torch.no_grad():
+        model._transformer().embed.weight[token] = float("nan")  # a broken weight: this token's row only
+    out = tmp_path / "broken"
+    ctx = (sum(len(t) for t in tokens[:k]) + int((tokens[k] == token).nonzero()[0])) // cfg.ctx_len
+    with pytest.raises(InterpError, match=rf"Non-finite activations .* at hook {hook} in contexts from "
+                                          rf"{ctx // cfg.batch_size * cfg.batch_size}\."):
+        cache_activations(cfg, out, progress=False, model=model)
+    broken = ActivationStore(out)  # the shards before the broken one are kept, byte for byte
+    assert not broken.complete and [s.file for s in broken.shards] == [s.file for s in clean.shards[:k]]
+    for s in clean.shards[:k]:
+        assert (out / s.file).read_bytes() == (tmp_path / "clean" / s.file).read_bytes()
+
+
+def test_a_shard_starts_computing_before_its_contexts_are_all_tokenised():
+    from interp.activations.cache import _shard_groups
+
+    drawn: list[int] = []
+
+    def corpus():
+        for i in range(10):
+            drawn.append(i)
+            yield i
+
+    groups = _shard_groups(corpus(), per_shard=4, n_contexts=9)
+    first = next(groups)
+    batches = first.batches(2)
+    assert next(batches) == [0, 1] and drawn == [0, 1]  # the first batch runs before the rest is drawn
+    assert first.contexts() == [0, 1, 2, 3] and len(first) == 4
+    assert [g.contexts() for g in groups] == [[4, 5, 6, 7], [8]] and drawn == list(range(9))

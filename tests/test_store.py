@@ -221,3 +221,25 @@ def test_lazy_rows_read_into_place_what_a_plain_read_gives(tmp_path):
             shard.read("act/h", 40, 250, keep, out=torch.empty(rows.n, 12)[:, :6])
     finally:
         shard.close()
+
+
+@pytest.mark.parametrize("tensors", [
+    {"act/blocks.0.hook_resid_post": torch.randn(100, 16), "grad/blocks.0.hook_resid_post": torch.randn(100, 16),
+     "tokens": torch.arange(100, dtype=torch.int32), "doc": torch.arange(100),
+     "pos": torch.arange(100, dtype=torch.int32)},
+    {"act/a": torch.randn(10, 3).bfloat16(), "act/b": torch.randn(10, 3).half(), "empty": torch.zeros(0, 4),
+     "mask": torch.rand(5) > 0.5, "u8": torch.arange(3, dtype=torch.uint8), "i8": -torch.arange(3, dtype=torch.int8),
+     "i16": torch.arange(3, dtype=torch.int16), "f64": torch.randn(7, dtype=torch.float64), "é": torch.ones(1),
+     "transposed": torch.randn(8, 4).t(), "scalar": torch.tensor(2.5)},
+    {},
+])
+def test_shards_are_written_straight_from_memory_as_safetensors_writes_them(tmp_path, tensors):
+    """save_tensors writes the tensors' memory with writev and hashes it while writing; the file must be the
+    bytes safetensors itself serialises, and the digest theirs."""
+    from safetensors.torch import save
+
+    sha = save_tensors(tmp_path / "x.safetensors", tensors)
+    want = save({k: v.contiguous() for k, v in tensors.items()})
+    assert (tmp_path / "x.safetensors").read_bytes() == want
+    assert sha == hashlib.sha256(want).hexdigest()
+    assert not list(tmp_path.glob("*.tmp"))

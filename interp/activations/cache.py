@@ -22,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import queue
@@ -187,8 +188,8 @@ def _listed(manifest: dict[str, Any], n: int | None = None) -> dict[int, dict[st
 
 
 def _checked(
-    groups: Iterator[tuple[int, list[Context]]], done: dict[int, dict[str, Any]], out: Path
-) -> Iterator[tuple[int, list[Context]]]:
+    groups: Iterator[tuple[int, _Group]], done: dict[int, dict[str, Any]], out: Path
+) -> Iterator[tuple[int, _Group]]:
     """Pass (index, contexts) pairs through, checking the contexts of every shard in ``done`` against its recorded
     digest; raise InterpError at the first that differs, and when the corpus ends before the last of them."""
     if any("contexts_sha256" not in entry for entry in done.values()):
@@ -198,7 +199,7 @@ def _checked(
     for index, group in groups:
         entry, seen = done.get(index), index
         if entry is not None:
-            found = contexts_digest(*(torch.cat([c[j] for c in group]) for j in range(3)))
+            found = contexts_digest(*(torch.cat([c[j] for c in group.contexts()]) for j in range(3)))
             if len(group) != entry["contexts"] or found != entry["contexts_sha256"]:
                 _corpus_changed(out, entry["file"], "different tokens")
         yield index, group
@@ -298,7 +299,7 @@ def _write(
     rank, world = rank_and_world()
     per_shard = _contexts_per_shard(cfg, shapes)
     done = _shards_done(out, manifest)
-    groups: Iterator[tuple[int, list[Context]]] = enumerate(_shard_groups(contexts, per_shard, cfg.n_contexts))
+    groups: Iterator[tuple[int, _Group]] = enumerate(_shard_groups(contexts, per_shard, cfg.n_contexts))
     if set(done) == set(range(len(done))):  # the finished shards come first: check them as they pass
         groups = _checked(groups, done, out)
     else:  # ranks left gaps: check every finished shard before writing anything (tokenising that part twice)
@@ -312,11 +313,13 @@ def _write(
     try:
         n_contexts, last = 0, False
         for index, group in groups:
-            last = n_contexts + len(group) >= cfg.n_contexts or len(group) < per_shard
-            if index in done or index % world != rank:
+            ours = index not in done and index % world == rank
+            tensors = _compute_shard(cfg, model, hooks, group, n_contexts, bar) if ours else None
+            last = n_contexts + len(group) >= cfg.n_contexts or len(group) < per_shard  # len: after computing
+            if tensors is None:
                 bar.update(len(group) * cfg.ctx_len)
             else:
-                writer.put(index, _compute_shard(cfg, model, hooks, group, n_contexts, bar), len(group), last)
+                writer.put(index, tensors, len(group), last)
             n_contexts += len(group)
         if not parts and not last:
             writer.finish_empty()  # the corpus ended exactly at a shard boundary
@@ -330,15 +333,41 @@ def _write(
         _merge_parts(out, manifest, n_contexts)
 
 
-def _shard_groups(contexts: Iterator[Context], per_shard: int, n_contexts: int) -> Iterator[list[Context]]:
-    """The contexts of shard 0, 1, ...: ``per_shard`` each (the last may be shorter), ``n_contexts`` in all."""
+class _Group:
+    """The contexts of one shard, drawn from the corpus only as they are used, so the model starts on a shard's
+    first batch while the rest of it is still being tokenised."""
+
+    def __init__(self, contexts: Iterator[Context], want: int):
+        self._source, self._want = contexts, want
+        self._got: list[Context] = []
+
+    def batches(self, size: int) -> Iterator[list[Context]]:
+        """The contexts not drawn yet, ``size`` at a time."""
+        while batch := [c for _, c in zip(range(min(size, self._want - len(self._got))), self._source)]:
+            self._got += batch
+            yield batch
+
+    def contexts(self) -> list[Context]:
+        """Every context of the group (drawing the rest)."""
+        for _ in self.batches(max(1, self._want)):
+            pass
+        return self._got
+
+    def __len__(self) -> int:
+        return len(self.contexts())
+
+
+def _shard_groups(contexts: Iterator[Context], per_shard: int, n_contexts: int) -> Iterator[_Group]:
+    """The contexts of shard 0, 1, ...: ``per_shard`` each (the last may be shorter), ``n_contexts`` in all. A
+    group is drawn lazily; the next one starts where it ends, once it is asked for."""
     taken = 0
     while taken < n_contexts:
-        group = [c for _, c in zip(range(min(per_shard, n_contexts - taken)), contexts)]
-        if not group:
+        first = next(contexts, None)
+        if first is None:
             return
+        group = _Group(itertools.chain([first], contexts), min(per_shard, n_contexts - taken))
         yield group
-        taken += len(group)
+        taken += len(group)  # draws what the consumer left
 
 
 def _shards_done(out: Path, manifest: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -369,13 +398,13 @@ def _merge_parts(out: Path, manifest: dict[str, Any], n_contexts: int) -> None:
 
 
 def _compute_shard(
-    cfg: CacheConfig, model: Model, hooks: list[str], group: list[Context], first_ctx: int, bar: Any
+    cfg: CacheConfig, model: Model, hooks: list[str], group: _Group, first_ctx: int, bar: Any
 ) -> dict[str, torch.Tensor]:
     """Run the shard's contexts in batches; returns the shard's tensors (rows = contexts * ctx_len)."""
     dtype = DTYPES[cfg.dtype]
     parts: dict[str, list[torch.Tensor]] = {}
-    for a in range(0, len(group), cfg.batch_size):
-        batch = group[a : a + cfg.batch_size]
+    a = 0
+    for batch in group.batches(cfg.batch_size):
         tokens = torch.stack([c.tokens for c in batch])
         cap = model.capture(tokens, hooks, with_grads=cfg.with_grads)
         for h in hooks:
@@ -385,15 +414,18 @@ def _compute_shard(
                 _check_finite(cap.grads[h], h, first_ctx + a, "gradients")
                 parts.setdefault(grad_key(h), []).append(cap.grads[h].reshape(tokens.numel(), -1).to("cpu", dtype))
         bar.update(tokens.numel())
+        a += len(batch)
+    contexts = group.contexts()
     tensors = {k: torch.cat(v) for k, v in parts.items()}
-    tensors["tokens"] = torch.cat([c.tokens for c in group]).to(torch.int32)
-    tensors["doc"] = torch.cat([c.doc for c in group])
-    tensors["pos"] = torch.cat([c.pos for c in group])
+    tensors["tokens"] = torch.cat([c.tokens for c in contexts]).to(torch.int32)
+    tensors["doc"] = torch.cat([c.doc for c in contexts])
+    tensors["pos"] = torch.cat([c.pos for c in contexts])
     return tensors
 
 
 def _check_finite(t: torch.Tensor, hook: str, ctx: int, what: str) -> None:
-    if not bool(torch.isfinite(t).all()):
+    # min and max are NaN when any element is, and +-inf when one is: one reduction, no mask (16x faster)
+    if t.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(t))).all()):
         raise InterpError(
             f"Non-finite {what} (NaN or inf) at hook {hook} in contexts from {ctx}. The model or its dtype is "
             "numerically broken on this input; try --dtype float32 on a float32 model, or another corpus."
