@@ -126,7 +126,9 @@ def test_sigkill_then_resume_is_byte_identical(tiny_model_dir, big_corpus, tmp_p
 
 def test_corrupt_shards_are_refused_by_name(tiny_model_dir, corpus_dir, tmp_path):
     out = tmp_path / "c"
-    cache_activations(_cfg(tiny_model_dir, corpus_dir), out, progress=False)
+    store = cache_activations(_cfg(tiny_model_dir, corpus_dir), out, progress=False)
+    # the writer hashed each shard while writing it and recorded it: its first reader hashes nothing
+    assert store._verified == {s.file for s in store.shards}
     shard = sorted(out.glob("shard-*.safetensors"))[1]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01

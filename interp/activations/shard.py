@@ -2,8 +2,9 @@
 groups read lazily straight into a shuffle buffer, and the record of shards whose sha256 was checked.
 
 The record (``verified.json`` in the store directory) maps a shard file to the sha256 it matched and the
-file's identity then: device, inode, size, and modification and status-change times in nanoseconds. A reader
-trusts a shard whose identity is unchanged without hashing it again; any write to the file, or a copy of the
+file's identity then: device, inode, size, and modification and status-change times in nanoseconds. The cache
+writer records every shard it writes (it hashes the bytes as it writes them), and a reader every shard it
+hashed. A reader trusts a shard whose identity is unchanged without hashing it again; any write to the file, or a copy of the
 store to another place, changes the identity, so that shard is hashed again on its next read. Writing the
 record is best effort: a read-only store is hashed by every reader, as before.
 """

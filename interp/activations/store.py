@@ -15,8 +15,9 @@ The manifest lists each shard with its rows, contexts, byte size and sha256. A s
 once it is completely on disk, so a listed shard that fails its size or checksum is corrupt, and the
 reader refuses it with an :class:`InterpError` that names it.
 
-    verified.json             written by readers: shards whose sha256 matched, and the file identity they had
-                              then (``interp.activations.shard``), so later readers skip hashing them again
+    verified.json             written by the cache writer (each shard is hashed while it is written) and by
+                              readers: shards whose sha256 matched, and the file identity they had then
+                              (``interp.activations.shard``), so readers skip hashing them again
 
 The reader opens one shard at a time and reads rows into a bounded shuffle buffer, so its memory does not
 grow with the size of the store.

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from interp.activations.shard import file_identity, write_record
 from interp.activations.store import FORMAT, MANIFEST, shard_name
 from interp.distributed import any_rank, rank_and_world
 from interp.errors import InterpError
@@ -117,7 +118,10 @@ class ShardWriter:
         entry = None
         if index is not None and tensors is not None:
             name = shard_name(index)
-            sha = save_tensors(self.out / name, tensors)
+            sha = save_tensors(self.out / name, tensors)  # hashed while it is written
+            # recorded as verified, as a reader records a shard it hashed: the first reader skips hashing it, and
+            # any later change to the file (or a copy of the store) makes readers hash it again
+            write_record(self.out, {name: {"sha256": sha, "identity": file_identity(self.out / name)}})
             entry = {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts,
                      "bytes": (self.out / name).stat().st_size, "sha256": sha,
                      "contexts_sha256": contexts_digest(tensors["tokens"], tensors["doc"], tensors["pos"])}
