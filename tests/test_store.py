@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,20 @@ def test_shards_are_written_straight_from_memory_as_safetensors_writes_them(tmp_
     assert (tmp_path / "x.safetensors").read_bytes() == want
     assert sha == hashlib.sha256(want).hexdigest()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_large_buffers_live_in_huge_page_memory_and_hold_rows_like_any_tensor(tmp_path):
+    from interp.activations.shuffle import large_empty
+
+    t = large_empty((4096, 1024), torch.float32)  # 16 MiB
+    assert t.shape == (4096, 1024) and t.dtype == torch.float32 and t.is_contiguous()
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        assert t.data_ptr() % (2 << 20) == 0  # aligned, so 2 MiB pages can back all of it
+    t.fill_(1.5)
+    assert float(t.sum()) == 1.5 * t.numel()
+    assert large_empty((3, 4), torch.bfloat16).shape == (3, 4)  # small: an ordinary tensor
+    # a store whose shuffle buffer and batches are large enough to take this path: every row once per epoch
+    store = write_store(tmp_path / "s", n_shards=2, rows=8192, d=256)
+    seen = torch.cat([b.acts["h"][:, 0] for b in store.batches("h", 4096, seed=0, exclude_bos=False)])
+    assert torch.equal(seen.sort().values, torch.arange(16384, dtype=torch.float32))
+    assert not torch.equal(seen, torch.arange(16384, dtype=torch.float32))
