@@ -261,3 +261,26 @@ def test_large_buffers_live_in_huge_page_memory_and_hold_rows_like_any_tensor(tm
     seen = torch.cat([b.acts["h"][:, 0] for b in store.batches("h", 4096, seed=0, exclude_bos=False)])
     assert torch.equal(seen.sort().values, torch.arange(16384, dtype=torch.float32))
     assert not torch.equal(seen, torch.arange(16384, dtype=torch.float32))
+
+
+def test_large_rows_are_read_straight_into_their_slots_giving_the_same_batches(tmp_path, monkeypatch):
+    """Rows of at least SCATTER_MIN_ROW_BYTES are read from the file straight into the shuffle buffer's evicted
+    slots (one preadv over iovecs built with numpy); the batches must be exactly those of reading each block
+    whole and copying it in, with BOS rows dropped wherever they sit."""
+    pos = (torch.arange(3 * 700, dtype=torch.int32) % 16) - 1
+    pos[torch.randperm(len(pos), generator=torch.Generator().manual_seed(0))[:150]] = -1  # BOS rows anywhere
+    store = write_store(tmp_path / "s", n_shards=3, rows=700, d=512, grads=True, pos=pos)  # 2 KiB rows
+    kw = dict(seed=5, buffer_rows=500, epochs=2, drop_last=False, grads=True)  # the buffer turns over 8 times
+    calls: list[int] = []
+    real = shard_module.Shard.scatter
+    monkeypatch.setattr(shard_module.Shard, "scatter", lambda self, *a: (calls.append(1), real(self, *a))[1])
+    scattered = [(b.acts["h"].clone(), b.grads["h"].clone()) for b in store.batches("h", 64, **kw)]
+    assert bool(calls) == shard_module.SCATTER
+    monkeypatch.setattr(shard_module, "SCATTER_MIN_ROW_BYTES", 1 << 40)
+    copied = [(b.acts["h"].clone(), b.grads["h"].clone()) for b in store.batches("h", 64, **kw)]
+    assert len(scattered) == len(copied)
+    for (a, g), (a2, g2) in zip(scattered, copied):
+        assert torch.equal(a, a2) and torch.equal(g, g2)
+        assert torch.equal(a, a[:, :1].expand_as(a)) and torch.equal(g, -a)  # whole rows, each where it belongs
+    ids = torch.cat([a[:, 0] for a, _ in scattered]).long()
+    assert ids.sort().values.tolist() == sorted(torch.nonzero(pos >= 0).squeeze(1).tolist() * 2)

@@ -4,9 +4,9 @@ groups read lazily straight into a shuffle buffer, and the record of shards whos
 The record (``verified.json`` in the store directory) maps a shard file to the sha256 it matched and the
 file's identity then: device, inode, size, and modification and status-change times in nanoseconds. The cache
 writer records every shard it writes (it hashes the bytes as it writes them), and a reader every shard it
-hashed. A reader trusts a shard whose identity is unchanged without hashing it again; any write to the file, or a copy of the
-store to another place, changes the identity, so that shard is hashed again on its next read. Writing the
-record is best effort: a read-only store is hashed by every reader, as before.
+hashed. A reader trusts a shard whose identity is unchanged without hashing it again; any write to the file,
+or a copy of the store to another place, changes the identity, so that shard is hashed again on its next read.
+Writing the record is best effort: a read-only store is hashed by every reader, as before.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from interp.activations.shuffle import LazyRows
@@ -117,6 +118,26 @@ class Shard:
             if got:
                 pieces[0] = pieces[0][got:]
 
+    def scatter(self, key: str, rows: torch.Tensor, out: torch.Tensor, slots: torch.Tensor) -> None:
+        """Read rows ``rows`` (ascending) of tensor ``key`` straight into rows ``slots`` of ``out`` (contiguous, of
+        the stored dtype and row shape): one ``preadv`` over the span they cover, whose rows go to their slots and
+        whose rows between them to a scratch row. Needs :data:`SCATTER` (see :func:`_raw_preadv`)."""
+        entry = self.header[key]
+        row_bytes = math.prod(entry["shape"][1:]) * out.element_size()
+        if not (out.is_contiguous() and out.dtype == _ST_DTYPES[entry["dtype"]] and out[0].numel() * out.element_size()
+                == row_bytes and len(rows) == len(slots) and len(rows) and 0 <= int(slots.min())
+                and int(slots.max()) < out.shape[0] and 0 <= int(rows[0]) and int(rows[-1]) < entry["shape"][0]):
+            raise ValueError(f"scatter({key!r}): rows, slots or out do not fit the shard and each other")
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if len(self._scratch) < row_bytes:
+            self._scratch = memoryview(bytearray(row_bytes))
+        scratch = np.frombuffer(self._scratch, dtype=np.uint8)
+        iov = np.empty((hi - lo, 2), dtype=np.uint64)
+        iov[:, 0] = scratch.ctypes.data
+        iov[(rows - lo).numpy(), 0] = out.data_ptr() + slots.numpy().astype(np.uint64) * row_bytes
+        iov[:, 1] = row_bytes
+        _preadv_into(self.fd, iov, self._base + entry["data_offsets"][0] + lo * row_bytes, key, self.path.name)
+
     def sha256(self) -> str:
         h = hashlib.sha256()
         buf = memoryview(bytearray(1 << 22))
@@ -130,6 +151,58 @@ class Shard:
         os.close(self.fd)
 
 
+
+
+def _raw_preadv() -> Any:
+    """libc's ``preadv`` through ctypes, which takes an iovec array built with numpy: no Python object per row
+    (``os.preadv`` needs one buffer object per destination, which costs more than a row's copy). None where the
+    C library or a 64-bit ``off_t`` is not there."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).preadv
+    except (OSError, AttributeError):
+        return None
+    if ctypes.sizeof(ctypes.c_void_p) != 8 or not hasattr(os, "preadv"):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+    fn.restype = ctypes.c_ssize_t
+    return fn
+
+
+_PREADV = _raw_preadv()
+SCATTER = _PREADV is not None
+"""Whether rows can be read straight into scattered slots here."""
+SCATTER_MIN_ROW_BYTES = 2048
+"""Rows at least this large are read into scattered slots; smaller ones are read whole and copied. Measured on
+the 2-core machine (a 34 MB shard in the page cache): reading into random slots ran at 1.25x a memory copy's time
+for rows of 2-9 KiB, and at 4x for 512-byte rows, where a contiguous read and an index_copy_ (2x) is cheaper."""
+_IOV_MAX = 1024
+
+
+def _preadv_into(fd: int, iov: np.ndarray, offset: int, key: str, name: str) -> None:
+    """Fill the (address, length) buffers of ``iov`` from consecutive bytes at ``offset``, ``_IOV_MAX`` a call,
+    resuming after a short read."""
+    import ctypes
+
+    done, n = 0, len(iov)
+    while done < n:
+        part = iov[done : done + _IOV_MAX]
+        got = _PREADV(fd, part.ctypes.data, len(part), offset)
+        if got < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        if got == 0:
+            raise InterpError(f"Shard {name} ended early while reading {key}: it is truncated.")
+        offset += got
+        ends = np.cumsum(part[:, 1])
+        full = int(np.searchsorted(ends, got, side="right"))  # buffers filled completely
+        if full < len(part):
+            over = got - (int(ends[full - 1]) if full else 0)
+            if over:  # a buffer filled in part: its rest next
+                part[full, 0] += over
+                part[full, 1] -= over
+        done += full
 
 
 def digest(path: Path) -> str:
@@ -155,6 +228,15 @@ class ShardRows(LazyRows):
         self.shard, self.start, self.stop, self.keep = shard, start, stop, keep
         self.n = stop - start if keep is None else int(keep.sum())
         self.spec = {k: (tuple(shard.header[k]["shape"][1:]), torch.float32) for k in keys}
+        self.scatters = SCATTER and all(4 * math.prod(shape) >= SCATTER_MIN_ROW_BYTES
+                                        for shape, _ in self.spec.values())
+
+    def scatter_into(self, out: dict[str, torch.Tensor], slots: torch.Tensor, first: int) -> None:
+        rows = torch.arange(self.start, self.stop) if self.keep is None else \
+            self.start + torch.nonzero(self.keep).squeeze(1)
+        rows = rows[first : first + len(slots)]
+        for k in self.spec:
+            self.shard.scatter(k, rows, out[k], slots)
 
     def read_into(self, out: dict[str, torch.Tensor]) -> None:
         for k in self.spec:

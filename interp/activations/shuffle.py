@@ -38,6 +38,14 @@ class LazyRows(ABC):
     def read_into(self, out: Rows) -> None:
         """Fill ``out[key]`` (contiguous, ``(n, *shape)``) for every key of ``spec``."""
 
+    scatters: bool = False
+    """True when :meth:`scatter_into` can read rows straight into scattered slots (one copy in, not two)."""
+
+    def scatter_into(self, out: Rows, slots: torch.Tensor, first: int) -> None:
+        """Read rows ``first : first + len(slots)`` of the group into rows ``slots`` of ``out[key]`` (contiguous
+        ``(capacity, *shape)`` tensors); only called where :attr:`scatters` is True."""
+        raise NotImplementedError
+
     def tensors(self) -> Rows:
         """The group as fresh tensors."""
         out = {k: torch.empty((self.n, *shape), dtype=dtype) for k, (shape, dtype) in self.spec.items()}
@@ -143,7 +151,8 @@ class ShuffleBuffer:
 
     def push(self, block: Block) -> None:
         """Add the rows of ``block``; the rows they evict go to the assembler. A lazy block that fits in the
-        part of the buffer still filling is read straight into it."""
+        part of the buffer still filling is read straight into it, and so is one that can be read into scattered
+        slots (large rows from a shard): each evicted slot is refilled straight from the file."""
         if not self.data:
             spec = block.spec if isinstance(block, LazyRows) else {k: (tuple(v.shape[1:]), v.dtype)
                                                                      for k, v in block.items()}
@@ -152,6 +161,9 @@ class ShuffleBuffer:
             if block.n <= self.capacity - self.n:
                 block.read_into({k: v[self.n : self.n + block.n] for k, v in self.data.items()})
                 self.n += block.n
+                return
+            if block.scatters:
+                self._scatter(block)
                 return
             block = block.tensors()
         rows = block
@@ -164,16 +176,38 @@ class ShuffleBuffer:
                     self.data[k][self.n : self.n + take] = v[i : i + take]
                 self.n += take
             else:
-                if self.cursor >= self.capacity:
-                    self.perm = torch.randperm(self.capacity, generator=self.gen)
-                    self.cursor = 0
-                take = min(self.capacity - self.cursor, m - i)
-                slots = self.perm[self.cursor : self.cursor + take]
-                self.cursor += take
-                self.out.gather(self.data, slots)
+                slots = self._evict(m - i)
+                take = slots.shape[0]
                 for k, v in rows.items():
                     self.data[k].index_copy_(0, slots, v[i : i + take])
             i += take
+
+    def _scatter(self, block: LazyRows) -> None:
+        """``push`` for a lazy block read straight into its slots: the same slots, in the same order, as the
+        tensor path gives it."""
+        i = 0
+        while i < block.n:
+            if self.n < self.capacity:  # still filling
+                take = min(self.capacity - self.n, block.n - i)
+                block.scatter_into(self.data, torch.arange(self.n, self.n + take), i)
+                self.n += take
+            else:
+                slots = self._evict(block.n - i)
+                take = slots.shape[0]
+                block.scatter_into(self.data, slots, i)
+            i += take
+
+    def _evict(self, m: int) -> torch.Tensor:
+        """The next slots (at most ``m``) of the current permutation (a new one once it is used up); their rows
+        go to the assembler now, so incoming rows may take them."""
+        if self.cursor >= self.capacity:
+            self.perm = torch.randperm(self.capacity, generator=self.gen)
+            self.cursor = 0
+        take = min(self.capacity - self.cursor, m)
+        slots = self.perm[self.cursor : self.cursor + take]
+        self.cursor += take
+        self.out.gather(self.data, slots)
+        return slots
 
     def flush(self) -> Iterator[None]:
         """Send everything still buffered out, in random order, pausing after each completed batch (so the
