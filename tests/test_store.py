@@ -256,7 +256,7 @@ def test_large_buffers_live_in_huge_page_memory_and_hold_rows_like_any_tensor(tm
     t.fill_(1.5)
     assert float(t.sum()) == 1.5 * t.numel()
     assert large_empty((3, 4), torch.bfloat16).shape == (3, 4)  # small: an ordinary tensor
-    # a store whose shuffle buffer and batches are large enough to take this path: every row once per epoch
+    # a store whose shuffle buffer is large enough to take this path: every row once per epoch
     store = write_store(tmp_path / "s", n_shards=2, rows=8192, d=256)
     seen = torch.cat([b.acts["h"][:, 0] for b in store.batches("h", 4096, seed=0, exclude_bos=False)])
     assert torch.equal(seen.sort().values, torch.arange(16384, dtype=torch.float32))
