@@ -120,8 +120,10 @@ class ShardWriter:
             name = shard_name(index)
             sha = save_tensors(self.out / name, tensors)  # hashed while it is written
             # recorded as verified, as a reader records a shard it hashed: the first reader skips hashing it, and
-            # any later change to the file (or a copy of the store) makes readers hash it again
-            write_record(self.out, {name: {"sha256": sha, "identity": file_identity(self.out / name)}})
+            # any later change to the file (or a copy of the store) makes readers hash it again. Only one process
+            # writes the record: with several ranks, the first reader hashes their shards.
+            if self.part is None:
+                write_record(self.out, {name: {"sha256": sha, "identity": file_identity(self.out / name)}})
             entry = {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts,
                      "bytes": (self.out / name).stat().st_size, "sha256": sha,
                      "contexts_sha256": contexts_digest(tensors["tokens"], tensors["doc"], tensors["pos"])}
