@@ -29,6 +29,39 @@ def test_packing_is_bos_explicit_and_tracks_documents():
     assert [c.pos.tolist() for c in ctxs] == [[-1, 0, 1, 2], [-1, 0, 1, 2], [-1, 3, 4, -1]]
 
 
+def _pack_by_hand(docs, ctx_len, bos):
+    """The packing rule token by token: a BOS between documents unless a context starts there, every context
+    opening with its own BOS, the last partial context dropped."""
+    stream = []  # (token, doc, pos)
+    out = []
+    for d, ids in enumerate(docs):
+        if not ids:
+            continue
+        if stream:
+            stream.append((bos, d, -1))
+        stream += [(t, d, p) for p, t in enumerate(ids)]
+        while len(stream) >= ctx_len - 1:
+            part, stream = stream[: ctx_len - 1], stream[ctx_len - 1 :]
+            out.append(([bos] + [t for t, _, _ in part], [part[0][1]] + [d for _, d, _ in part],
+                        [-1] + [p for _, _, p in part]))
+    return out
+
+
+def test_packing_equals_the_rule_token_by_token():
+    import random
+
+    from interp.model.corpus import pack_token_ids
+
+    rng = random.Random(0)
+    for _ in range(200):
+        docs = [[rng.randrange(1, 50) for _ in range(rng.choice([0, 1, 2, 3, 7, 8, 9, 16, 17, 40]))]
+                for _ in range(rng.randrange(0, 10))]
+        ctx_len = rng.choice([2, 3, 4, 8, 9, 16])
+        got = list(pack_token_ids(docs, ctx_len, 0))
+        assert [(c.tokens.tolist(), c.doc.tolist(), c.pos.tolist()) for c in got] == _pack_by_hand(docs, ctx_len, 0)
+        assert all((c.tokens.dtype, c.doc.dtype, c.pos.dtype) == (torch.int64, torch.int64, torch.int32) for c in got)
+
+
 def test_local_formats_and_seeded_order(tmp_path):
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text("".join(json.dumps({"body": f"doc {i}"}) + "\n" for i in range(30)))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from interp.errors import InterpError
@@ -184,31 +185,47 @@ def pack_token_ids(docs: Iterable[Sequence[int]], ctx_len: int, bos_token_id: in
     Documents are joined with BOS; when a document starts a context, that context's own BOS is the
     separator. A trailing partial context is dropped, so every context is full. Empty documents are skipped
     (they keep their index in ``Context.doc``).
+
+    The work is done per document with numpy (the contexts a document completes are rows of one array), so a
+    background thread packing a corpus holds the GIL for a few operations per document, not per token.
     """
     if ctx_len < 2:
         raise InterpError(f"Context length must be at least 2 (BOS + one token), got {ctx_len}.")
     body = ctx_len - 1
-    buf_tok: list[int] = []
-    buf_doc: list[int] = []
-    buf_pos: list[int] = []
+    tok: list[np.ndarray] = []  # what is not in a context yet: pieces of tokens, documents, positions
+    doc: list[np.ndarray] = []
+    pos: list[np.ndarray] = []
+    have = 0
     for doc_index, ids in enumerate(docs):
-        if not len(ids):
+        n = len(ids)
+        if not n:
             continue
-        if buf_tok:  # separator between documents
-            buf_tok.append(bos_token_id)
-            buf_doc.append(doc_index)
-            buf_pos.append(-1)
-        buf_tok.extend(ids)
-        buf_doc.extend([doc_index] * len(ids))
-        buf_pos.extend(range(len(ids)))
-        while len(buf_tok) >= body:
-            first_doc = buf_doc[0]
-            yield Context(
-                torch.tensor([bos_token_id, *buf_tok[:body]], dtype=torch.int64),
-                torch.tensor([first_doc, *buf_doc[:body]], dtype=torch.int64),
-                torch.tensor([-1, *buf_pos[:body]], dtype=torch.int32),
-            )
-            del buf_tok[:body], buf_doc[:body], buf_pos[:body]
+        if have:  # separator between documents
+            tok.append(np.array([bos_token_id], dtype=np.int64))
+            doc.append(np.array([doc_index], dtype=np.int64))
+            pos.append(np.array([-1], dtype=np.int32))
+            have += 1
+        tok.append(np.asarray(ids, dtype=np.int64))
+        doc.append(np.full(n, doc_index, dtype=np.int64))
+        pos.append(np.arange(n, dtype=np.int32))
+        have += n
+        if have < body:
+            continue
+        t, d, p = np.concatenate(tok), np.concatenate(doc), np.concatenate(pos)
+        k = have // body
+        used = k * body
+        tokens = np.empty((k, ctx_len), dtype=np.int64)
+        tokens[:, 0], tokens[:, 1:] = bos_token_id, t[:used].reshape(k, body)
+        docs_of = np.empty((k, ctx_len), dtype=np.int64)
+        docs_of[:, 1:] = d[:used].reshape(k, body)
+        docs_of[:, 0] = docs_of[:, 1]  # the BOS belongs to the context's first document
+        positions = np.empty((k, ctx_len), dtype=np.int32)
+        positions[:, 0], positions[:, 1:] = -1, p[:used].reshape(k, body)
+        rows = torch.from_numpy(tokens), torch.from_numpy(docs_of), torch.from_numpy(positions)
+        for i in range(k):
+            yield Context(rows[0][i], rows[1][i], rows[2][i])
+        tok, doc, pos = [t[used:]], [d[used:]], [p[used:]]
+        have -= used
 
 
 def _encode(docs: Iterable[str], tokenizer: Any, batch: int) -> Iterator[list[int]]:
