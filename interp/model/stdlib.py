@@ -63,24 +63,26 @@ def stdlib_files(split: Split = "all", root: Path | None = None) -> list[Path]:
     if split not in get_args(Split):
         raise InterpError(f"unknown corpus split {split!r}; use one of {list(get_args(Split))}")
     base = stdlib_root() if root is None else Path(root)
-    chosen: list[tuple[str, Path]] = []
-    for directory, subdirs, _ in os.walk(base):
-        subdirs[:] = [d for d in subdirs if d not in EXCLUDED_DIRS]  # never descend into excluded trees
-        relative_dir = Path(directory).relative_to(base)
+    chosen: list[tuple[str, str]] = []
+    pending = [(str(base), "")]  # (directory, its POSIX path relative to base with a trailing "/", or "")
+    while pending:  # plain strings, not pathlib: listing the stdlib is on every cache job's way to its first batch
+        directory, prefix = pending.pop()
         with os.scandir(directory) as entries:
             for entry in entries:
-                if not entry.name.endswith(".py") or not entry.is_file() or entry.stat().st_size > MAX_FILE_BYTES:
-                    continue
-                key = (relative_dir / entry.name).as_posix()
-                if split == "all" or (split == "heldout") == is_heldout(key):
-                    chosen.append((key, Path(entry.path)))
+                if entry.is_dir():
+                    if entry.name not in EXCLUDED_DIRS and not entry.is_symlink():  # as os.walk: no linked trees
+                        pending.append((entry.path, prefix + entry.name + "/"))
+                elif entry.name.endswith(".py") and entry.is_file() and entry.stat().st_size <= MAX_FILE_BYTES:
+                    key = prefix + entry.name
+                    if split == "all" or (split == "heldout") == is_heldout(key):
+                        chosen.append((key, entry.path))
     if not chosen:
         raise InterpError(
             f"no Python source files for split {split!r} under {base}; the demo corpus is the "
             "standard library's .py files, so run interp with a Python installation that ships them"
         )
     chosen.sort()
-    return [path for _, path in chosen]
+    return [Path(path) for _, path in chosen]
 
 
 def iter_stdlib_documents(split: Split = "all", root: Path | None = None) -> Iterator[str]:
