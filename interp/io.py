@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,17 +134,24 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise InterpError(f"The {what} at {path} is not valid JSON ({e}); it may be corrupted.") from e
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | Sequence[torch.Tensor]],
+                 metadata: dict[str, str] | None = None) -> str:
     """Save tensors as safetensors atomically; returns the file's sha256 hex digest.
 
+    A value may be a list of tensors, stored as their concatenation along the first dimension (never made).
     CPU tensors of the common dtypes (and no metadata) are written straight from their memory, hashed while
     they are written: the same bytes as ``safetensors.torch.save`` gives (the tests compare them), without its
     serialised copy. Anything else goes through ``safetensors``."""
-    parts = _safetensors_parts(tensors) if metadata is None else None
+    import torch
+
+    blocks: dict[str, list[torch.Tensor]] = {k: list(v) if isinstance(v, (list, tuple)) else [v]  # type: ignore[list-item]
+                                             for k, v in tensors.items()}
+    parts = _safetensors_parts(blocks) if metadata is None else None
     if parts is None:
         from safetensors.torch import save
 
-        data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+        data = save({k: torch.cat(v).contiguous() if len(v) > 1 else v[0].contiguous() for k, v in blocks.items()},
+                    metadata=metadata)
         atomic_write_bytes(path, data)
         return hashlib.sha256(data).hexdigest()
     sha = atomic_write_parts(path, parts, sha256=True)
@@ -157,27 +164,31 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 _ST_RANK = {"BOOL": 0, "U8": 1, "I8": 2, "I16": 4, "F16": 6, "BF16": 7, "I32": 8, "F32": 10, "F64": 12, "I64": 13}
 
 
-def _safetensors_parts(tensors: dict[str, torch.Tensor]) -> list[Any] | None:
-    """The bytes of a safetensors file holding ``tensors``, as a header and one zero-copy view per tensor;
-    None when a tensor is not on the CPU or has a dtype not in ``_ST_RANK``."""
+def _safetensors_parts(blocks: dict[str, list[torch.Tensor]]) -> list[Any] | None:
+    """The bytes of a safetensors file holding each key's blocks concatenated, as a header and one zero-copy
+    view per block; None when a block is not on the CPU, has a dtype not in ``_ST_RANK``, or does not stack
+    with the key's other blocks."""
     import torch
 
     names = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.float16: "F16",
              torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32", torch.float64: "F64",
              torch.int64: "I64"}
-    if any(t.device.type != "cpu" or t.dtype not in names for t in tensors.values()):
-        return None
-    order = sorted(tensors, key=lambda k: (-_ST_RANK[names[tensors[k].dtype]], k))
+    for v in blocks.values():
+        if any(t.device.type != "cpu" or t.dtype not in names for t in v):
+            return None
+        if len(v) > 1 and any(t.dtype != v[0].dtype or t.dim() == 0 or t.shape[1:] != v[0].shape[1:] for t in v):
+            return None
+    order = sorted(blocks, key=lambda k: (-_ST_RANK[names[blocks[k][0].dtype]], k))
     header: dict[str, Any] = {}
     views: list[Any] = []
     offset = 0
     for k in order:
-        t = tensors[k].detach().contiguous()
-        size = t.numel() * t.element_size()
-        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        ts = [t.detach().contiguous() for t in blocks[k]]
+        shape = [sum(t.shape[0] for t in ts), *ts[0].shape[1:]] if len(ts) > 1 else list(ts[0].shape)
+        size = sum(t.numel() * t.element_size() for t in ts)
+        header[k] = {"dtype": names[ts[0].dtype], "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
-        if size:
-            views.append(t.reshape(-1).view(torch.uint8).numpy())
+        views += [t.reshape(-1).view(torch.uint8).numpy() for t in ts if t.numel()]
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
     return [len(text).to_bytes(8, "little"), text, *views]

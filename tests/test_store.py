@@ -233,6 +233,9 @@ def test_lazy_rows_read_into_place_what_a_plain_read_gives(tmp_path):
      "i16": torch.arange(3, dtype=torch.int16), "f64": torch.randn(7, dtype=torch.float64), "é": torch.ones(1),
      "transposed": torch.randn(8, 4).t(), "scalar": torch.tensor(2.5)},
     {},
+    # row blocks, as the cache writes a shard's batches: stored as their concatenation
+    {"act/h": [torch.randn(4, 3), torch.randn(0, 3), torch.randn(5, 3).t().contiguous().t()],
+     "grad/h": [torch.randn(2, 3).bfloat16(), torch.randn(7, 3).bfloat16()], "tokens": torch.arange(9)},
 ])
 def test_shards_are_written_straight_from_memory_as_safetensors_writes_them(tmp_path, tensors):
     """save_tensors writes the tensors' memory with writev and hashes it while writing; the file must be the
@@ -240,7 +243,7 @@ def test_shards_are_written_straight_from_memory_as_safetensors_writes_them(tmp_
     from safetensors.torch import save
 
     sha = save_tensors(tmp_path / "x.safetensors", tensors)
-    want = save({k: v.contiguous() for k, v in tensors.items()})
+    want = save({k: torch.cat(v) if isinstance(v, list) else v.contiguous() for k, v in tensors.items()})
     assert (tmp_path / "x.safetensors").read_bytes() == want
     assert sha == hashlib.sha256(want).hexdigest()
     assert not list(tmp_path.glob("*.tmp"))

@@ -399,8 +399,9 @@ def _merge_parts(out: Path, manifest: dict[str, Any], n_contexts: int) -> None:
 
 def _compute_shard(
     cfg: CacheConfig, model: Model, hooks: list[str], group: _Group, first_ctx: int, bar: Any
-) -> dict[str, torch.Tensor]:
-    """Run the shard's contexts in batches; returns the shard's tensors (rows = contexts * ctx_len)."""
+) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """Run the shard's contexts in batches; returns the shard's tensors (rows = contexts * ctx_len), each
+    activation as its batches' row blocks (the writer writes them in order, with no concatenated copy)."""
     dtype = DTYPES[cfg.dtype]
     parts: dict[str, list[torch.Tensor]] = {}
     a = 0
@@ -416,7 +417,7 @@ def _compute_shard(
         bar.update(tokens.numel())
         a += len(batch)
     contexts = group.contexts()
-    tensors = {k: torch.cat(v) for k, v in parts.items()}
+    tensors: dict[str, torch.Tensor | list[torch.Tensor]] = dict(parts)  # batches, written one after another
     tensors["tokens"] = torch.cat([c.tokens for c in contexts]).to(torch.int32)
     tensors["doc"] = torch.cat([c.doc for c in contexts])
     tensors["pos"] = torch.cat([c.pos for c in contexts])

@@ -22,6 +22,9 @@ from interp.io import atomic_write_json, read_json, save_tensors
 
 log = logging.getLogger(__name__)
 
+ShardTensors = dict[str, torch.Tensor | list[torch.Tensor]]
+"""A shard to write: key -> tensor, or its row blocks in order (activations come as their batches)."""
+
 
 class DirectoryLock:
     """An exclusive ``flock`` on the store directory, held by rank 0 while a job writes the store; another job
@@ -96,7 +99,8 @@ class ShardWriter:
         self._thread = threading.Thread(target=self._loop, name="interp-shard-writer", daemon=True)
         self._thread.start()
 
-    def put(self, index: int, tensors: dict[str, torch.Tensor], contexts: int, last: bool) -> None:
+    def put(self, index: int, tensors: ShardTensors, contexts: int, last: bool) -> None:
+        """Queue shard ``index`` (a tensor, or a list of row blocks, per key) for writing."""
         self._raise()
         self._queue.put((index, tensors, contexts, last))
 
@@ -114,7 +118,7 @@ class ShardWriter:
             except BaseException as e:  # surfaced on the main thread by _raise / close
                 self._error = e
 
-    def _write(self, index: int | None, tensors: dict[str, torch.Tensor] | None, contexts: int, last: bool) -> None:
+    def _write(self, index: int | None, tensors: ShardTensors | None, contexts: int, last: bool) -> None:
         entry = None
         if index is not None and tensors is not None:
             name = shard_name(index)
@@ -124,9 +128,11 @@ class ShardWriter:
             # writes the record: with several ranks, the first reader hashes their shards.
             if self.part is None:
                 write_record(self.out, {name: {"sha256": sha, "identity": file_identity(self.out / name)}})
-            entry = {"file": name, "rows": int(tensors["tokens"].shape[0]), "contexts": contexts,
+            tokens, doc, pos = (tensors[k] for k in ("tokens", "doc", "pos"))
+            assert isinstance(tokens, torch.Tensor) and isinstance(doc, torch.Tensor) and isinstance(pos, torch.Tensor)
+            entry = {"file": name, "rows": int(tokens.shape[0]), "contexts": contexts,
                      "bytes": (self.out / name).stat().st_size, "sha256": sha,
-                     "contexts_sha256": contexts_digest(tensors["tokens"], tensors["doc"], tensors["pos"])}
+                     "contexts_sha256": contexts_digest(tokens, doc, pos)}
         if self.part is not None:
             if entry is not None:
                 self.listed.append({**entry, "index": index})
