@@ -243,7 +243,7 @@ def test_non_finite_activations_stop_the_job_and_keep_the_shards_before(tiny_mod
 
 
 def test_a_shard_starts_computing_before_its_contexts_are_all_tokenised():
-    from interp.activations.cache import _shard_groups
+    from interp.activations.feed import shard_groups
 
     drawn: list[int] = []
 
@@ -252,7 +252,7 @@ def test_a_shard_starts_computing_before_its_contexts_are_all_tokenised():
             drawn.append(i)
             yield i
 
-    groups = _shard_groups(corpus(), per_shard=4, n_contexts=9)
+    groups = shard_groups(corpus(), per_shard=4, n_contexts=9)
     first = next(groups)
     batches = first.batches(2)
     assert next(batches) == [0, 1] and drawn == [0, 1]  # the first batch runs before the rest is drawn

@@ -22,18 +22,16 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
-import queue
-import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from interp.activations.feed import ShardGroup, prefetch, prepend, shard_groups
 from interp.activations.source import act_key, grad_key, probe_shapes
 from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore
 from interp.activations.writer import DirectoryLock, ShardWriter, contexts_digest
@@ -130,10 +128,10 @@ def cache_activations(
                 manifest = _reconcile(out, manifest)
             barrier()  # the other ranks read what rank 0 created or validated
             manifest = manifest if rank == 0 else read_json(out / MANIFEST, "store manifest")
-            with contextlib.closing(_prefetch(_prepend(first, contexts), depth=4 * cfg.batch_size)) as ahead:
+            with contextlib.closing(prefetch(prepend(first, contexts), depth=4 * cfg.batch_size)) as ahead:
                 if manifest["complete"]:
                     per_shard = _contexts_per_shard(cfg, shapes)
-                    first_shard = _shard_groups(ahead, per_shard, cfg.n_contexts)  # small stores: < per_shard
+                    first_shard = shard_groups(ahead, per_shard, cfg.n_contexts)  # small stores: < per_shard
                     next(_checked(enumerate(first_shard), _listed(manifest, 1), out))
                     log.info("store %s is already complete (%d shards)", out, len(manifest["shards"]))
                 else:
@@ -188,8 +186,8 @@ def _listed(manifest: dict[str, Any], n: int | None = None) -> dict[int, dict[st
 
 
 def _checked(
-    groups: Iterator[tuple[int, _Group]], done: dict[int, dict[str, Any]], out: Path
-) -> Iterator[tuple[int, _Group]]:
+    groups: Iterator[tuple[int, ShardGroup]], done: dict[int, dict[str, Any]], out: Path
+) -> Iterator[tuple[int, ShardGroup]]:
     """Pass (index, contexts) pairs through, checking the contexts of every shard in ``done`` against its recorded
     digest; raise InterpError at the first that differs, and when the corpus ends before the last of them."""
     if any("contexts_sha256" not in entry for entry in done.values()):
@@ -237,45 +235,6 @@ def _reconcile(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
-def _prepend(first: Context, rest: Iterator[Context]) -> Iterator[Context]:
-    yield first
-    yield from rest
-
-
-def _prefetch(items: Iterator[Context], depth: int) -> Generator[Context, None, None]:
-    """Produce ``items`` on a background thread (reading and tokenising overlap the forward pass).
-
-    One producer keeps the order; an exception in it is raised here, in the consumer.
-    """
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
-
-    thread = threading.Thread(target=produce, name="interp-tokenize", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):  # make room for a producer blocked in put(); it then sees ``stop``
-            while True:
-                q.get_nowait()
-        thread.join(timeout=60)  # a daemon thread in native tokenizer code at exit can abort the process
-
-
 def _contexts_per_shard(cfg: CacheConfig, shapes: dict[str, list[int]]) -> int:
     itemsize = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
     row_bytes = sum(math.prod(s) for s in shapes.values()) * itemsize * (2 if cfg.with_grads else 1) + 16
@@ -299,12 +258,12 @@ def _write(
     rank, world = rank_and_world()
     per_shard = _contexts_per_shard(cfg, shapes)
     done = _shards_done(out, manifest)
-    groups: Iterator[tuple[int, _Group]] = enumerate(_shard_groups(contexts, per_shard, cfg.n_contexts))
+    groups: Iterator[tuple[int, ShardGroup]] = enumerate(shard_groups(contexts, per_shard, cfg.n_contexts))
     if set(done) == set(range(len(done))):  # the finished shards come first: check them as they pass
         groups = _checked(groups, done, out)
     else:  # ranks left gaps: check every finished shard before writing anything (tokenising that part twice)
         fresh = iter_contexts(cfg.corpus, model.tokenizer, cfg.ctx_len, model.info.bos_token_id)
-        for index, _ in _checked(enumerate(_shard_groups(fresh, per_shard, cfg.n_contexts)), done, out):
+        for index, _ in _checked(enumerate(shard_groups(fresh, per_shard, cfg.n_contexts)), done, out):
             if index >= max(done):
                 break
     parts = world > 1 or any(i >= len(manifest["shards"]) for i in done)
@@ -331,43 +290,6 @@ def _write(
         writer.close()
     if parts:
         _merge_parts(out, manifest, n_contexts)
-
-
-class _Group:
-    """The contexts of one shard, drawn from the corpus only as they are used, so the model starts on a shard's
-    first batch while the rest of it is still being tokenised."""
-
-    def __init__(self, contexts: Iterator[Context], want: int):
-        self._source, self._want = contexts, want
-        self._got: list[Context] = []
-
-    def batches(self, size: int) -> Iterator[list[Context]]:
-        """The contexts not drawn yet, ``size`` at a time."""
-        while batch := [c for _, c in zip(range(min(size, self._want - len(self._got))), self._source)]:
-            self._got += batch
-            yield batch
-
-    def contexts(self) -> list[Context]:
-        """Every context of the group (drawing the rest)."""
-        for _ in self.batches(max(1, self._want)):
-            pass
-        return self._got
-
-    def __len__(self) -> int:
-        return len(self.contexts())
-
-
-def _shard_groups(contexts: Iterator[Context], per_shard: int, n_contexts: int) -> Iterator[_Group]:
-    """The contexts of shard 0, 1, ...: ``per_shard`` each (the last may be shorter), ``n_contexts`` in all. A
-    group is drawn lazily; the next one starts where it ends, once it is asked for."""
-    taken = 0
-    while taken < n_contexts:
-        first = next(contexts, None)
-        if first is None:
-            return
-        group = _Group(itertools.chain([first], contexts), min(per_shard, n_contexts - taken))
-        yield group
-        taken += len(group)  # draws what the consumer left
 
 
 def _shards_done(out: Path, manifest: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -398,7 +320,7 @@ def _merge_parts(out: Path, manifest: dict[str, Any], n_contexts: int) -> None:
 
 
 def _compute_shard(
-    cfg: CacheConfig, model: Model, hooks: list[str], group: _Group, first_ctx: int, bar: Any
+    cfg: CacheConfig, model: Model, hooks: list[str], group: ShardGroup, first_ctx: int, bar: Any
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """Run the shard's contexts in batches; returns the shard's tensors (rows = contexts * ctx_len), each
     activation as its batches' row blocks (the writer writes them in order, with no concatenated copy)."""
