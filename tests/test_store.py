@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -287,3 +288,32 @@ def test_large_rows_are_read_straight_into_their_slots_giving_the_same_batches(t
         assert torch.equal(a, a[:, :1].expand_as(a)) and torch.equal(g, -a)  # whole rows, each where it belongs
     ids = torch.cat([a[:, 0] for a, _ in scattered]).long()
     assert ids.sort().values.tolist() == sorted(torch.nonzero(pos >= 0).squeeze(1).tolist() * 2)
+
+
+@pytest.mark.skipif(not shard_module.SCATTER, reason="no libc preadv here")
+def test_scattered_reads_resume_after_a_short_read_and_refuse_a_truncated_file(tmp_path):
+    import numpy as np
+
+    data = bytes(range(256)) * 4  # 1,024 bytes; the buffers below ask for 1,200
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    bufs = [bytearray(400) for _ in range(3)]
+    arrays = [np.frombuffer(b, dtype=np.uint8) for b in bufs]
+    iov = np.array([[a.ctypes.data, 400] for a in arrays[::-1]], dtype=np.uint64)  # filled in reverse order
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(InterpError, match="f ended early while reading act/h"):
+            shard_module._preadv_into(fd, iov, 0, "act/h", "f")
+    finally:
+        os.close(fd)
+    assert bytes(bufs[2]) == data[:400] and bytes(bufs[1]) == data[400:800] and bytes(bufs[0][:224]) == data[800:]
+    # a read the file covers fills every buffer, from any offset
+    bufs2 = [bytearray(100) for _ in range(10)]
+    arrays2 = [np.frombuffer(b, dtype=np.uint8) for b in bufs2]
+    iov2 = np.array([[a.ctypes.data, 100] for a in arrays2], dtype=np.uint64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        shard_module._preadv_into(fd, iov2, 24, "act/h", "f")
+    finally:
+        os.close(fd)
+    assert b"".join(bufs2) == data[24:1024]
