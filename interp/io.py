@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -99,9 +100,8 @@ def atomic_write_parts(path: str | Path, parts: Sequence[Any], sha256: bool = Fa
 
 def _write_all(fd: int, views: list[memoryview]) -> None:
     """``writev`` until every view is written (a call may write part of them)."""
-    batch = _IOV_MAX
     while views:
-        n = os.writev(fd, views[:batch])
+        n = os.writev(fd, views[:IOV_MAX])
         while views and n >= len(views[0]):
             n -= len(views.pop(0))
         if n:
@@ -115,7 +115,8 @@ def _sha256(views: Sequence[memoryview]) -> str:
     return h.hexdigest()
 
 
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 16
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 16
+"""The most buffers one ``readv`` / ``writev`` call takes here."""
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -159,6 +160,16 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor | Sequence
     return sha
 
 
+@functools.cache
+def safetensors_dtypes() -> dict[str, torch.dtype]:
+    """safetensors' dtype name -> torch dtype, for every dtype interp writes itself (and reads back)."""
+    import torch
+
+    return {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "F16": torch.float16,
+            "BF16": torch.bfloat16, "I32": torch.int32, "F32": torch.float32, "F64": torch.float64,
+            "I64": torch.int64}
+
+
 # safetensors' dtype names, ranked as the format orders tensors in a file: by dtype, larger ranks first, then
 # by name (the ranks follow safetensors' own dtype order; the other dtypes go through the library itself)
 _ST_RANK = {"BOOL": 0, "U8": 1, "I8": 2, "I16": 4, "F16": 6, "BF16": 7, "I32": 8, "F32": 10, "F64": 12, "I64": 13}
@@ -170,9 +181,7 @@ def _safetensors_parts(blocks: dict[str, list[torch.Tensor]]) -> list[Any] | Non
     with the key's other blocks."""
     import torch
 
-    names = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.float16: "F16",
-             torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32", torch.float64: "F64",
-             torch.int64: "I64"}
+    names = {dtype: name for name, dtype in safetensors_dtypes().items()}
     for v in blocks.values():
         if any(t.device.type != "cpu" or t.dtype not in names for t in v):
             return None

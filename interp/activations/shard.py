@@ -27,14 +27,13 @@ import torch
 
 from interp.activations.shuffle import LazyRows
 from interp.errors import InterpError
-from interp.io import atomic_write_json
+from interp.io import IOV_MAX, atomic_write_json, safetensors_dtypes
 
 log = logging.getLogger(__name__)
 
 VERIFIED = "verified.json"
 _RECORD_FORMAT = "interp-store-verified"
-_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I32": torch.int32,
-              "I64": torch.int64}
+_ST_DTYPES = safetensors_dtypes()
 
 
 class Shard:
@@ -106,9 +105,9 @@ class Shard:
         return pieces
 
     def _readv(self, pieces: list[memoryview], offset: int, key: str) -> None:
-        """Fill ``pieces`` from consecutive bytes at ``offset`` (preadv, at most 1024 buffers a call)."""
+        """Fill ``pieces`` from consecutive bytes at ``offset`` (preadv, at most ``IOV_MAX`` buffers a call)."""
         while pieces:
-            got = os.preadv(self.fd, pieces[:1024], offset)
+            got = os.preadv(self.fd, pieces[:IOV_MAX], offset)
             if got <= 0:
                 raise InterpError(f"Shard {self.path.name} ended early while reading {key}: it is truncated.")
             offset += got
@@ -177,17 +176,15 @@ SCATTER_MIN_ROW_BYTES = 2048
 """Rows at least this large are read into scattered slots; smaller ones are read whole and copied. Measured on
 the 2-core machine (a 34 MB shard in the page cache): reading into random slots ran at 1.25x a memory copy's time
 for rows of 2-9 KiB, and at 4x for 512-byte rows, where a contiguous read and an index_copy_ (2x) is cheaper."""
-_IOV_MAX = 1024
-
 
 def _preadv_into(fd: int, iov: np.ndarray, offset: int, key: str, name: str) -> None:
-    """Fill the (address, length) buffers of ``iov`` from consecutive bytes at ``offset``, ``_IOV_MAX`` a call,
+    """Fill the (address, length) buffers of ``iov`` from consecutive bytes at ``offset``, ``IOV_MAX`` a call,
     resuming after a short read."""
     import ctypes
 
     done, n = 0, len(iov)
     while done < n:
-        part = iov[done : done + _IOV_MAX]
+        part = iov[done : done + IOV_MAX]
         got = _PREADV(fd, part.ctypes.data, len(part), offset)
         if got < 0:
             err = ctypes.get_errno()
