@@ -257,3 +257,4 @@ def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+

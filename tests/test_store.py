@@ -4,12 +4,13 @@ background, buffers are lent per pass, and memory stays flat."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import mmap
-import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -267,53 +268,83 @@ def test_large_buffers_live_in_huge_page_memory_and_hold_rows_like_any_tensor(tm
     assert not torch.equal(seen, torch.arange(16384, dtype=torch.float32))
 
 
-def test_large_rows_are_read_straight_into_their_slots_giving_the_same_batches(tmp_path, monkeypatch):
-    """Rows of at least SCATTER_MIN_ROW_BYTES are read from the file straight into the shuffle buffer's evicted
-    slots (one preadv over iovecs built with numpy); the batches must be exactly those of reading each block
-    whole and copying it in, with BOS rows dropped wherever they sit."""
+@pytest.mark.parametrize("d", [3, 512])
+def test_batches_gathered_from_mapped_shards_are_those_copied_through_the_buffer(tmp_path, monkeypatch, d):
+    """A float32 store's rows go through the shuffle buffer as numbers and each batch is gathered from the mapped
+    shards; the batches must be exactly those of copying the rows through the buffer (BOS rows anywhere, several
+    epochs, a buffer that turns over many times, gradients, a partial last batch)."""
     pos = (torch.arange(3 * 700, dtype=torch.int32) % 16) - 1
-    pos[torch.randperm(len(pos), generator=torch.Generator().manual_seed(0))[:150]] = -1  # BOS rows anywhere
-    store = write_store(tmp_path / "s", n_shards=3, rows=700, d=512, grads=True, pos=pos)  # 2 KiB rows
-    kw = dict(seed=5, buffer_rows=500, epochs=2, drop_last=False, grads=True)  # the buffer turns over 8 times
-    calls: list[int] = []
-    real = shard_module.Shard.scatter
-    monkeypatch.setattr(shard_module.Shard, "scatter", lambda self, *a: (calls.append(1), real(self, *a))[1])
-    scattered = [(b.acts["h"].clone(), b.grads["h"].clone()) for b in store.batches("h", 64, **kw)]
-    assert bool(calls) == shard_module.SCATTER
-    monkeypatch.setattr(shard_module, "SCATTER_MIN_ROW_BYTES", 1 << 40)
-    copied = [(b.acts["h"].clone(), b.grads["h"].clone()) for b in store.batches("h", 64, **kw)]
-    assert len(scattered) == len(copied)
-    for (a, g), (a2, g2) in zip(scattered, copied):
-        assert torch.equal(a, a2) and torch.equal(g, g2)
-        assert torch.equal(a, a[:, :1].expand_as(a)) and torch.equal(g, -a)  # whole rows, each where it belongs
-    ids = torch.cat([a[:, 0] for a, _ in scattered]).long()
-    assert ids.sort().values.tolist() == sorted(torch.nonzero(pos >= 0).squeeze(1).tolist() * 2)
+    pos[torch.randperm(len(pos), generator=torch.Generator().manual_seed(0))[:150]] = -1
+    store = write_store(tmp_path / "s", n_shards=3, rows=700, d=d, grads=True, pos=pos)
+    for kw in [dict(seed=5, buffer_rows=500, epochs=2, drop_last=False, grads=True),
+               dict(seed=1, epochs=3, drop_last=False)]:
+        mapped = [(b.acts["h"], b.grads.get("h")) for b in store.batches("h", 64, **kw)]
+        with monkeypatch.context() as m:
+            m.setattr(ActivationStore, "_maps_rows", lambda self, hooks, grads: False)
+            copied = [(b.acts["h"], b.grads.get("h")) for b in store.batches("h", 64, **kw)]
+        assert len(mapped) == len(copied) > 20
+        for (a, g), (a2, g2) in zip(mapped, copied):
+            assert torch.equal(a, a2) and (g is None or torch.equal(g, g2) and torch.equal(g, -a))
+            assert a.is_contiguous() and torch.equal(a, a[:, :1].expand_as(a))  # whole rows
+        ids = torch.cat([a[:, 0] for a, _ in mapped]).long()
+        assert ids.sort().values.tolist() == sorted(torch.nonzero(pos >= 0).squeeze(1).tolist() * kw["epochs"])
+    assert shard_module.MAPS, "this machine maps shards: the test above compared two different paths"
 
 
-@pytest.mark.skipif(not shard_module.SCATTER, reason="no libc preadv here")
-def test_scattered_reads_resume_after_a_short_read_and_refuse_a_truncated_file(tmp_path):
-    import numpy as np
+def test_mapped_shards_are_let_go_as_their_last_rows_go_out(tmp_path, monkeypatch):
+    """However many shards a pass reads, only those holding rows still in the buffer stay mapped: at most the
+    shards that the last two buffer-fulls came from (each shard is unmapped when its last row goes out)."""
+    from interp.activations import shuffle
 
-    data = bytes(range(256)) * 4  # 1,024 bytes; the buffers below ask for 1,200
-    path = tmp_path / "f"
-    path.write_bytes(data)
-    bufs = [bytearray(400) for _ in range(3)]
-    arrays = [np.frombuffer(b, dtype=np.uint8) for b in bufs]
-    iov = np.array([[a.ctypes.data, 400] for a in arrays[::-1]], dtype=np.uint64)  # filled in reverse order
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(InterpError, match="f ended early while reading act/h"):
-            shard_module._preadv_into(fd, iov, 0, "act/h", "f")
-    finally:
-        os.close(fd)
-    assert bytes(bufs[2]) == data[:400] and bytes(bufs[1]) == data[400:800] and bytes(bufs[0][:224]) == data[800:]
-    # a read the file covers fills every buffer, from any offset
-    bufs2 = [bytearray(100) for _ in range(10)]
-    arrays2 = [np.frombuffer(b, dtype=np.uint8) for b in bufs2]
-    iov2 = np.array([[a.ctypes.data, 100] for a in arrays2], dtype=np.uint64)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        shard_module._preadv_into(fd, iov2, 24, "act/h", "f")
-    finally:
-        os.close(fd)
-    assert b"".join(bufs2) == data[24:1024]
+    store = write_store(tmp_path / "s", n_shards=12, rows=300, d=4)
+    most, real = [0], shuffle.RowTable.gather
+
+    def counting(self, numbered):
+        out = real(self, numbered)
+        most[0] = max(most[0], sum(w is not None for w in self._whole))
+        return out
+
+    monkeypatch.setattr(shuffle.RowTable, "gather", counting)
+    rows = sum(b.acts["h"].shape[0] for b in store.batches("h", 50, seed=0, buffer_rows=200, exclude_bos=False))
+    assert rows == 3600 - 3600 % 50
+    assert 2 <= most[0] <= 2 * 200 // 300 + 2
+
+
+def test_a_mapped_shard_reads_what_a_plain_read_gives_and_is_unmapped_when_dropped(tmp_path):
+    store = write_store(tmp_path / "s", n_shards=1, rows=300, d=6, grads=True)
+    shard = store.open_shard(0)
+    whole = shard.mapped("act/h")
+    region = shard._map
+    shard.close()  # the mapping holds no file descriptor
+    assert torch.equal(whole, store.read("act/h", 0)) and torch.equal(shard.mapped("grad/h"), -whole)
+    assert torch.equal(shard.mapped("tokens"), store.read("tokens", 0))
+    header = json.dumps({"x": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}).encode()
+    (tmp_path / "short.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(96))
+    short = shard_module.Shard(tmp_path / "short.safetensors")  # read without a manifest: nothing checked its size
+    with pytest.raises(InterpError, match="short.safetensors: x lies outside the file"):
+        short.mapped("x")
+    short.close()
+    unmapped: list[bool] = []
+    weakref.finalize(region, unmapped.append, True)
+    del whole, region
+    shard._map = None
+    gc.collect()
+    assert unmapped == [True]
+
+
+def test_row_tables_hold_plain_blocks_in_memory_with_the_same_batches(tmp_path):
+    """Blocks that cannot name their rows (tensors, or a shard whose data is not aligned) are held in memory by the
+    row table until their last row goes out: the batches are those of the copying buffer."""
+    from interp.activations.source import shuffled_batches
+
+    g = torch.Generator().manual_seed(0)
+    blocks = [{"act/h": torch.randn(n, 5, generator=g)} for n in (70, 3, 128, 0, 250, 64)]
+
+    def run(by_number: bool) -> list[torch.Tensor]:
+        return [b.acts["h"] for b in shuffled_batches(lambda: iter(blocks), ["h"], [5], 32, epochs=2,
+                                                      gen=torch.Generator().manual_seed(4), buffer_rows=100,
+                                                      grads=False, drop_last=False, by_number=by_number)]
+
+    numbered, copied = run(True), run(False)
+    assert len(numbered) == len(copied) == (2 * 515 + 31) // 32
+    assert all(torch.equal(a, b) for a, b in zip(numbered, copied))

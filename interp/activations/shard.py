@@ -1,5 +1,6 @@
-"""Reading one shard of an activation store: positional reads into fresh or caller-given tensors, row
-groups read lazily straight into a shuffle buffer, and the record of shards whose sha256 was checked.
+"""Reading one shard of an activation store: positional reads into fresh or caller-given tensors, read-only
+mappings for batches gathered in place, row groups read lazily, and the record of shards whose sha256 was
+checked.
 
 The record (``verified.json`` in the store directory) maps a shard file to the sha256 it matched and the
 file's identity then: device, inode, size, and modification and status-change times in nanoseconds. The cache
@@ -16,13 +17,15 @@ import hashlib
 import json
 import logging
 import math
+import mmap
 import os
 import struct
+import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from interp.activations.shuffle import LazyRows
@@ -37,11 +40,12 @@ _ST_DTYPES = safetensors_dtypes()
 
 
 class Shard:
-    """An open safetensors shard read with positional reads (pread) into fresh tensors.
+    """An open safetensors shard, read with positional reads (pread) into fresh or given tensors, or mapped
+    whole (:meth:`mapped`) for batches gathered straight from the page cache.
 
-    On the machines this was measured on, ``pread`` into a buffer ran at 6-8 GB/s, while copying the same
-    bytes out of an ``mmap`` ran at 0.5-0.9 GB/s (page faults), so the reader uses ``pread``; it also keeps
-    resident memory flat without any unmapping.
+    A mapping is made with ``MAP_POPULATE``, so its pages are mapped in one call rather than faulted in one by
+    one: copying rows out of a fresh unpopulated mapping ran at 0.5-0.9 GB/s on an earlier machine, and out of a
+    populated one at memory-copy speed on the 2-core machine (``RowTable``'s measurements).
     """
 
     def __init__(self, path: Path):
@@ -57,6 +61,7 @@ class Shard:
         self._base = 8 + n
         self.header: dict[str, Any] = header
         self._scratch = memoryview(bytearray(0))
+        self._map: Any = None
 
     def rows(self, key: str) -> int:
         return int(self.header[key]["shape"][0])
@@ -117,25 +122,28 @@ class Shard:
             if got:
                 pieces[0] = pieces[0][got:]
 
-    def scatter(self, key: str, rows: torch.Tensor, out: torch.Tensor, slots: torch.Tensor) -> None:
-        """Read rows ``rows`` (ascending) of tensor ``key`` straight into rows ``slots`` of ``out`` (contiguous, of
-        the stored dtype and row shape): one ``preadv`` over the span they cover, whose rows go to their slots and
-        whose rows between them to a scratch row. Needs :data:`SCATTER` (see :func:`_raw_preadv`)."""
+    def mappable(self, key: str) -> bool:
+        """Whether :meth:`mapped` can give tensor ``key`` here (a 64-bit Linux C library; data aligned)."""
+        return _MMAP is not None and (self._base + self.header[key]["data_offsets"][0]) % self.dtype(key).itemsize == 0
+
+    def mapped(self, key: str) -> torch.Tensor:
+        """The whole tensor ``key`` as the file's own pages, mapped read-only: nothing is copied, and the pages
+        are faulted in at once (they come from the page cache, or are read from disk in order). The mapping
+        holds no file descriptor and is unmapped when the last tensor on it is gone. Never write to the tensor
+        (the pages are read-only: a write ends the process)."""
+        if self._map is None:
+            self._map = _map_readonly(self.fd, os.fstat(self.fd).st_size, self.path.name)
         entry = self.header[key]
-        row_bytes = math.prod(entry["shape"][1:]) * out.element_size()
-        if not (out.is_contiguous() and out.dtype == _ST_DTYPES[entry["dtype"]] and out[0].numel() * out.element_size()
-                == row_bytes and len(rows) == len(slots) and len(rows) and 0 <= int(slots.min())
-                and int(slots.max()) < out.shape[0] and 0 <= int(rows[0]) and int(rows[-1]) < entry["shape"][0]):
-            raise ValueError(f"scatter({key!r}): rows, slots or out do not fit the shard and each other")
-        lo, hi = int(rows[0]), int(rows[-1]) + 1
-        if len(self._scratch) < row_bytes:
-            self._scratch = memoryview(bytearray(row_bytes))
-        scratch = np.frombuffer(self._scratch, dtype=np.uint8)
-        iov = np.empty((hi - lo, 2), dtype=np.uint64)
-        iov[:, 0] = scratch.ctypes.data
-        iov[(rows - lo).numpy(), 0] = out.data_ptr() + slots.numpy().astype(np.uint64) * row_bytes
-        iov[:, 1] = row_bytes
-        _preadv_into(self.fd, iov, self._base + entry["data_offsets"][0] + lo * row_bytes, key, self.path.name)
+        a, b = entry["data_offsets"]
+        dtype, shape = _ST_DTYPES[entry["dtype"]], entry["shape"]
+        if b == a:
+            return torch.empty(shape, dtype=dtype)
+        if not 0 <= a < b <= len(self._map) - self._base or b - a != math.prod(shape) * dtype.itemsize:
+            raise InterpError(f"Shard {self.path.name}: {key} lies outside the file; the shard is corrupted.")
+        with warnings.catch_warnings():  # torch warns that the buffer is read-only: it is, on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(self._map, dtype=dtype, count=(b - a) // dtype.itemsize, offset=self._base + a)
+        return flat.view(shape)
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -150,56 +158,44 @@ class Shard:
         os.close(self.fd)
 
 
-
-
-def _raw_preadv() -> Any:
-    """libc's ``preadv`` through ctypes, which takes an iovec array built with numpy: no Python object per row
-    (``os.preadv`` needs one buffer object per destination, which costs more than a row's copy). None where the
-    C library or a 64-bit ``off_t`` is not there."""
+def _raw_mmap() -> Any:
+    """libc's ``mmap`` and ``munmap`` through ctypes (Python's ``mmap`` keeps a duplicate of the file descriptor
+    open for the life of the mapping, and a store can have more shards than a process may open files)."""
     import ctypes
 
+    if not hasattr(mmap, "MAP_SHARED") or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None
     try:
-        fn = ctypes.CDLL(None, use_errno=True).preadv
+        libc = ctypes.CDLL(None, use_errno=True)
+        do_map, do_unmap = libc.mmap, libc.munmap
     except (OSError, AttributeError):
         return None
-    if ctypes.sizeof(ctypes.c_void_p) != 8 or not hasattr(os, "preadv"):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
-    fn.restype = ctypes.c_ssize_t
-    return fn
+    do_map.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+    do_map.restype = ctypes.c_void_p
+    do_unmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    do_unmap.restype = ctypes.c_int
+    return do_map, do_unmap
 
 
-_PREADV = _raw_preadv()
-SCATTER = _PREADV is not None
-"""Whether rows can be read straight into scattered slots here."""
-SCATTER_MIN_ROW_BYTES = 2048
-"""Rows at least this large are read into scattered slots; smaller ones are read whole and copied. Measured on
-the 2-core machine (a 34 MB shard in the page cache): reading into random slots ran at 1.25x a memory copy's time
-for rows of 2-9 KiB, and at 4x for 512-byte rows, where a contiguous read and an index_copy_ (2x) is cheaper."""
+_MMAP = _raw_mmap()
+MAPS = _MMAP is not None
+"""Whether shards can be mapped into memory here (:meth:`Shard.mapped`)."""
 
-def _preadv_into(fd: int, iov: np.ndarray, offset: int, key: str, name: str) -> None:
-    """Fill the (address, length) buffers of ``iov`` from consecutive bytes at ``offset``, ``IOV_MAX`` a call,
-    resuming after a short read."""
+
+def _map_readonly(fd: int, size: int, name: str) -> Any:
+    """The first ``size`` bytes of ``fd`` mapped shared and read-only, populated, as a buffer object that unmaps
+    them when it is collected."""
     import ctypes
 
-    done, n = 0, len(iov)
-    while done < n:
-        part = iov[done : done + IOV_MAX]
-        got = _PREADV(fd, part.ctypes.data, len(part), offset)
-        if got < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        if got == 0:
-            raise InterpError(f"Shard {name} ended early while reading {key}: it is truncated.")
-        offset += got
-        ends = np.cumsum(part[:, 1])
-        full = int(np.searchsorted(ends, got, side="right"))  # buffers filled completely
-        if full < len(part):
-            over = got - (int(ends[full - 1]) if full else 0)
-            if over:  # a buffer filled in part: its rest next
-                part[full, 0] += over
-                part[full, 1] -= over
-        done += full
+    do_map, do_unmap = _MMAP
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    addr = do_map(None, size, mmap.PROT_READ, flags, fd, 0)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise InterpError(f"Could not map shard {name} into memory ({os.strerror(err)}).")
+    region = (ctypes.c_char * size).from_address(addr)
+    weakref.finalize(region, do_unmap, addr, size)
+    return region
 
 
 def digest(path: Path) -> str:
@@ -225,15 +221,14 @@ class ShardRows(LazyRows):
         self.shard, self.start, self.stop, self.keep = shard, start, stop, keep
         self.n = stop - start if keep is None else int(keep.sum())
         self.spec = {k: (tuple(shard.header[k]["shape"][1:]), torch.float32) for k in keys}
-        self.scatters = SCATTER and all(4 * math.prod(shape) >= SCATTER_MIN_ROW_BYTES
-                                        for shape, _ in self.spec.values())
+        self.table_key = shard.path if all(shard.mappable(k) for k in keys) else None
 
-    def scatter_into(self, out: dict[str, torch.Tensor], slots: torch.Tensor, first: int) -> None:
-        rows = torch.arange(self.start, self.stop) if self.keep is None else \
-            self.start + torch.nonzero(self.keep).squeeze(1)
-        rows = rows[first : first + len(slots)]
-        for k in self.spec:
-            self.shard.scatter(k, rows, out[k], slots)
+    def whole(self) -> dict[str, torch.Tensor]:
+        return {k: self.shard.mapped(k) for k in self.spec}
+
+    def row_numbers(self) -> torch.Tensor:
+        rows = torch.arange(self.start, self.stop)
+        return rows if self.keep is None else rows[self.keep]
 
     def read_into(self, out: dict[str, torch.Tensor]) -> None:
         for k in self.spec:

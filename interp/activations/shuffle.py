@@ -1,14 +1,16 @@
 """The shuffle buffer behind every source's batches, built to copy each row as few times as it can.
 
-A row is copied into the buffer once (when its block arrives) and out once, straight into the batch it goes
-out in: evicted rows are gathered into batch-sized tensors with ``index_select(out=...)``, so no batch is ever
-stitched from pieces. The buffer's memory comes from a :class:`Workspace` that keeps it between passes over the
-same source, so a pass does not fault in hundreds of megabytes of fresh pages. Batches are fresh tensors (in
-page-locked memory when ``pin_memory``; torch's caching host allocator then reuses them once their copies to
-the GPU are done), so a caller may keep them.
+Where the rows stay readable in place (a store's shards, mapped from the page cache), a :class:`RowTable`
+numbers them and the buffer moves the numbers: each batch is gathered straight from the shards, one copy per
+row. Otherwise a row is copied into the buffer once (when its block arrives) and out once, straight into the
+batch it goes out in: evicted rows are gathered into batch-sized tensors with ``index_select(out=...)``, so no
+batch is ever stitched from pieces. The buffer's memory comes from a :class:`Workspace` that keeps it between
+passes over the same source, so a pass does not fault in hundreds of megabytes of fresh pages. Batches are fresh
+tensors (in page-locked memory when ``pin_memory``; torch's caching host allocator then reuses them once their
+copies to the GPU are done), so a caller may keep them.
 
-The order rows come out in is a pure function of the seed and the sizes of the incoming blocks; the buffer
-draws from the generator only when it starts a new permutation (and once at the end).
+The order rows come out in is a pure function of the seed and the sizes of the incoming blocks, whichever way
+they travel; the buffer draws from the generator only when it starts a new permutation (and once at the end).
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ class LazyRows(ABC):
     def read_into(self, out: Rows) -> None:
         """Fill ``out[key]`` (contiguous, ``(n, *shape)``) for every key of ``spec``."""
 
-    scatters: bool = False
-    """True when :meth:`scatter_into` can read rows straight into scattered slots (one copy in, not two)."""
+    table_key: object = None
+    """Where the group can also be gathered from by row number (None: nowhere): groups with the same key share
+    :meth:`whole`. See :class:`RowTable`."""
 
-    def scatter_into(self, out: Rows, slots: torch.Tensor, first: int) -> None:
-        """Read rows ``first : first + len(slots)`` of the group into rows ``slots`` of ``out[key]`` (contiguous
-        ``(capacity, *shape)`` tensors); only called where :attr:`scatters` is True."""
+    def whole(self) -> Rows:
+        """The tensors (of every key of ``spec``) the group's rows are rows of, readable in place: a mapped file
+        (only where :attr:`table_key` is set)."""
+        raise NotImplementedError
+
+    def row_numbers(self) -> torch.Tensor:
+        """The group's rows as numbers of rows of :meth:`whole` (only where :attr:`table_key` is set)."""
         raise NotImplementedError
 
     def tensors(self) -> Rows:
@@ -79,6 +86,111 @@ def large_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     raw = torch.frombuffer(region, dtype=torch.uint8)  # keeps ``region`` alive as long as the tensor lives
     start = -raw.data_ptr() % _HUGE_PAGE  # huge pages cover aligned 2 MiB spans
     return raw[start : start + nbytes].view(dtype).view(shape)
+
+
+_SCRATCH_BYTES = 1 << 21
+
+ROW_ID = "row"
+"""The key under which :class:`RowTable` numbers travel through a shuffle buffer."""
+
+
+class RowTable:
+    """Row groups that stay where they are (mapped shards in the page cache), numbered in one sequence: the
+    shuffle buffer moves numbers (8 bytes a row) instead of rows, and each batch is gathered straight from the
+    groups' tensors, one copy per row. The numbers go through the same buffer slots in the same order as the
+    rows would, so the batches are the same as when rows are copied through the buffer.
+
+    A group is let go (its shard unmapped) once every row of it has gone out. A buffer visits each of its slots
+    once per permutation, so no row stays in it for more than two buffer-fulls of incoming rows: a pass keeps at
+    most the shards holding the last two buffer-fulls mapped, however large the store.
+
+    Measured on the 2-core machine (65,536 rows of 512 bytes in one shard in the page cache, batches of 4,096 in
+    a random order): gathering the batches from a fresh populated mapping took 6.3 ms, a memory copy of the same
+    bytes 6.9 ms, and reading the shard into a buffer, then gathering from it, 13.8 ms."""
+
+    def __init__(self, pin_memory: bool = False) -> None:
+        self.pin_memory = pin_memory
+        self._index: dict[object, int] = {}
+        self._whole: list[Rows | None] = []
+        self._bases: list[int] = []
+        self._left: list[int] = []  # rows of each group numbered and not gathered yet
+        self._bases_t = torch.empty(0, dtype=torch.int64)
+        self._n = 0
+
+    def numbers(self, block: Block) -> Rows:
+        """``block``'s rows as numbers in this table. A group that names its rows (``table_key``) is taken when
+        its key is new, or again after it was let go; any other block becomes a group of its own, in memory."""
+        named = isinstance(block, LazyRows) and block.table_key is not None
+        at = self._index.get(block.table_key) if named else None  # type: ignore[union-attr]
+        if at is None:
+            at = len(self._whole)
+            self._whole.append(None)
+            self._bases.append(self._n)
+            self._left.append(0)
+            if named:
+                self._index[block.table_key] = at  # type: ignore[union-attr]
+        whole = self._whole[at]
+        if whole is None:
+            whole = self._whole[at] = block.whole() if named else as_rows(block)  # type: ignore[union-attr]
+            self._n = max(self._n, self._bases[at] + next(iter(whole.values())).shape[0])
+        rows = block.row_numbers() if named else torch.arange(next(iter(whole.values())).shape[0])  # type: ignore[union-attr]
+        self._left[at] += rows.shape[0]
+        return {ROW_ID: rows + self._bases[at]}
+
+    def gather(self, numbered: Rows) -> Rows:
+        """The rows ``numbered[ROW_ID]`` names, in that order, as fresh tensors."""
+        ids = numbered[ROW_ID]
+        if len(self._bases) == 1:
+            group, counts, present = None, {0: ids.shape[0]}, [0]
+        else:
+            if self._bases_t.shape[0] != len(self._bases):
+                self._bases_t = torch.tensor(self._bases)
+            group = torch.searchsorted(self._bases_t, ids, right=True) - 1
+            lo, hi = (int(x) for x in torch.aminmax(group))
+            counts = dict(enumerate(torch.bincount(group - lo).tolist(), start=lo)) if hi > lo else {lo: ids.shape[0]}
+            present = [g for g, c in counts.items() if c]
+        first = self._whole[present[0]]
+        assert first is not None
+        out = {k: torch.empty((ids.shape[0], *v.shape[1:]), dtype=v.dtype, pin_memory=self.pin_memory)
+               for k, v in first.items()}
+        if len(present) == 1:
+            for k, v in first.items():
+                torch.index_select(v, 0, ids - self._bases[present[0]], out=out[k])
+        else:
+            assert group is not None
+            self._gather_groups(ids, group, out)
+        for g in present:
+            self._left[g] -= counts[g]
+            if not self._left[g]:
+                self._whole[g] = None  # the last row of the group is out: unmapped when its tensors go
+        return out
+
+    def _gather_groups(self, ids: torch.Tensor, group: torch.Tensor, out: Rows) -> None:
+        """``gather`` for rows of several groups, a piece of the batch at a time: each piece's rows are gathered
+        group by group into a scratch small enough to stay in cache, then from there into their places in the
+        batch, so memory sees one read and one write per row (``index_copy_`` into scattered places ran at a
+        fifth of ``index_select``'s speed here)."""
+        widest = max(v[0].numel() * v.element_size() for v in out.values())
+        step = max(1, _SCRATCH_BYTES // max(1, widest))
+        scratch = {k: torch.empty((min(step, ids.shape[0]), *v.shape[1:]), dtype=v.dtype) for k, v in out.items()}
+        for p in range(0, ids.shape[0], step):
+            q = min(p + step, ids.shape[0])
+            piece = group[p:q]
+            order = torch.argsort(piece, stable=True)
+            lo = int(piece.min())
+            sorted_ids, runs, a = ids[p:q][order], [], 0
+            for g, c in enumerate(torch.bincount(piece - lo).tolist(), start=lo):
+                if c:
+                    runs.append((g, a, a + c))
+                    a += c
+            back = torch.empty_like(order)
+            back[order] = torch.arange(q - p)
+            for k in out:  # one key at a time, so that only its scratch is in cache
+                for g, a, b in runs:
+                    whole = self._whole[g]
+                    assert whole is not None
+                    torch.index_select(whole[k], 0, sorted_ids[a:b] - self._bases[g], out=scratch[k][a:b])
+                torch.index_select(scratch[k][: q - p], 0, back, out=out[k][p:q])
 
 
 class Workspace:
@@ -153,8 +265,7 @@ class ShuffleBuffer:
 
     def push(self, block: Block) -> None:
         """Add the rows of ``block``; the rows they evict go to the assembler. A lazy block that fits in the
-        part of the buffer still filling is read straight into it, and so is one that can be read into scattered
-        slots (large rows from a shard): each evicted slot is refilled straight from the file."""
+        part of the buffer still filling is read straight into it."""
         if not self.data:
             spec = block.spec if isinstance(block, LazyRows) else {k: (tuple(v.shape[1:]), v.dtype)
                                                                      for k, v in block.items()}
@@ -163,9 +274,6 @@ class ShuffleBuffer:
             if block.n <= self.capacity - self.n:
                 block.read_into({k: v[self.n : self.n + block.n] for k, v in self.data.items()})
                 self.n += block.n
-                return
-            if block.scatters:
-                self._scatter(block)
                 return
             block = block.tensors()
         rows = block
@@ -182,21 +290,6 @@ class ShuffleBuffer:
                 take = slots.shape[0]
                 for k, v in rows.items():
                     self.data[k].index_copy_(0, slots, v[i : i + take])
-            i += take
-
-    def _scatter(self, block: LazyRows) -> None:
-        """``push`` for a lazy block read straight into its slots: the same slots, in the same order, as the
-        tensor path gives it."""
-        i = 0
-        while i < block.n:
-            if self.n < self.capacity:  # still filling
-                take = min(self.capacity - self.n, block.n - i)
-                block.scatter_into(self.data, torch.arange(self.n, self.n + take), i)
-                self.n += take
-            else:
-                slots = self._evict(block.n - i)
-                take = slots.shape[0]
-                block.scatter_into(self.data, slots, i)
             i += take
 
     def _evict(self, m: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-from interp.activations.shuffle import Assembler, Block, ShuffleBuffer, Workspace, as_rows
+from interp.activations.shuffle import Assembler, Block, Rows, RowTable, ShuffleBuffer, Workspace, as_rows
 from interp.errors import InterpError
 from interp.model import Model
 from interp.model.corpus import Context
@@ -139,6 +139,11 @@ class RowSource(ABC):
         """At most this many rows in one epoch (None: not known); the shuffle buffer is never made larger."""
         return None
 
+    def _maps_rows(self, hooks: list[str], grads: bool) -> bool:
+        """True when every group of an epoch can be gathered from by row number (:class:`RowTable`): shuffled
+        rows then go through the buffer as numbers, and each batch is gathered straight from the groups."""
+        return False
+
     @property
     def _workspace(self) -> Workspace:
         """Memory the shuffle buffer keeps between passes over this source."""
@@ -186,7 +191,7 @@ class RowSource(ABC):
             lambda: self._epoch(hooks, grads, batch_size, gen, exclude_bos), hooks, widths, batch_size, epochs=epochs,
             gen=gen, buffer_rows=buffer_rows if buffer_rows is not None else self._default_buffer_rows(batch_size),
             grads=grads, drop_last=drop_last, max_rows=self._max_rows(), workspace=self._workspace,
-            pin_memory=pin_memory,
+            pin_memory=pin_memory, by_number=self._maps_rows(hooks, grads),
         )
 
 
@@ -204,6 +209,7 @@ def shuffled_batches(
     max_rows: int | None = None,
     workspace: Workspace | None = None,
     pin_memory: bool = False,
+    by_number: bool = False,
 ) -> Iterator[Batch]:
     """Batches of exactly ``batch_size`` rows from ``epochs`` calls of ``epoch_blocks`` (row groups keyed
     by :func:`act_key` / :func:`grad_key`), mixed through a shuffle buffer unless ``gen`` is None.
@@ -211,7 +217,9 @@ def shuffled_batches(
     The buffer holds ``buffer_rows`` rows (None: about 256 MiB of them, at least 4 batches; 0: no buffer), or
     ``epochs * max_rows`` when an epoch has at most ``max_rows`` rows and that is fewer (the batches are the
     same). Its memory comes from ``workspace`` when given (kept for the next pass). ``pin_memory``: shuffled
-    batches are made in page-locked memory (for copies to a GPU with ``non_blocking=True``)."""
+    batches are made in page-locked memory (for copies to a GPU with ``non_blocking=True``). ``by_number``: the
+    buffer moves row numbers and each batch is gathered from the groups where they are (:class:`RowTable`; for
+    groups that name their rows, such as mapped shards); the batches are the same."""
     if batch_size < 1 or epochs < 1:
         raise InterpError(f"batch_size and epochs must be >= 1 (got {batch_size}, {epochs}).")
     if buffer_rows is None:
@@ -223,18 +231,23 @@ def shuffled_batches(
     capacity = max(buffer_rows, batch_size)
     if max_rows is not None:
         capacity = max(1, min(capacity, epochs * max_rows))
-    out = Assembler(batch_size, pin_memory)
+    table = RowTable(pin_memory) if by_number else None
+    out = Assembler(batch_size, pin_memory and table is None)
     buf = ShuffleBuffer(capacity, gen, out, workspace or Workspace())
+
+    def ready(groups: list[Rows]) -> Iterator[Batch]:
+        yield from _as_batches(groups if table is None else [table.gather(g) for g in groups], hooks, grads)
+
     try:
         for _ in range(epochs):
-            for rows in epoch_blocks():
-                buf.push(rows)
-                yield from _as_batches(out.take_ready(), hooks, grads)
+            for block in epoch_blocks():
+                buf.push(block if table is None else table.numbers(block))
+                yield from ready(out.take_ready())
         for _ in buf.flush():
-            yield from _as_batches(out.take_ready(), hooks, grads)
+            yield from ready(out.take_ready())
         tail = out.tail()
         if tail is not None and not drop_last:
-            yield from _as_batches([tail], hooks, grads)
+            yield from ready([tail])
     finally:
         buf.release()
 

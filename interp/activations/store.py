@@ -19,8 +19,10 @@ reader refuses it with an :class:`InterpError` that names it.
                               readers: shards whose sha256 matched, and the file identity they had then
                               (``interp.activations.shard``), so readers skip hashing them again
 
-The reader opens one shard at a time and reads rows into a bounded shuffle buffer, so its memory does not
-grow with the size of the store.
+The reader opens one shard at a time. Shuffled rows of a float32 store go through a bounded shuffle buffer
+as row numbers and are gathered from the mapped shards (one copy per row); a shard is unmapped once its last
+row is out, so at most the shards the last two buffer-fulls came from are mapped, whatever the size of the
+store. Other stores copy rows through the buffer. Either way memory does not grow with the size of the store.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from typing import Any, NamedTuple
 
 import torch
 
-from interp.activations.shard import Shard, ShardRows, digest, file_identity, read_record, verify_pool, write_record
+from interp.activations.shard import (
+    MAPS,
+    Shard,
+    ShardRows,
+    digest,
+    file_identity,
+    read_record,
+    verify_pool,
+    write_record,
+)
 from interp.activations.shuffle import Block
 from interp.activations.source import RowSource, act_key, grad_key
 from interp.errors import InterpError, close_matches
@@ -134,6 +145,10 @@ class ActivationStore(RowSource):
 
     def _max_rows(self) -> int:
         return self.n_rows
+
+    def _maps_rows(self, hooks: list[str], grads: bool) -> bool:
+        """A float32 store's shuffled batches are gathered straight from its mapped shards."""
+        return MAPS and self.manifest.get("dtype") == "float32"
 
     @property
     def model(self) -> dict[str, Any]:
@@ -267,7 +282,8 @@ class ActivationStore(RowSource):
 
         Unverified shards are hashed on background threads while the epoch reads them; a shard that fails its
         sha256 raises as soon as its hash is done, at the latest when the epoch ends. Blocks of shards stored in
-        float32 are lazy (:class:`ShardRows`): a filling shuffle buffer reads them straight into its slots."""
+        float32 are lazy (:class:`ShardRows`): they name their rows in the mapped shard (see :meth:`_maps_rows`),
+        or a filling shuffle buffer reads them straight into its slots."""
         keys = [act_key(h) for h in hooks] + ([grad_key(h) for h in hooks] if grads else [])
         n = len(self.shards)
         shard_order = (torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)).tolist()
