@@ -188,19 +188,33 @@ def _safetensors_parts(blocks: dict[str, list[torch.Tensor]]) -> list[Any] | Non
         if len(v) > 1 and any(t.dtype != v[0].dtype or t.dim() == 0 or t.shape[1:] != v[0].shape[1:] for t in v):
             return None
     order = sorted(blocks, key=lambda k: (-_ST_RANK[names[blocks[k][0].dtype]], k))
-    header: dict[str, Any] = {}
-    views: list[Any] = []
-    offset = 0
+    specs, views = [], []
     for k in order:
         ts = [t.detach().contiguous() for t in blocks[k]]
         shape = [sum(t.shape[0] for t in ts), *ts[0].shape[1:]] if len(ts) > 1 else list(ts[0].shape)
-        size = sum(t.numel() * t.element_size() for t in ts)
-        header[k] = {"dtype": names[ts[0].dtype], "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
+        specs.append((k, ts[0].dtype, shape))
         views += [t.reshape(-1).view(torch.uint8).numpy() for t in ts if t.numel()]
+    head, _ = safetensors_header(specs)
+    return [head, *views]
+
+
+def safetensors_header(specs: Sequence[tuple[str, torch.dtype, Sequence[int]]]) -> tuple[bytes, dict[str, int]]:
+    """The start of a safetensors file holding tensors of these (name, dtype, shape), stored in this order: the
+    8-byte header length and the JSON header (padded with spaces to a multiple of 8), and where each tensor's
+    data starts in the file."""
+    import math
+
+    names = {dtype: name for name, dtype in safetensors_dtypes().items()}
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, dtype, shape in specs:
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
-    return [len(text).to_bytes(8, "little"), text, *views]
+    base = 8 + len(text)
+    return len(text).to_bytes(8, "little") + text, {k: base + v["data_offsets"][0] for k, v in header.items()}
 
 
 def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -240,6 +240,61 @@ def test_non_finite_activations_stop_the_job_and_keep_the_shards_before(tiny_mod
     assert not broken.complete and [s.file for s in broken.shards] == [s.file for s in clean.shards[:k]]
     for s in clean.shards[:k]:
         assert (out / s.file).read_bytes() == (tmp_path / "clean" / s.file).read_bytes()
+    assert not list(out.glob("*.tmp"))  # the shard that was being written as it was computed is gone
+
+
+def _layout(path: Path) -> list[str]:
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    return sorted(header, key=lambda k: header[k]["data_offsets"][0])
+
+
+def test_shards_written_while_computed_hold_what_a_whole_write_holds(tiny_model_dir, corpus_dir, tmp_path,
+                                                                      monkeypatch):
+    """Each batch's activations are written at their place in the shard while the next batch runs (the tensors
+    laid out activations first, the first one hashed as it comes); the shard must hold exactly the tensors of a
+    shard written whole at the end, under the sha256 the manifest lists."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from interp.activations import writer
+
+    cfg = _cfg(tiny_model_dir, corpus_dir, with_grads=True)
+    streamed = cache_activations(cfg, tmp_path / "streamed", progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(writer.ShardStream, "aligned", staticmethod(lambda spec, rows: False))
+        whole = cache_activations(cfg, tmp_path / "whole", progress=False)
+    assert len(streamed.shards) == len(whole.shards) > 2
+    for a, b in zip(streamed.shards, whole.shards):
+        fa, fb = streamed.path / a.file, whole.path / b.file
+        assert _layout(fa)[0].startswith("act/") and _layout(fa)[-3:] == ["pos", "tokens", "doc"]
+        assert _layout(fb)[0] == "doc"  # safetensors' own order: the other path
+        assert a.sha256 == hashlib.sha256(fa.read_bytes()).hexdigest() and a.bytes == fa.stat().st_size
+        ta, tb = load_file(str(fa)), load_file(str(fb))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+        assert a.contexts_sha256 == b.contexts_sha256
+    assert not list(streamed.path.glob("*.tmp"))
+
+
+def test_a_shard_cut_short_by_the_corpus_is_written_whole(tiny_model_dir, corpus_dir, tmp_path, caplog):
+    """The last shard is laid out for the contexts still wanted; when the corpus ends first it gets fewer rows,
+    so the half-streamed file is dropped and the shard is written whole."""
+    cfg = _cfg(tiny_model_dir, corpus_dir, n_tokens=10**6, shard_mb=4)
+    store = cache_activations(cfg, tmp_path / "s", progress=False)
+    assert store.complete and "corpus ran out" in caplog.text
+    last = store.shards[-1]
+    assert last.rows < cfg.n_contexts * cfg.ctx_len and _layout(store.path / last.file)[0] == "doc"
+    ActivationStore(store.path, verify=True).verify_all()
+    store.path.joinpath("verified.json").unlink()
+    ActivationStore(store.path, verify=True).verify_all()  # every shard hashed: each matches its manifest entry
+    assert sum(b.acts[HOOKS[0]].shape[0] for b in store.batches(HOOKS[0], 7, drop_last=False, exclude_bos=False)) \
+        == store.n_rows
+    assert not list(store.path.glob("*.tmp"))
 
 
 def test_a_shard_starts_computing_before_its_contexts_are_all_tokenised():

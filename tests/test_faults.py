@@ -13,6 +13,7 @@ import resource
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,27 +122,43 @@ def test_writer_dying_under_slow_writes_ends_the_job(tiny_model_dir, tiny_model,
                                                      monkeypatch):
     """Writes slower than compute, then the disk fills: the main thread is waiting to hand the writer the next
     shard when the writer fails. The job must end with the writer's error, not wait forever."""
-    real = writer_module.save_tensors
-    writes = []
+    writes: list[str] = []
 
-    def slow_then_full(path, tensors, metadata=None):
-        writes.append(Path(path).name)
+    def slow_then_full(path: Path) -> None:
+        writes.append(path.name)
         time.sleep(0.4)
         if len(writes) >= 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(path, tensors, metadata)
 
-    monkeypatch.setattr(writer_module, "save_tensors", slow_then_full)
-    cfg, out = _cfg(tiny_model_dir, corpus_dir), tmp_path / "store"
-    error = _in_thread(lambda: cache_activations(cfg, out, progress=False, model=tiny_model))
+    with monkeypatch.context() as m:
+        _before_shard_writes(m, slow_then_full)
+        cfg, out = _cfg(tiny_model_dir, corpus_dir), tmp_path / "store"
+        error = _in_thread(lambda: cache_activations(cfg, out, progress=False, model=tiny_model))
     assert isinstance(error, DiskFullError), error
     assert "no space is left" in str(error) and "run the same interp cache command again" in str(error)
     store = ActivationStore(out)
     store.verify_all()
     assert not store.complete and len(store.shards) == 2
-    monkeypatch.setattr(writer_module, "save_tensors", real)
+    assert not list(out.glob("*.tmp")), "the half-written shard must not be left behind"
     cache_activations(cfg, out, progress=False, model=tiny_model)
     assert _store_bytes(out) == reference
+
+
+def _before_shard_writes(m: pytest.MonkeyPatch, before: Callable[[Path], None]) -> None:
+    """Call ``before(path)`` as the writer thread finishes each shard, whichever way it writes it: the end of a
+    shard written as it was computed (``ShardStream.finish``), or a shard written whole (``save_tensors``)."""
+    save, finish = writer_module.save_tensors, writer_module.ShardStream.finish
+
+    def save_after(path, tensors, metadata=None):
+        before(Path(path))
+        return save(path, tensors, metadata)
+
+    def finish_after(self, tensors):
+        before(self.path)
+        return finish(self, tensors)
+
+    m.setattr(writer_module, "save_tensors", save_after)
+    m.setattr(writer_module.ShardStream, "finish", finish_after)
 
 
 def test_file_size_limit_ends_in_a_clear_error(tiny_model_dir, tiny_model, corpus_dir, reference, tmp_path):
@@ -164,13 +181,7 @@ def test_file_size_limit_ends_in_a_clear_error(tiny_model_dir, tiny_model, corpu
 
 def test_reader_of_a_store_being_written_sees_only_complete_shards(tiny_model_dir, tiny_model, corpus_dir, reference,
                                                                    tmp_path, monkeypatch, caplog):
-    real = writer_module.save_tensors
-
-    def slow(path, tensors, metadata=None):
-        time.sleep(0.3)
-        return real(path, tensors, metadata)
-
-    monkeypatch.setattr(writer_module, "save_tensors", slow)
+    _before_shard_writes(monkeypatch, lambda path: time.sleep(0.3))
     cfg, out = _cfg(tiny_model_dir, corpus_dir), tmp_path / "store"
     with pytest.raises(InterpError, match="not an activation store"):
         ActivationStore(out)

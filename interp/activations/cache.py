@@ -22,9 +22,10 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -273,7 +274,8 @@ def _write(
         n_contexts, last = 0, False
         for index, group in groups:
             ours = index not in done and index % world == rank
-            tensors = _compute_shard(cfg, model, hooks, group, n_contexts, bar) if ours else None
+            stream = functools.partial(writer.stream, index, group.want * cfg.ctx_len)
+            tensors = _compute_shard(cfg, model, hooks, group, n_contexts, bar, stream) if ours else None
             last = n_contexts + len(group) >= cfg.n_contexts or len(group) < per_shard  # len: after computing
             if tensors is None:
                 bar.update(len(group) * cfg.ctx_len)
@@ -320,22 +322,28 @@ def _merge_parts(out: Path, manifest: dict[str, Any], n_contexts: int) -> None:
 
 
 def _compute_shard(
-    cfg: CacheConfig, model: Model, hooks: list[str], group: ShardGroup, first_ctx: int, bar: Any
+    cfg: CacheConfig, model: Model, hooks: list[str], group: ShardGroup, first_ctx: int, bar: Any,
+    stream: Callable[[dict[str, torch.Tensor]], None],
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-    """Run the shard's contexts in batches; returns the shard's tensors (rows = contexts * ctx_len), each
-    activation as its batches' row blocks (the writer writes them in order, with no concatenated copy)."""
+    """Run the shard's contexts in batches, handing each batch's activations to ``stream`` (the writer writes
+    them while the next batch runs); returns the shard's tensors (rows = contexts * ctx_len), each activation
+    as its batches' row blocks."""
     dtype = DTYPES[cfg.dtype]
     parts: dict[str, list[torch.Tensor]] = {}
     a = 0
     for batch in group.batches(cfg.batch_size):
         tokens = torch.stack([c.tokens for c in batch])
         cap = model.capture(tokens, hooks, with_grads=cfg.with_grads)
+        blocks = {}
         for h in hooks:
             _check_finite(cap.acts[h], h, first_ctx + a, "activations")
-            parts.setdefault(act_key(h), []).append(cap.acts[h].reshape(tokens.numel(), -1).to("cpu", dtype))
+            blocks[act_key(h)] = cap.acts[h].reshape(tokens.numel(), -1).to("cpu", dtype).contiguous()
             if cfg.with_grads:
                 _check_finite(cap.grads[h], h, first_ctx + a, "gradients")
-                parts.setdefault(grad_key(h), []).append(cap.grads[h].reshape(tokens.numel(), -1).to("cpu", dtype))
+                blocks[grad_key(h)] = cap.grads[h].reshape(tokens.numel(), -1).to("cpu", dtype).contiguous()
+        for k, v in blocks.items():
+            parts.setdefault(k, []).append(v)
+        stream(blocks)
         bar.update(tokens.numel())
         a += len(batch)
     contexts = group.contexts()

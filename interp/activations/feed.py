@@ -76,6 +76,11 @@ class ShardGroup:
     def __len__(self) -> int:
         return len(self.contexts())
 
+    @property
+    def want(self) -> int:
+        """The contexts the group is meant to hold (fewer when the corpus runs out first)."""
+        return self._want
+
 
 def shard_groups(contexts: Iterator[Context], per_shard: int, n_contexts: int) -> Iterator[ShardGroup]:
     """The contexts of shard 0, 1, ...: ``per_shard`` each (the last may be shorter), ``n_contexts`` in all. A

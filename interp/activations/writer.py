@@ -4,8 +4,10 @@ contexts a shard holds (:func:`contexts_digest`), which lets a resumed run notic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -18,7 +20,7 @@ from interp.activations.shard import file_identity, write_record
 from interp.activations.store import FORMAT, MANIFEST, shard_name
 from interp.distributed import any_rank, rank_and_world
 from interp.errors import InterpError
-from interp.io import atomic_write_json, read_json, save_tensors
+from interp.io import TMP_SUFFIX, atomic_write_json, read_json, safetensors_header, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,113 @@ def contexts_digest(tokens: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) 
     return h.hexdigest()
 
 
+class ShardStream:
+    """A shard written while its batches are computed, so that only its last batch and small columns are left to
+    write when the model is done with it.
+
+    The activation tensors come first in the file, in the order the batches give them, then ``pos``, ``tokens``
+    and ``doc`` (any order is valid safetensors; the reader goes by the header). Each batch is written at its
+    place as it comes (``pwrite``), the first tensor's bytes are hashed as they come (they are the file's next
+    bytes), and every ``SYNC_BYTES`` written the file is flushed to disk, so the last ``fsync`` has little left.
+    The header needs the shard's row count first: a shard that ends with another count (the corpus ran out) is
+    dropped with :meth:`abort` and written whole instead."""
+
+    SYNC_BYTES = 16 << 20
+
+    def __init__(self, path: Path, spec: dict[str, tuple[tuple[int, ...], torch.dtype]], rows: int):
+        self.path, self.rows, self.done = path, rows, 0
+        self.keys = list(spec)
+        specs = [(k, dtype, (rows, *shape)) for k, (shape, dtype) in spec.items()]
+        specs += [("pos", torch.int32, (rows,)), ("tokens", torch.int32, (rows,)), ("doc", torch.int64, (rows,))]
+        head, self.offsets = safetensors_header(specs)
+        self.row_bytes = {k: math.prod(shape) * dtype.itemsize for k, (shape, dtype) in spec.items()}
+        self.tmp = path.with_name(path.name + TMP_SUFFIX)
+        self.hash = hashlib.sha256(head)
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.unsynced = 0
+        try:
+            self._pwrite(memoryview(head), 0)
+        except BaseException:
+            self.abort()
+            raise
+
+    @staticmethod
+    def aligned(spec: dict[str, tuple[tuple[int, ...], torch.dtype]], rows: int) -> bool:
+        """Whether ``doc`` (int64, last) would start at a multiple of 8 bytes, as readers that map the file need."""
+        return (rows * sum(math.prod(shape) * dtype.itemsize for shape, dtype in spec.values())) % 8 == 0
+
+    def add(self, blocks: dict[str, torch.Tensor]) -> None:
+        """Write the next rows of every activation tensor (``blocks``: key -> (n, ...) CPU tensor)."""
+        n = next(iter(blocks.values())).shape[0]
+        if self.done + n > self.rows:
+            raise InterpError(f"Shard {self.path.name} was laid out for {self.rows} rows and got more.")
+        try:
+            for k in self.keys:
+                data = _bytes(blocks[k])
+                self._pwrite(data, self.offsets[k] + self.done * self.row_bytes[k])
+                if k == self.keys[0]:
+                    self.hash.update(data)
+            self.done += n
+            if self.unsynced >= self.SYNC_BYTES:
+                os.fdatasync(self.fd)
+                self.unsynced = 0
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self, tensors: ShardTensors) -> str | None:
+        """Write the rest (``tensors``: the shard, as :class:`ShardWriter` gets it), flush it and move the file into
+        place; returns its sha256. None (and nothing written) when the shard did not get the rows it was laid
+        out for: the caller writes it whole."""
+        tokens = tensors["tokens"]
+        assert isinstance(tokens, torch.Tensor)
+        if self.done != self.rows or tokens.shape[0] != self.rows:
+            self.abort()
+            return None
+        try:
+            for k in self.keys[1:]:  # already written; hashed now, in file order
+                for block in _blocks(tensors[k]):
+                    self.hash.update(_bytes(block))
+            for k, dtype in (("pos", torch.int32), ("tokens", torch.int32), ("doc", torch.int64)):
+                column = _bytes(torch.cat(_blocks(tensors[k])).to(dtype))
+                self._pwrite(column, self.offsets[k])
+                self.hash.update(column)
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.hash.hexdigest()
+
+    def abort(self) -> None:
+        """Close and remove the half-written file."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
+
+    def _pwrite(self, view: memoryview, offset: int) -> None:
+        while len(view):
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as e:  # named, so that a full disk is reported with the file
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
+            view, offset = view[n:], offset + n
+            self.unsynced += n
+
+
+def _blocks(value: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return value if isinstance(value, list) else [value]
+
+
+def _bytes(t: torch.Tensor) -> memoryview:
+    """A CPU tensor's bytes, without a copy when it is contiguous."""
+    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
+
+
 class ShardWriter:
     """Writes shards on one background thread, in order, and lists each one after it is on disk: in the
     manifest, or (``part`` = this rank, when ranks split the work) in the rank's part file, which rank 0
@@ -96,8 +205,16 @@ class ShardWriter:
             self.listed = list(read_json(self.part_path, "store manifest part")["shards"])
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
+        self._open: tuple[int, ShardStream] | None = None  # the shard being streamed, on the writer thread
         self._thread = threading.Thread(target=self._loop, name="interp-shard-writer", daemon=True)
         self._thread.start()
+
+    def stream(self, index: int, rows: int, blocks: dict[str, torch.Tensor]) -> None:
+        """Queue the next rows of shard ``index``'s activation tensors (the shard is laid out for ``rows`` rows):
+        they are written while the model computes the next ones (:class:`ShardStream`). :meth:`put` still gets
+        the whole shard, and lists it."""
+        self._raise()
+        self._queue.put(("stream", index, rows, blocks))
 
     def put(self, index: int, tensors: ShardTensors, contexts: int, last: bool) -> None:
         """Queue shard ``index`` (a tensor, or a list of row blocks, per key) for writing."""
@@ -114,15 +231,34 @@ class ShardWriter:
             if self._error is not None:
                 continue  # drop: the job is ending with the error
             try:
-                self._write(*item)
+                if item[0] == "stream":
+                    self._stream(*item[1:])
+                else:
+                    self._write(*item)
             except BaseException as e:  # surfaced on the main thread by _raise / close
                 self._error = e
+                if self._open is not None:
+                    self._open[1].abort()
+                    self._open = None
+
+    def _stream(self, index: int, rows: int, blocks: dict[str, torch.Tensor]) -> None:
+        if self._open is None or self._open[0] != index:
+            spec = {k: (tuple(v.shape[1:]), v.dtype) for k, v in blocks.items()}
+            if not ShardStream.aligned(spec, rows):
+                return  # written whole by _write
+            self._open = (index, ShardStream(self.out / shard_name(index), spec, rows))
+        self._open[1].add(blocks)
 
     def _write(self, index: int | None, tensors: ShardTensors | None, contexts: int, last: bool) -> None:
         entry = None
         if index is not None and tensors is not None:
             name = shard_name(index)
-            sha = save_tensors(self.out / name, tensors)  # hashed while it is written
+            sha = None
+            if self._open is not None and self._open[0] == index:
+                sha = self._open[1].finish(tensors)  # None: it got other rows than it was laid out for
+                self._open = None
+            if sha is None:
+                sha = save_tensors(self.out / name, tensors)  # hashed while it is written
             # recorded as verified, as a reader records a shard it hashed: the first reader skips hashing it, and
             # any later change to the file (or a copy of the store) makes readers hash it again. Only one process
             # writes the record: with several ranks, the first reader hashes their shards.
@@ -152,4 +288,7 @@ class ShardWriter:
     def close(self) -> None:
         self._queue.put(StopIteration)  # the thread takes items until this one, even after an error
         self._thread.join()
+        if self._open is not None:  # the job stopped inside a shard: its half-written file goes
+            self._open[1].abort()
+            self._open = None
         self._raise()
