@@ -243,6 +243,9 @@ class ShardWriter:
 
     def _stream(self, index: int, rows: int, blocks: dict[str, torch.Tensor]) -> None:
         if self._open is None or self._open[0] != index:
+            if self._open is not None:  # a shard that never reached put (not expected): its file goes
+                self._open[1].abort()
+                self._open = None
             spec = {k: (tuple(v.shape[1:]), v.dtype) for k, v in blocks.items()}
             if not ShardStream.aligned(spec, rows):
                 return  # written whole by _write
