@@ -227,6 +227,10 @@ def test_distributed_cache_writes_the_single_process_store(tiny_model_dir, corpu
     assert got["complete"] and got["shards"] == want["shards"] and len(got["shards"]) >= 4
     assert _store_files(tmp_path / "store") == _store_files(one_process_store)  # disjoint, complete, identical
     assert not list((tmp_path / "store").glob("manifest.rank*.json"))
+    # each rank recorded the shards it wrote (hashed as written); rank 0 merged the records: no reader hashes them
+    assert not list((tmp_path / "store").glob("verified.rank*.json"))
+    store = ActivationStore(tmp_path / "store")
+    assert sorted(store._verified) == sorted(s["file"] for s in got["shards"])
 
 
 def test_distributed_cache_resumes_after_one_rank_is_killed(tiny_model_dir, corpus_dir, one_process_store, tmp_path):
@@ -248,3 +252,4 @@ def test_distributed_cache_resumes_after_one_rank_is_killed(tiny_model_dir, corp
     assert _store_files(out) == _store_files(one_process_store)
     assert json.loads((out / "manifest.json").read_text())["shards"] == json.loads(
         (one_process_store / "manifest.json").read_text())["shards"]
+    assert not list(out.glob("verified.rank*.json"))  # merged into verified.json by rank 0

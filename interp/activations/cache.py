@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 
 from interp.activations.feed import ShardGroup, prefetch, prepend, shard_groups
+from interp.activations.shard import VERIFIED_PART, read_record, write_record
 from interp.activations.source import act_key, grad_key, probe_shapes
 from interp.activations.store import DTYPES, FORMAT, MANIFEST, VERSION, ActivationStore
 from interp.activations.writer import DirectoryLock, ShardWriter, contexts_digest
@@ -318,6 +319,10 @@ def _merge_parts(out: Path, manifest: dict[str, Any], n_contexts: int) -> None:
         atomic_write_json(out / MANIFEST, merged)
         for part in out.glob(PART_GLOB):
             part.unlink()
+        records = sorted(out.glob(VERIFIED_PART.format("*")))
+        write_record(out, {k: v for r in records for k, v in read_record(out, r.name).items()})
+        for record in records:
+            record.unlink()
     barrier()
 
 

@@ -35,6 +35,8 @@ from interp.io import IOV_MAX, atomic_write_json, safetensors_dtypes
 log = logging.getLogger(__name__)
 
 VERIFIED = "verified.json"
+VERIFIED_PART = "verified.rank{}.json"
+"""A rank's own record while several processes write a store; rank 0 merges them into :data:`VERIFIED`."""
 _RECORD_FORMAT = "interp-store-verified"
 _ST_DTYPES = safetensors_dtypes()
 
@@ -241,11 +243,11 @@ def file_identity(path: Path) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def read_record(directory: Path) -> dict[str, dict[str, Any]]:
-    """Shard file -> {"sha256", "identity"} from ``directory``'s record; empty when there is none or it is not
-    readable (the shards are then simply hashed)."""
+def read_record(directory: Path, file: str = VERIFIED) -> dict[str, dict[str, Any]]:
+    """Shard file -> {"sha256", "identity"} from ``directory``'s record (``file``: a rank's own record while ranks
+    write a store); empty when there is none or it is not readable (the shards are then simply hashed)."""
     try:
-        data = json.loads((directory / VERIFIED).read_text())
+        data = json.loads((directory / file).read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("format") != _RECORD_FORMAT or not isinstance(data.get("shards"), dict):
@@ -253,11 +255,11 @@ def read_record(directory: Path) -> dict[str, dict[str, Any]]:
     return data["shards"]
 
 
-def write_record(directory: Path, fresh: dict[str, dict[str, Any]]) -> None:
-    """Add ``fresh`` entries to ``directory``'s record (atomically; skipped with a debug log where the store is
-    not writable)."""
-    shards = {**read_record(directory), **fresh}
+def write_record(directory: Path, fresh: dict[str, dict[str, Any]], file: str = VERIFIED) -> None:
+    """Add ``fresh`` entries to ``directory``'s record ``file`` (atomically; skipped with a debug log where the
+    store is not writable)."""
+    shards = {**read_record(directory, file), **fresh}
     try:
-        atomic_write_json(directory / VERIFIED, {"format": _RECORD_FORMAT, "version": 1, "shards": shards})
+        atomic_write_json(directory / file, {"format": _RECORD_FORMAT, "version": 1, "shards": shards})
     except (OSError, InterpError) as e:
         log.debug("could not record verified shards in %s: %s", directory, e)

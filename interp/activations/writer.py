@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from interp.activations.shard import file_identity, write_record
+from interp.activations.shard import VERIFIED, VERIFIED_PART, file_identity, write_record
 from interp.activations.store import FORMAT, MANIFEST, shard_name
 from interp.distributed import any_rank, rank_and_world
 from interp.errors import InterpError
@@ -263,10 +263,10 @@ class ShardWriter:
             if sha is None:
                 sha = save_tensors(self.out / name, tensors)  # hashed while it is written
             # recorded as verified, as a reader records a shard it hashed: the first reader skips hashing it, and
-            # any later change to the file (or a copy of the store) makes readers hash it again. Only one process
-            # writes the record: with several ranks, the first reader hashes their shards.
-            if self.part is None:
-                write_record(self.out, {name: {"sha256": sha, "identity": file_identity(self.out / name)}})
+            # any later change to the file (or a copy of the store) makes readers hash it again. With several
+            # ranks each keeps its own record, and rank 0 merges them when the store is complete.
+            write_record(self.out, {name: {"sha256": sha, "identity": file_identity(self.out / name)}},
+                         VERIFIED if self.part is None else VERIFIED_PART.format(self.part))
             tokens, doc, pos = (tensors[k] for k in ("tokens", "doc", "pos"))
             assert isinstance(tokens, torch.Tensor) and isinstance(doc, torch.Tensor) and isinstance(pos, torch.Tensor)
             entry = {"file": name, "rows": int(tokens.shape[0]), "contexts": contexts,
