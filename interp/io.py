@@ -198,10 +198,12 @@ def _safetensors_parts(blocks: dict[str, list[torch.Tensor]]) -> list[Any] | Non
     return [head, *views]
 
 
-def safetensors_header(specs: Sequence[tuple[str, torch.dtype, Sequence[int]]]) -> tuple[bytes, dict[str, int]]:
+def safetensors_header(specs: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+                       align: int = 8) -> tuple[bytes, dict[str, int]]:
     """The start of a safetensors file holding tensors of these (name, dtype, shape), stored in this order: the
-    8-byte header length and the JSON header (padded with spaces to a multiple of 8), and where each tensor's
-    data starts in the file."""
+    8-byte header length and the JSON header, padded with spaces so that the data starts at a multiple of
+    ``align`` bytes (8, as safetensors writes it; a page, for data that is mapped in place), and where each
+    tensor's data starts in the file."""
     import math
 
     names = {dtype: name for name, dtype in safetensors_dtypes().items()}
@@ -212,7 +214,7 @@ def safetensors_header(specs: Sequence[tuple[str, torch.dtype, Sequence[int]]]) 
         header[name] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
+    text += b" " * (-(8 + len(text)) % align)
     base = 8 + len(text)
     return len(text).to_bytes(8, "little") + text, {k: base + v["data_offsets"][0] for k, v in header.items()}
 

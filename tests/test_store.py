@@ -24,8 +24,10 @@ from interp.io import atomic_write_json, save_tensors
 
 
 def write_store(path: Path, n_shards: int, rows: int, d: int, ctx_len: int = 16, grads: bool = False,
-                pos: torch.Tensor | None = None) -> ActivationStore:
-    """Row i holds i in every column (grads: -i); ``pos`` defaults to a BOS every ``ctx_len`` rows."""
+                pos: torch.Tensor | None = None, streamed: bool = False) -> ActivationStore:
+    """Row i holds i in every column (grads: -i); ``pos`` defaults to a BOS every ``ctx_len`` rows. ``streamed``:
+    shards laid out as the cache writes them (``ShardStream``: tensors on pages, mapped end to end by readers);
+    otherwise as safetensors lays them out."""
     path.mkdir(parents=True)
     shards, start = [], 0
     for s in range(n_shards):
@@ -36,7 +38,16 @@ def write_store(path: Path, n_shards: int, rows: int, d: int, ctx_len: int = 16,
                    else (torch.arange(rows, dtype=torch.int32) % ctx_len) - 1}
         if grads:
             tensors["grad/h"] = -ids[:, None].repeat(1, d)
-        sha = save_tensors(path / shard_name(s), tensors)
+        if streamed:
+            from interp.activations.writer import ShardStream
+
+            keys = ["act/h", "grad/h"] if grads else ["act/h"]
+            stream = ShardStream(path / shard_name(s), {k: ((d,), torch.float32) for k in keys}, rows)
+            for a in range(0, rows, 97):  # in batches, as the cache hands them over
+                stream.add({k: tensors[k][a : a + 97] for k in keys})
+            sha = stream.finish(tensors)
+        else:
+            sha = save_tensors(path / shard_name(s), tensors)
         shards.append({"file": shard_name(s), "rows": rows, "contexts": rows // ctx_len,
                        "bytes": (path / shard_name(s)).stat().st_size, "sha256": sha})
         start += rows
@@ -268,46 +279,63 @@ def test_large_buffers_live_in_huge_page_memory_and_hold_rows_like_any_tensor(tm
     assert not torch.equal(seen, torch.arange(16384, dtype=torch.float32))
 
 
-@pytest.mark.parametrize("d", [3, 512])
-def test_batches_gathered_from_mapped_shards_are_those_copied_through_the_buffer(tmp_path, monkeypatch, d):
-    """A float32 store's rows go through the shuffle buffer as numbers and each batch is gathered from the mapped
-    shards; the batches must be exactly those of copying the rows through the buffer (BOS rows anywhere, several
-    epochs, a buffer that turns over many times, gradients, a partial last batch)."""
-    pos = (torch.arange(3 * 700, dtype=torch.int32) % 16) - 1
+@pytest.mark.parametrize(("n_shards", "d"), [(3, 3), (3, 512), (1, 3)])
+def test_batches_gathered_from_mapped_shards_are_those_copied_through_the_buffer(tmp_path, monkeypatch, n_shards, d):
+    """A float32 store's rows go through the shuffle buffer as numbers and each batch is one gather from the shards
+    mapped end to end (``ShardSpace``; one shard: mapped on its own); the batches must be exactly those of copying
+    the rows through the buffer (BOS rows anywhere, several epochs, a buffer that turns over many times,
+    gradients, a partial last batch)."""
+    from interp.activations.mapping import ShardSpace
+
+    pos = (torch.arange(n_shards * 1024, dtype=torch.int32) % 16) - 1
     pos[torch.randperm(len(pos), generator=torch.Generator().manual_seed(0))[:150]] = -1
-    store = write_store(tmp_path / "s", n_shards=3, rows=700, d=d, grads=True, pos=pos)
+    store = write_store(tmp_path / "s", n_shards=n_shards, rows=1024, d=d, grads=True, pos=pos, streamed=True)
+    placed: list[int] = []
+    real = ShardSpace.place
+    monkeypatch.setattr(ShardSpace, "place", lambda self, i, shard: (placed.append(i), real(self, i, shard))[1])
     for kw in [dict(seed=5, buffer_rows=500, epochs=2, drop_last=False, grads=True),
                dict(seed=1, epochs=3, drop_last=False)]:
+        assert store._maps_rows(["h"], bool(kw.get("grads"))) == shard_module.MAPS
+        placed.clear()
         mapped = [(b.acts["h"], b.grads.get("h")) for b in store.batches("h", 64, **kw)]
+        assert sorted(set(placed)) == (list(range(n_shards)) if shard_module.MAPS and n_shards > 1 else [])
         with monkeypatch.context() as m:
             m.setattr(ActivationStore, "_maps_rows", lambda self, hooks, grads: False)
             copied = [(b.acts["h"], b.grads.get("h")) for b in store.batches("h", 64, **kw)]
-        assert len(mapped) == len(copied) > 20
+        assert len(mapped) == len(copied) > 6 * n_shards
         for (a, g), (a2, g2) in zip(mapped, copied):
             assert torch.equal(a, a2) and (g is None or torch.equal(g, g2) and torch.equal(g, -a))
             assert a.is_contiguous() and torch.equal(a, a[:, :1].expand_as(a))  # whole rows
         ids = torch.cat([a[:, 0] for a, _ in mapped]).long()
         assert ids.sort().values.tolist() == sorted(torch.nonzero(pos >= 0).squeeze(1).tolist() * kw["epochs"])
-    assert shard_module.MAPS, "this machine maps shards: the test above compared two different paths"
 
 
 def test_mapped_shards_are_let_go_as_their_last_rows_go_out(tmp_path, monkeypatch):
     """However many shards a pass reads, only those holding rows still in the buffer stay mapped: at most the
-    shards that the last two buffer-fulls came from (each shard is unmapped when its last row goes out)."""
-    from interp.activations import shuffle
+    shards that the last two buffer-fulls came from (each is unmapped when its last row goes out)."""
+    from interp.activations.mapping import ShardSpace
 
-    store = write_store(tmp_path / "s", n_shards=12, rows=300, d=4)
-    most, real = [0], shuffle.RowTable.gather
+    store = write_store(tmp_path / "s", n_shards=12, rows=300, d=4, streamed=True)
+    most, real = [0], ShardSpace.taken
 
-    def counting(self, numbered):
-        out = real(self, numbered)
-        most[0] = max(most[0], sum(w is not None for w in self._whole))
-        return out
+    def counting(self, rows):
+        most[0] = max(most[0], sum(self._placed))
+        real(self, rows)
 
-    monkeypatch.setattr(shuffle.RowTable, "gather", counting)
+    monkeypatch.setattr(ShardSpace, "taken", counting)
     rows = sum(b.acts["h"].shape[0] for b in store.batches("h", 50, seed=0, buffer_rows=200, exclude_bos=False))
     assert rows == 3600 - 3600 % 50
     assert 2 <= most[0] <= 2 * 200 // 300 + 2
+
+
+def test_stores_whose_shards_cannot_be_mapped_end_to_end_copy_their_rows(tmp_path):
+    """Shards laid out as safetensors lays them out (the small columns first) are not on pages: a store of several
+    of them copies its rows through the buffer (gathering a batch shard by shard measured slower); a store of
+    one shard still gathers from its mapping."""
+    several = write_store(tmp_path / "several", n_shards=3, rows=1024, d=4)
+    one = write_store(tmp_path / "one", n_shards=1, rows=1024, d=4)
+    assert not several._maps_rows(["h"], False)
+    assert one._maps_rows(["h"], False) == shard_module.MAPS
 
 
 def test_a_mapped_shard_reads_what_a_plain_read_gives_and_is_unmapped_when_dropped(tmp_path):

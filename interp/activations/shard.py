@@ -17,18 +17,17 @@ import hashlib
 import json
 import logging
 import math
-import mmap
 import os
 import struct
-import warnings
-import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from interp.activations.shuffle import LazyRows
+from interp.activations.mapping import MAPS, ShardSpace, as_tensor, map_readonly
+from interp.activations.shuffle import LazyRows, RowSpace
 from interp.errors import InterpError
 from interp.io import IOV_MAX, atomic_write_json, safetensors_dtypes
 
@@ -126,7 +125,11 @@ class Shard:
 
     def mappable(self, key: str) -> bool:
         """Whether :meth:`mapped` can give tensor ``key`` here (a 64-bit Linux C library; data aligned)."""
-        return _MMAP is not None and (self._base + self.header[key]["data_offsets"][0]) % self.dtype(key).itemsize == 0
+        return MAPS and self.data_start(key) % self.dtype(key).itemsize == 0
+
+    def data_start(self, key: str) -> int:
+        """Where tensor ``key``'s data starts in the file."""
+        return self._base + int(self.header[key]["data_offsets"][0])
 
     def mapped(self, key: str) -> torch.Tensor:
         """The whole tensor ``key`` as the file's own pages, mapped read-only: nothing is copied, and the pages
@@ -134,7 +137,7 @@ class Shard:
         holds no file descriptor and is unmapped when the last tensor on it is gone. Never write to the tensor
         (the pages are read-only: a write ends the process)."""
         if self._map is None:
-            self._map = _map_readonly(self.fd, os.fstat(self.fd).st_size, self.path.name)
+            self._map = map_readonly(self.fd, os.fstat(self.fd).st_size, self.path.name)
         entry = self.header[key]
         a, b = entry["data_offsets"]
         dtype, shape = _ST_DTYPES[entry["dtype"]], entry["shape"]
@@ -142,10 +145,7 @@ class Shard:
             return torch.empty(shape, dtype=dtype)
         if not 0 <= a < b <= len(self._map) - self._base or b - a != math.prod(shape) * dtype.itemsize:
             raise InterpError(f"Shard {self.path.name}: {key} lies outside the file; the shard is corrupted.")
-        with warnings.catch_warnings():  # torch warns that the buffer is read-only: it is, on purpose
-            warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(self._map, dtype=dtype, count=(b - a) // dtype.itemsize, offset=self._base + a)
-        return flat.view(shape)
+        return as_tensor(self._map, dtype, (b - a) // dtype.itemsize, self._base + a, tuple(shape))
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -158,46 +158,6 @@ class Shard:
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-def _raw_mmap() -> Any:
-    """libc's ``mmap`` and ``munmap`` through ctypes (Python's ``mmap`` keeps a duplicate of the file descriptor
-    open for the life of the mapping, and a store can have more shards than a process may open files)."""
-    import ctypes
-
-    if not hasattr(mmap, "MAP_SHARED") or ctypes.sizeof(ctypes.c_void_p) != 8:
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        do_map, do_unmap = libc.mmap, libc.munmap
-    except (OSError, AttributeError):
-        return None
-    do_map.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
-    do_map.restype = ctypes.c_void_p
-    do_unmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    do_unmap.restype = ctypes.c_int
-    return do_map, do_unmap
-
-
-_MMAP = _raw_mmap()
-MAPS = _MMAP is not None
-"""Whether shards can be mapped into memory here (:meth:`Shard.mapped`)."""
-
-
-def _map_readonly(fd: int, size: int, name: str) -> Any:
-    """The first ``size`` bytes of ``fd`` mapped shared and read-only, populated, as a buffer object that unmaps
-    them when it is collected."""
-    import ctypes
-
-    do_map, do_unmap = _MMAP
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    addr = do_map(None, size, mmap.PROT_READ, flags, fd, 0)
-    if addr is None or addr == ctypes.c_void_p(-1).value:
-        err = ctypes.get_errno()
-        raise InterpError(f"Could not map shard {name} into memory ({os.strerror(err)}).")
-    region = (ctypes.c_char * size).from_address(addr)
-    weakref.finalize(region, do_unmap, addr, size)
-    return region
 
 
 def digest(path: Path) -> str:
@@ -219,11 +179,28 @@ class ShardRows(LazyRows):
     """Rows ``start:stop`` of an open shard (only those ``keep`` marks, when given) for ``keys``, read when
     the consumer asks; the shard must stay open until then. Every key must be stored as float32."""
 
-    def __init__(self, shard: Shard, keys: list[str], start: int, stop: int, keep: torch.Tensor | None):
+    def __init__(self, shard: Shard, keys: list[str], start: int, stop: int, keep: torch.Tensor | None,
+                 place: tuple[object, Callable[[], ShardSpace], int] | None = None):
+        """``place``: (key, factory, index) of the space this shard (number ``index`` of its store) goes in."""
         self.shard, self.start, self.stop, self.keep = shard, start, stop, keep
         self.n = stop - start if keep is None else int(keep.sum())
         self.spec = {k: (tuple(shard.header[k]["shape"][1:]), torch.float32) for k in keys}
         self.table_key = shard.path if all(shard.mappable(k) for k in keys) else None
+        self.place = place
+        self.space_key = place[0] if place is not None and MAPS else None
+
+    def space(self) -> ShardSpace:
+        assert self.place is not None
+        return self.place[1]()
+
+    def in_space(self, space: RowSpace) -> torch.Tensor | None:
+        assert self.place is not None and isinstance(space, ShardSpace)
+        index = self.place[2]
+        if not space.place(index, self.shard):
+            return None
+        rows = self.row_numbers()
+        space.add(index, rows.shape[0])
+        return rows + index * space.stride
 
     def whole(self) -> dict[str, torch.Tensor]:
         return {k: self.shard.mapped(k) for k in self.spec}

@@ -44,6 +44,19 @@ class LazyRows(ABC):
     """Where the group can also be gathered from by row number (None: nowhere): groups with the same key share
     :meth:`whole`. See :class:`RowTable`."""
 
+    space_key: object = None
+    """Groups with the same key can share a :class:`RowSpace` (None: none): their rows are numbered in it, and a
+    batch of rows from any of them is one gather."""
+
+    def space(self) -> RowSpace:
+        """A new space for the groups of :attr:`space_key` (only where it is set)."""
+        raise NotImplementedError
+
+    def in_space(self, space: RowSpace) -> torch.Tensor | None:
+        """Put the group in ``space`` (mapping its shard there the first time) and return its rows as numbers of
+        rows of ``space.tensors``; None when it cannot go there (it is then taken on its own)."""
+        raise NotImplementedError
+
     def whole(self) -> Rows:
         """The tensors (of every key of ``spec``) the group's rows are rows of, readable in place: a mapped file
         (only where :attr:`table_key` is set)."""
@@ -90,6 +103,17 @@ def large_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 _SCRATCH_BYTES = 1 << 21
 
+
+class RowSpace(ABC):
+    """Tensors whose rows many groups are (the shards of a store, mapped end to end), told which rows have gone
+    out so that it can let go of groups that are done."""
+
+    tensors: Rows
+
+    @abstractmethod
+    def taken(self, rows: torch.Tensor) -> None:
+        """Rows ``rows`` (numbers of rows of :attr:`tensors`) have gone out in a batch."""
+
 ROW_ID = "row"
 """The key under which :class:`RowTable` numbers travel through a shuffle buffer."""
 
@@ -115,11 +139,17 @@ class RowTable:
         self._bases: list[int] = []
         self._left: list[int] = []  # rows of each group numbered and not gathered yet
         self._bases_t = torch.empty(0, dtype=torch.int64)
+        self._spaces: dict[int, RowSpace] = {}
         self._n = 0
 
     def numbers(self, block: Block) -> Rows:
-        """``block``'s rows as numbers in this table. A group that names its rows (``table_key``) is taken when
-        its key is new, or again after it was let go; any other block becomes a group of its own, in memory."""
+        """``block``'s rows as numbers in this table. A group that can go in a space (``space_key``) is numbered
+        there; a group that names its rows (``table_key``) is taken when its key is new, or again after it was
+        let go; any other block becomes a group of its own, in memory."""
+        if isinstance(block, LazyRows) and block.space_key is not None:
+            numbered = self._in_space(block)
+            if numbered is not None:
+                return numbered
         named = isinstance(block, LazyRows) and block.table_key is not None
         at = self._index.get(block.table_key) if named else None  # type: ignore[union-attr]
         if at is None:
@@ -134,6 +164,24 @@ class RowTable:
             whole = self._whole[at] = block.whole() if named else as_rows(block)  # type: ignore[union-attr]
             self._n = max(self._n, self._bases[at] + next(iter(whole.values())).shape[0])
         rows = block.row_numbers() if named else torch.arange(next(iter(whole.values())).shape[0])  # type: ignore[union-attr]
+        self._left[at] += rows.shape[0]
+        return {ROW_ID: rows + self._bases[at]}
+
+    def _in_space(self, block: LazyRows) -> Rows | None:
+        at = self._index.get(block.space_key)
+        space = self._spaces.get(at) if at is not None else None
+        space = space if space is not None else block.space()
+        rows = block.in_space(space)
+        if rows is None:
+            return None
+        if at is None:
+            at = self._index[block.space_key] = len(self._whole)
+            self._whole.append(None)
+            self._bases.append(self._n)
+            self._left.append(0)
+        if self._whole[at] is None:
+            self._whole[at], self._spaces[at] = space.tensors, space
+            self._n = max(self._n, self._bases[at] + next(iter(space.tensors.values())).shape[0])
         self._left[at] += rows.shape[0]
         return {ROW_ID: rows + self._bases[at]}
 
@@ -160,9 +208,13 @@ class RowTable:
             assert group is not None
             self._gather_groups(ids, group, out)
         for g in present:
+            space = self._spaces.get(g)
+            if space is not None:
+                space.taken((ids if group is None else ids[group == g]) - self._bases[g])
             self._left[g] -= counts[g]
             if not self._left[g]:
                 self._whole[g] = None  # the last row of the group is out: unmapped when its tensors go
+                self._spaces.pop(g, None)
         return out
 
     def _gather_groups(self, ids: torch.Tensor, group: torch.Tensor, out: Rows) -> None:

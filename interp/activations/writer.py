@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from interp.activations.mapping import PAGE
 from interp.activations.shard import VERIFIED, VERIFIED_PART, file_identity, write_record
 from interp.activations.store import FORMAT, MANIFEST, shard_name
 from interp.distributed import any_rank, rank_and_world
@@ -85,8 +86,9 @@ class ShardStream:
     """A shard written while its batches are computed, so that only its last batch and small columns are left to
     write when the model is done with it.
 
-    The activation tensors come first in the file, in the order the batches give them, then ``pos``, ``tokens``
-    and ``doc`` (any order is valid safetensors; the reader goes by the header). Each batch is written at its
+    The activation tensors come first in the file, from its first page on (the header is padded with spaces), in
+    the order the batches give them, then ``pos``, ``tokens`` and ``doc`` (any order is valid safetensors; the
+    reader goes by the header, and maps whole shards end to end: ``ShardSpace``). Each batch is written at its
     place as it comes (``pwrite``), the first tensor's bytes are hashed as they come (they are the file's next
     bytes), and every ``SYNC_BYTES`` written the file is flushed to disk, so the last ``fsync`` has little left.
     The header needs the shard's row count first: a shard that ends with another count (the corpus ran out) is
@@ -99,7 +101,7 @@ class ShardStream:
         self.keys = list(spec)
         specs = [(k, dtype, (rows, *shape)) for k, (shape, dtype) in spec.items()]
         specs += [("pos", torch.int32, (rows,)), ("tokens", torch.int32, (rows,)), ("doc", torch.int64, (rows,))]
-        head, self.offsets = safetensors_header(specs)
+        head, self.offsets = safetensors_header(specs, align=PAGE)  # tensors that start on a page map in place
         self.row_bytes = {k: math.prod(shape) * dtype.itemsize for k, (shape, dtype) in spec.items()}
         self.tmp = path.with_name(path.name + TMP_SUFFIX)
         self.hash = hashlib.sha256(head)
