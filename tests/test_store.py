@@ -328,6 +328,26 @@ def test_mapped_shards_are_let_go_as_their_last_rows_go_out(tmp_path, monkeypatc
     assert 2 <= most[0] <= 2 * 200 // 300 + 2
 
 
+def test_a_shard_whose_header_points_past_its_end_is_refused_before_it_is_mapped(tmp_path):
+    """A header that claims data beyond the file (read without verification, so nothing else catches it) would
+    fault the process when its rows were gathered; it gets an InterpError naming the shard instead."""
+    import struct
+
+    store = write_store(tmp_path / "s", n_shards=2, rows=1024, d=4, streamed=True)
+    path = store.path / shard_name(1)
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    header["act/h"]["data_offsets"] = [o + (1 << 20) for o in header["act/h"]["data_offsets"]]
+    text = json.dumps(header, separators=(",", ":")).encode()
+    raw[8 : 8 + n] = text + b" " * (n - len(text))  # same header length, same file size
+    path.write_bytes(bytes(raw))
+    reader = ActivationStore(store.path, verify=False)
+    if shard_module.MAPS:
+        with pytest.raises(InterpError, match=f"{shard_name(1)}: act/h lies outside the file"):
+            list(reader.batches("h", 64, seed=0))
+
+
 def test_stores_whose_shards_cannot_be_mapped_end_to_end_copy_their_rows(tmp_path):
     """Shards laid out as safetensors lays them out (the small columns first) are not on pages: a store of several
     of them copies its rows through the buffer (gathering a batch shard by shard measured slower); a store of

@@ -114,7 +114,7 @@ class ShardSpace(RowSpace):
         there; False when it cannot be placed (a tensor off a page boundary, or not the shape expected)."""
         if self._placed[index]:
             return True
-        offsets = {}
+        offsets, file_size = {}, os.fstat(shard.fd).st_size
         for k, (shape, dtype) in self.spec.items():
             entry = shard.header.get(k)
             if entry is None or shard.dtype(k) != dtype or list(entry["shape"]) != [self.rows[index], *shape]:
@@ -122,6 +122,8 @@ class ShardSpace(RowSpace):
             offsets[k] = shard.data_start(k)
             if offsets[k] % PAGE:
                 return False
+            if offsets[k] + self.rows[index] * self.row_bytes[k] > file_size:
+                raise InterpError(f"Shard {shard.path.name}: {k} lies outside the file; the shard is corrupted.")
         for k, offset in offsets.items():
             size = self.rows[index] * self.row_bytes[k]
             if size:
