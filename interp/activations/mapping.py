@@ -84,7 +84,7 @@ class ShardSpace(RowSpace):
     key): shard ``i``'s rows are rows ``i * stride ...`` of :attr:`tensors` (``stride``: the most rows a shard has,
     rounded up so that each shard starts on a page). A shard is mapped into its place the first time one of its
     blocks is numbered (:meth:`place`: read-only, straight from the file, populated) and unmapped once its last
-    row has gone out (:meth:`taken`), so what is mapped stays bounded however large the store. Rows between
+    row has surely gone out (:meth:`passed`), so what is mapped stays bounded however large the store. Rows between
     shards are never named, and their addresses hold no memory.
 
     A shard can be placed when each tensor's data starts on a page of its file, as the cache writes them
@@ -106,13 +106,14 @@ class ShardSpace(RowSpace):
             self._addr[k] = addr
             self.tensors[k] = as_tensor(_region(addr, size), dtype, size // dtype.itemsize, 0,
                                         (size // self.row_bytes[k], *shape))
-        self._left = torch.zeros(len(rows), dtype=torch.int64)  # rows in flight, per shard
-        self._placed = [False] * len(rows)
+        self._stream = 0  # rows numbered in the space so far
+        self._last = [0] * len(rows)  # self._stream just after each shard's latest rows were numbered
+        self._live: set[int] = set()  # shards mapped now
 
     def place(self, index: int, shard: Any) -> bool:
         """Map shard ``index`` (an open :class:`~interp.activations.shard.Shard`) into its place unless it is
         there; False when it cannot be placed (a tensor off a page boundary, or not the shape expected)."""
-        if self._placed[index]:
+        if index in self._live:
             return True
         offsets, file_size = {}, os.fstat(shard.fd).st_size
         for k, (shape, dtype) in self.spec.items():
@@ -129,19 +130,18 @@ class ShardSpace(RowSpace):
             if size:
                 _mmap(self._slot(k, index), size, mmap.PROT_READ, mmap.MAP_SHARED | _FIXED | _POPULATE, shard.fd,
                       offset, f"shard {shard.path.name}")
-        self._placed[index] = True
+        self._live.add(index)
         return True
 
     def add(self, index: int, n: int) -> None:
-        """``n`` more rows of shard ``index`` are in flight."""
-        self._left[index] += n
+        """``n`` more rows of shard ``index`` are numbered (they are the space's latest rows)."""
+        self._stream += n
+        self._last[index] = self._stream
 
-    def taken(self, rows: torch.Tensor) -> None:
-        counts = torch.bincount(rows >> self.shift, minlength=len(self.rows))
-        self._left -= counts
-        for i in ((self._left == 0) & (counts > 0)).nonzero().squeeze(1).tolist():  # shards whose last row went
-            if self._placed[i]:
-                self._release(i)
+    def passed(self, lag: int) -> None:
+        """Unmap the shards none of whose rows were numbered in the last ``lag`` rows: they have all gone out."""
+        for i in [i for i in self._live if self._stream - self._last[i] >= lag]:
+            self._release(i)
 
     def _release(self, index: int) -> None:
         """Unmap shard ``index``; its addresses stay reserved (and hold no memory)."""
@@ -150,7 +150,7 @@ class ShardSpace(RowSpace):
             if size:
                 _mmap(self._slot(k, index), size, _PROT_NONE,
                       mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _FIXED | _NORESERVE, -1, 0, "a released shard")
-        self._placed[index] = False
+        self._live.discard(index)
 
     def _slot(self, key: str, index: int) -> int:
         return self._addr[key] + index * self.stride * self.row_bytes[key]

@@ -105,14 +105,14 @@ _SCRATCH_BYTES = 1 << 21
 
 
 class RowSpace(ABC):
-    """Tensors whose rows many groups are (the shards of a store, mapped end to end), told which rows have gone
-    out so that it can let go of groups that are done."""
+    """Tensors whose rows many groups are (the shards of a store, mapped end to end), told how long a row can
+    stay in flight so that it can let go of groups that are done."""
 
     tensors: Rows
 
     @abstractmethod
-    def taken(self, rows: torch.Tensor) -> None:
-        """Rows ``rows`` (numbers of rows of :attr:`tensors`) have gone out in a batch."""
+    def passed(self, lag: int) -> None:
+        """Every row numbered at least ``lag`` rows before the space's latest has gone out in a batch."""
 
 ROW_ID = "row"
 """The key under which :class:`RowTable` numbers travel through a shuffle buffer."""
@@ -125,15 +125,19 @@ class RowTable:
     rows would, so the batches are the same as when rows are copied through the buffer.
 
     A group is let go (its shard unmapped) once every row of it has gone out. A buffer visits each of its slots
-    once per permutation, so no row stays in it for more than two buffer-fulls of incoming rows: a pass keeps at
-    most the shards holding the last two buffer-fulls mapped, however large the store.
+    once per permutation, so no row stays in it for more than two buffer-fulls of incoming rows (and its batch
+    is complete a batch later): a space lets go of its shards on that rule (``lag``), with no counting, and a
+    pass keeps at most the shards holding the last two buffer-fulls mapped, however large the store.
 
     Measured on the 2-core machine (65,536 rows of 512 bytes in one shard in the page cache, batches of 4,096 in
     a random order): gathering the batches from a fresh populated mapping took 6.3 ms, a memory copy of the same
     bytes 6.9 ms, and reading the shard into a buffer, then gathering from it, 13.8 ms."""
 
-    def __init__(self, pin_memory: bool = False) -> None:
-        self.pin_memory = pin_memory
+    def __init__(self, pin_memory: bool = False, lag: int | None = None) -> None:
+        """``lag``: rows numbered after a row before it has surely gone out in a batch (a buffer of ``capacity``
+        rows and batches of ``batch_size``: ``2 * capacity + batch_size``); None: groups of a space are let go
+        only with the space."""
+        self.pin_memory, self.lag = pin_memory, lag
         self._index: dict[object, int] = {}
         self._whole: list[Rows | None] = []
         self._bases: list[int] = []
@@ -207,10 +211,10 @@ class RowTable:
         else:
             assert group is not None
             self._gather_groups(ids, group, out)
+        if self.lag is not None:
+            for space in self._spaces.values():
+                space.passed(self.lag)
         for g in present:
-            space = self._spaces.get(g)
-            if space is not None:
-                space.taken((ids if group is None else ids[group == g]) - self._bases[g])
             self._left[g] -= counts[g]
             if not self._left[g]:
                 self._whole[g] = None  # the last row of the group is out: unmapped when its tensors go

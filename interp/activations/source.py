@@ -231,7 +231,7 @@ def shuffled_batches(
     capacity = max(buffer_rows, batch_size)
     if max_rows is not None:
         capacity = max(1, min(capacity, epochs * max_rows))
-    table = RowTable(pin_memory) if by_number else None
+    table = RowTable(pin_memory, lag=2 * capacity + batch_size) if by_number else None
     out = Assembler(batch_size, pin_memory and table is None)
     buf = ShuffleBuffer(capacity, gen, out, workspace or Workspace())
 
