@@ -10,7 +10,6 @@ import json
 import mmap
 import subprocess
 import sys
-import weakref
 from pathlib import Path
 
 import pytest
@@ -282,7 +281,7 @@ def test_large_buffers_live_in_huge_page_memory_and_hold_rows_like_any_tensor(tm
 @pytest.mark.parametrize(("n_shards", "d"), [(3, 3), (3, 512), (1, 3)])
 def test_batches_gathered_from_mapped_shards_are_those_copied_through_the_buffer(tmp_path, monkeypatch, n_shards, d):
     """A float32 store's rows go through the shuffle buffer as numbers and each batch is one gather from the shards
-    mapped end to end (``ShardSpace``; one shard: mapped on its own); the batches must be exactly those of copying
+    mapped end to end (``ShardSpace``); the batches must be exactly those of copying
     the rows through the buffer (BOS rows anywhere, several epochs, a buffer that turns over many times,
     gradients, a partial last batch)."""
     from interp.activations.mapping import ShardSpace
@@ -298,7 +297,7 @@ def test_batches_gathered_from_mapped_shards_are_those_copied_through_the_buffer
         assert store._maps_rows(["h"], bool(kw.get("grads"))) == shard_module.MAPS
         placed.clear()
         mapped = [(b.acts["h"], b.grads.get("h")) for b in store.batches("h", 64, **kw)]
-        assert sorted(set(placed)) == (list(range(n_shards)) if shard_module.MAPS and n_shards > 1 else [])
+        assert sorted(set(placed)) == (list(range(n_shards)) if shard_module.MAPS else [])
         with monkeypatch.context() as m:
             m.setattr(ActivationStore, "_maps_rows", lambda self, hooks, grads: False)
             copied = [(b.acts["h"], b.grads.get("h")) for b in store.batches("h", 64, **kw)]
@@ -357,35 +356,35 @@ def test_a_shard_whose_header_points_past_its_end_is_refused_before_it_is_mapped
 
 
 def test_stores_whose_shards_cannot_be_mapped_end_to_end_copy_their_rows(tmp_path):
-    """Shards laid out as safetensors lays them out (the small columns first) are not on pages: a store of several
-    of them copies its rows through the buffer (gathering a batch shard by shard measured slower); a store of
-    one shard still gathers from its mapping."""
+    """Shards laid out as safetensors lays them out (the small columns first) are not on pages: a store of them
+    copies its rows through the buffer, however many shards it has; the cache writer's layout is mapped."""
     several = write_store(tmp_path / "several", n_shards=3, rows=1024, d=4)
     one = write_store(tmp_path / "one", n_shards=1, rows=1024, d=4)
-    assert not several._maps_rows(["h"], False)
-    assert one._maps_rows(["h"], False) == shard_module.MAPS
+    streamed = write_store(tmp_path / "streamed", n_shards=1, rows=1024, d=4, streamed=True)
+    assert not several._maps_rows(["h"], False) and not one._maps_rows(["h"], False)
+    assert streamed._maps_rows(["h"], False) == shard_module.MAPS
 
 
-def test_a_mapped_shard_reads_what_a_plain_read_gives_and_is_unmapped_when_dropped(tmp_path):
-    store = write_store(tmp_path / "s", n_shards=1, rows=300, d=6, grads=True)
-    shard = store.open_shard(0)
-    whole = shard.mapped("act/h")
-    region = shard._map
+@pytest.mark.skipif(not shard_module.MAPS or not Path("/proc/self/maps").exists(), reason="maps shards on Linux")
+def test_a_placed_shard_reads_what_a_plain_read_gives_and_is_unmapped_when_the_space_goes(tmp_path):
+    from interp.activations.mapping import ShardSpace
+
+    store = write_store(tmp_path / "s", n_shards=2, rows=512, d=8, grads=True, streamed=True)  # grads on a page too
+    space = ShardSpace([512, 512], {k: ((8,), torch.float32) for k in ("act/h", "grad/h")})
+    shard = store.open_shard(1)
+    assert space.place(1, shard)
     shard.close()  # the mapping holds no file descriptor
-    assert torch.equal(whole, store.read("act/h", 0)) and torch.equal(shard.mapped("grad/h"), -whole)
-    assert torch.equal(shard.mapped("tokens"), store.read("tokens", 0))
-    header = json.dumps({"x": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}).encode()
-    (tmp_path / "short.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(96))
-    short = shard_module.Shard(tmp_path / "short.safetensors")  # read without a manifest: nothing checked its size
-    with pytest.raises(InterpError, match="short.safetensors: x lies outside the file"):
-        short.mapped("x")
-    short.close()
-    unmapped: list[bool] = []
-    weakref.finalize(region, unmapped.append, True)
-    del whole, region
-    shard._map = None
+
+    def mapped() -> int:
+        return Path("/proc/self/maps").read_text().count(str(store.path / shard_name(1)))
+
+    rows = slice(space.stride, space.stride + 512)
+    assert torch.equal(space.tensors["act/h"][rows], store.read("act/h", 1))
+    assert torch.equal(space.tensors["grad/h"][rows], -space.tensors["act/h"][rows])
+    assert mapped() == 2  # one mapping per tensor
+    del space
     gc.collect()
-    assert unmapped == [True]
+    assert mapped() == 0
 
 
 def test_row_tables_hold_plain_blocks_in_memory_with_the_same_batches(tmp_path):

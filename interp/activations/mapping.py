@@ -1,6 +1,6 @@
-"""Shards mapped into memory, read-only: one shard on its own (:func:`map_readonly`), or the shards of a store
-laid end to end in one reserved range of addresses per tensor (:class:`ShardSpace`), so that a single
-``index_select`` gathers a batch whose rows come from many shards.
+"""Shards mapped into memory, read-only: the shards of a store laid end to end in one reserved range of
+addresses per tensor (:class:`ShardSpace`), so that a single ``index_select`` gathers a batch whose rows come
+from any of them.
 
 The mappings are made through libc's ``mmap`` (ctypes): Python's ``mmap`` keeps a duplicate file descriptor open
 for the life of each mapping, and a store can have more shards than a process may open files. None of it exists
@@ -64,12 +64,6 @@ def _region(addr: int, size: int) -> Any:
     return region
 
 
-def map_readonly(fd: int, size: int, name: str) -> Any:
-    """The first ``size`` bytes of ``fd`` mapped shared and read-only, populated, as a buffer object that unmaps
-    them when it is collected."""
-    return _region(_mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED | _POPULATE, fd, 0, f"shard {name}"), size)
-
-
 def as_tensor(region: Any, dtype: torch.dtype, count: int, offset: int, shape: tuple[int, ...]) -> torch.Tensor:
     """``count`` elements of ``region`` from byte ``offset``, as a tensor of ``shape`` sharing its memory."""
     import warnings
@@ -88,7 +82,7 @@ class ShardSpace(RowSpace):
     shards are never named, and their addresses hold no memory.
 
     A shard can be placed when each tensor's data starts on a page of its file, as the cache writes them
-    (``ShardStream``); other shards are mapped on their own."""
+    (``ShardStream``); the rows of any other shard are read into memory instead."""
 
     def __init__(self, rows: list[int], spec: dict[str, tuple[tuple[int, ...], torch.dtype]]):
         self.rows, self.spec = rows, spec

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from interp.activations.mapping import MAPS, ShardSpace, as_tensor, map_readonly
+from interp.activations.mapping import MAPS, ShardSpace
 from interp.activations.shuffle import LazyRows, RowSpace
 from interp.errors import InterpError
 from interp.io import IOV_MAX, atomic_write_json, safetensors_dtypes
@@ -62,7 +62,6 @@ class Shard:
         self._base = 8 + n
         self.header: dict[str, Any] = header
         self._scratch = memoryview(bytearray(0))
-        self._map: Any = None
 
     def rows(self, key: str) -> int:
         return int(self.header[key]["shape"][0])
@@ -123,29 +122,9 @@ class Shard:
             if got:
                 pieces[0] = pieces[0][got:]
 
-    def mappable(self, key: str) -> bool:
-        """Whether :meth:`mapped` can give tensor ``key`` here (a 64-bit Linux C library; data aligned)."""
-        return MAPS and self.data_start(key) % self.dtype(key).itemsize == 0
-
     def data_start(self, key: str) -> int:
         """Where tensor ``key``'s data starts in the file."""
         return self._base + int(self.header[key]["data_offsets"][0])
-
-    def mapped(self, key: str) -> torch.Tensor:
-        """The whole tensor ``key`` as the file's own pages, mapped read-only: nothing is copied, and the pages
-        are faulted in at once (they come from the page cache, or are read from disk in order). The mapping
-        holds no file descriptor and is unmapped when the last tensor on it is gone. Never write to the tensor
-        (the pages are read-only: a write ends the process)."""
-        if self._map is None:
-            self._map = map_readonly(self.fd, os.fstat(self.fd).st_size, self.path.name)
-        entry = self.header[key]
-        a, b = entry["data_offsets"]
-        dtype, shape = _ST_DTYPES[entry["dtype"]], entry["shape"]
-        if b == a:
-            return torch.empty(shape, dtype=dtype)
-        if not 0 <= a < b <= len(self._map) - self._base or b - a != math.prod(shape) * dtype.itemsize:
-            raise InterpError(f"Shard {self.path.name}: {key} lies outside the file; the shard is corrupted.")
-        return as_tensor(self._map, dtype, (b - a) // dtype.itemsize, self._base + a, tuple(shape))
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -185,7 +164,6 @@ class ShardRows(LazyRows):
         self.shard, self.start, self.stop, self.keep = shard, start, stop, keep
         self.n = stop - start if keep is None else int(keep.sum())
         self.spec = {k: (tuple(shard.header[k]["shape"][1:]), torch.float32) for k in keys}
-        self.table_key = shard.path if all(shard.mappable(k) for k in keys) else None
         self.place = place
         self.space_key = place[0] if place is not None and MAPS else None
 
@@ -202,10 +180,8 @@ class ShardRows(LazyRows):
         space.add(index, rows.shape[0])
         return rows + index * space.stride
 
-    def whole(self) -> dict[str, torch.Tensor]:
-        return {k: self.shard.mapped(k) for k in self.spec}
-
     def row_numbers(self) -> torch.Tensor:
+        """The group's rows as row numbers of its shard."""
         rows = torch.arange(self.start, self.stop)
         return rows if self.keep is None else rows[self.keep]
 

@@ -40,10 +40,6 @@ class LazyRows(ABC):
     def read_into(self, out: Rows) -> None:
         """Fill ``out[key]`` (contiguous, ``(n, *shape)``) for every key of ``spec``."""
 
-    table_key: object = None
-    """Where the group can also be gathered from by row number (None: nowhere): groups with the same key share
-    :meth:`whole`. See :class:`RowTable`."""
-
     space_key: object = None
     """Groups with the same key can share a :class:`RowSpace` (None: none): their rows are numbered in it, and a
     batch of rows from any of them is one gather."""
@@ -54,16 +50,7 @@ class LazyRows(ABC):
 
     def in_space(self, space: RowSpace) -> torch.Tensor | None:
         """Put the group in ``space`` (mapping its shard there the first time) and return its rows as numbers of
-        rows of ``space.tensors``; None when it cannot go there (it is then taken on its own)."""
-        raise NotImplementedError
-
-    def whole(self) -> Rows:
-        """The tensors (of every key of ``spec``) the group's rows are rows of, readable in place: a mapped file
-        (only where :attr:`table_key` is set)."""
-        raise NotImplementedError
-
-    def row_numbers(self) -> torch.Tensor:
-        """The group's rows as numbers of rows of :meth:`whole` (only where :attr:`table_key` is set)."""
+        rows of ``space.tensors``; None when it cannot go there (its rows are then read into memory)."""
         raise NotImplementedError
 
     def tensors(self) -> Rows:
@@ -119,12 +106,13 @@ ROW_ID = "row"
 
 
 class RowTable:
-    """Row groups that stay where they are (mapped shards in the page cache), numbered in one sequence: the
-    shuffle buffer moves numbers (8 bytes a row) instead of rows, and each batch is gathered straight from the
-    groups' tensors, one copy per row. The numbers go through the same buffer slots in the same order as the
-    rows would, so the batches are the same as when rows are copied through the buffer.
+    """Row groups numbered in one sequence: groups that stay where they are (a store's shards, mapped end to end
+    in a :class:`RowSpace`) and blocks held in memory. The shuffle buffer moves numbers (8 bytes a row) instead
+    of rows, and each batch is gathered straight from the groups' tensors, one copy per row. The numbers go
+    through the same buffer slots in the same order as the rows would, so the batches are the same as when rows
+    are copied through the buffer.
 
-    A group is let go (its shard unmapped) once every row of it has gone out. A buffer visits each of its slots
+    A group is let go once every row of it has gone out. A buffer visits each of its slots
     once per permutation, so no row stays in it for more than two buffer-fulls of incoming rows (and its batch
     is complete a batch later): a space lets go of its shards on that rule (``lag``), with no counting, and a
     pass keeps at most the shards holding the last two buffer-fulls mapped, however large the store.
@@ -148,28 +136,18 @@ class RowTable:
 
     def numbers(self, block: Block) -> Rows:
         """``block``'s rows as numbers in this table. A group that can go in a space (``space_key``) is numbered
-        there; a group that names its rows (``table_key``) is taken when its key is new, or again after it was
-        let go; any other block becomes a group of its own, in memory."""
+        there; any other block becomes a group of its own, in memory, let go when its last row is out."""
         if isinstance(block, LazyRows) and block.space_key is not None:
             numbered = self._in_space(block)
             if numbered is not None:
                 return numbered
-        named = isinstance(block, LazyRows) and block.table_key is not None
-        at = self._index.get(block.table_key) if named else None  # type: ignore[union-attr]
-        if at is None:
-            at = len(self._whole)
-            self._whole.append(None)
-            self._bases.append(self._n)
-            self._left.append(0)
-            if named:
-                self._index[block.table_key] = at  # type: ignore[union-attr]
-        whole = self._whole[at]
-        if whole is None:
-            whole = self._whole[at] = block.whole() if named else as_rows(block)  # type: ignore[union-attr]
-            self._n = max(self._n, self._bases[at] + next(iter(whole.values())).shape[0])
-        rows = block.row_numbers() if named else torch.arange(next(iter(whole.values())).shape[0])  # type: ignore[union-attr]
-        self._left[at] += rows.shape[0]
-        return {ROW_ID: rows + self._bases[at]}
+        whole = as_rows(block)
+        n = next(iter(whole.values())).shape[0]
+        self._whole.append(whole)
+        self._bases.append(self._n)
+        self._left.append(n)
+        self._n += n
+        return {ROW_ID: torch.arange(self._n - n, self._n)}
 
     def _in_space(self, block: LazyRows) -> Rows | None:
         at = self._index.get(block.space_key)

@@ -148,15 +148,12 @@ class ActivationStore(RowSource):
         return self.n_rows
 
     def _maps_rows(self, hooks: list[str], grads: bool) -> bool:
-        """A float32 store has its shuffled batches gathered straight from its mapped shards when it is one shard,
-        or when its shards can be mapped end to end (each tensor on a page of its file, as the cache writes
-        them; checked on the first shard): then one gather takes a batch whose rows come from many shards.
-        Gathering such a batch shard by shard measured slower than copying rows through the buffer (0.16-0.20
-        of a memory copy against 0.25-0.26, 3-4 shards), so older stores of several shards copy."""
+        """A float32 store has its shuffled batches gathered straight from its shards mapped end to end
+        (:class:`ShardSpace`: one gather for a batch whose rows come from any shards) when they can be: each
+        tensor on a page of its file, as the cache writes them (checked on the first shard). Stores written
+        before that (safetensors' order) copy rows through the buffer."""
         if not MAPS or self.manifest.get("dtype") != "float32" or not self.shards:
             return False
-        if len(self.shards) == 1:
-            return True
         first = Shard(self.path / self.shards[0].file)
         try:
             return all(k in first.header and first.data_start(k) % PAGE == 0 for k in self._keys(hooks, grads))
@@ -299,8 +296,8 @@ class ActivationStore(RowSource):
         Unverified shards are hashed on background threads while the epoch reads them; a shard that fails its
         sha256 raises as soon as its hash is done, at the latest when the epoch ends. Blocks of shards stored in
         float32 are lazy (:class:`ShardRows`): they name their rows in the store's shards mapped end to end
-        (:class:`ShardSpace`; a one-shard store's shard is mapped on its own; see :meth:`_maps_rows`), or a
-        filling shuffle buffer reads them straight into its slots."""
+        (:class:`ShardSpace`; see :meth:`_maps_rows`), or a filling shuffle buffer reads them straight into its
+        slots."""
         keys = self._keys(hooks, grads)
         n = len(self.shards)
         rows = [s.rows for s in self.shards]
@@ -313,9 +310,6 @@ class ActivationStore(RowSource):
             info = self.shards[i]
             shard = self.open_shard(i, check=False)
             lazy = all(shard.dtype(k) == torch.float32 for k in keys)
-            # shards of a store of several go in one space (mapped end to end: a batch is one gather); one
-            # shard is mapped on its own, which skips the space's bookkeeping
-            place = (place_key, lambda: ShardSpace(rows, spec), i) if n > 1 else None
             try:
                 n_blocks = (info.rows + block - 1) // block
                 order = torch.randperm(n_blocks, generator=gen) if gen is not None else torch.arange(n_blocks)
@@ -324,8 +318,8 @@ class ActivationStore(RowSource):
                     keep = shard.read("pos", a, b) >= 0 if exclude_bos else None
                     if keep is not None and bool(keep.all()):
                         keep = None
-                    yield ShardRows(shard, keys, a, b, keep, place) if lazy else \
-                        {k: shard.read(k, a, b, keep).float() for k in keys}
+                    yield ShardRows(shard, keys, a, b, keep, (place_key, lambda: ShardSpace(rows, spec), i)) \
+                        if lazy else {k: shard.read(k, a, b, keep).float() for k in keys}
                     self._collect(pending, wait=False)
             finally:
                 shard.close()
