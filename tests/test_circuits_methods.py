@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.circuits.acdc import acdc
+from interp.circuits.acdc import AUTO_THRESHOLDS, acdc
+from interp.circuits.api import find_circuit
 from interp.circuits.components import ComponentGraph
 from interp.circuits.eap import eap, eap_ig, eap_ig_activations
 from interp.circuits.evaluate import spearman
@@ -129,9 +130,35 @@ def test_acdc_is_deterministic_for_a_seed(demo_model, setup, caplog):
     b = acdc(demo_model, small, base._replace(clean_final=base.clean_final[:6], m_clean=base.m_clean[:6]),
              thresholds=thresholds, seed=0)
     assert torch.equal(a.kept, b.kept) and torch.equal(a.scores, b.scores)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="interp.circuits.acdc"):
+        ext = acdc(demo_model, small, base._replace(clean_final=base.clean_final[:6], m_clean=base.m_clean[:6]),
+                   thresholds=thresholds, seed=0, extend=True)
+    # the sweep goes on past 0.01 in the same pattern until one edge is left, and changes nothing below
+    assert ext.thresholds[:4] == (*thresholds, 0.03) and int(ext.kept[-1].sum()) <= 1
+    assert "survive the largest threshold" not in caplog.text
+    assert torch.equal(ext.kept[:3], a.kept) and len(ext.thresholds) == len(ext.kept)
+    assert ext.scores.max() > thresholds[-1]
+    assert len(set(ext.scores[ext.scores > 0].tolist())) > len(set(a.scores[a.scores > 0].tolist()))
+    asked = acdc(demo_model, small, base._replace(clean_final=base.clean_final[:6], m_clean=base.m_clean[:6]),
+                 thresholds=ext.thresholds, seed=0)  # the same as asking for the whole sweep at once
+    assert torch.equal(asked.kept, ext.kept) and torch.equal(asked.scores, ext.scores)
     sizes = [int(k.sum()) for k in a.kept]
     assert sizes[0] >= sizes[-1] and sizes[0] < ComponentGraph.of(demo_model).n_edges
     assert set(a.scores.unique().tolist()) <= {0.0, *thresholds}
+
+
+def test_acdc_default_sweep_goes_on_until_the_top_no_longer_ties(demo_model):
+    graph = find_circuit(demo_model, "induction", "acdc", n_prompts=6, seq_len=4, evaluate=False)
+    thresholds, sizes = graph.metadata["thresholds"], graph.metadata["circuit_edges"]
+    n = len(AUTO_THRESHOLDS)
+    assert thresholds[:n] == list(AUTO_THRESHOLDS) and sizes[n - 1] > 1  # auto-circuit's sweep left a tie
+    # then on in whole decades (0.1 ... 0.9, 1 ... 9, ...), stopping at the first that leaves at most one edge
+    assert thresholds[n : n + 5] == [0.1, 0.3, 0.5, 0.7, 0.9] and (len(thresholds) - n) % 5 == 0
+    assert sizes[-1] <= 1 < sizes[-6]
+    asked = find_circuit(demo_model, "induction", "acdc", n_prompts=6, seq_len=4, evaluate=False,
+                         acdc_thresholds=tuple(AUTO_THRESHOLDS))  # thresholds given: taken as they are
+    assert asked.metadata["thresholds"] == list(AUTO_THRESHOLDS)
 
 
 def test_gradient_methods_refuse_kl(demo_model, setup):

@@ -123,7 +123,7 @@ def _run(model: Any, task: Task, base: Baseline, method: str, cfg: CircuitConfig
         return run_ig(model, task, base, steps=cfg.ig_steps, max_rows=cfg.max_rows, **common), {}
     if method == "acdc":
         found = acdc(model, task, base, thresholds=cfg.acdc_thresholds or AUTO_THRESHOLDS, metric=cfg.acdc_metric,
-                     seed=cfg.seed, **common)
+                     seed=cfg.seed, extend=not cfg.acdc_thresholds, **common)
         sizes = [int(k.sum()) for k in found.kept]
         return found.scores, {"thresholds": list(found.thresholds), "circuit_edges": sizes, "forwards": found.forwards}
     result = discrete_sae(model, task, n_latents=cfg.sae_latents, l1=cfg.sae_l1, epochs=cfg.sae_epochs,

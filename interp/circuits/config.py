@@ -42,7 +42,8 @@ class CircuitConfig:
     ig_steps: int = 5
     """EAP-IG interpolation steps (the paper's 5; hannamw/EAP-IG's library default is 30)."""
     acdc_thresholds: tuple[float, ...] = ()
-    """ACDC thresholds; empty means auto-circuit's sweep {1, 3, 5, 7, 9} x 10^-5 .. 10^-2."""
+    """ACDC thresholds; empty means auto-circuit's sweep {1, 3, 5, 7, 9} x 10^-5 .. 10^-2, carried on a decade at a
+    time while more than one edge survives its largest threshold (so the top of the ranking does not tie)."""
     acdc_metric: Literal["kl", "task"] = "kl"
     """ACDC's divergence: KL to the clean output at the answer position, or the drop of the task metric."""
     sae_latents: int = 200
