@@ -33,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (graph.json, or the comparison files)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--truth-nodes", help="ground-truth nodes for ROC AUC, comma-separated (L1H2 or a1.h2, MLP0); "
-                   "'card' reads the model's zoo_card.json (heads with previous-token or induction score >= 0.3), "
+                   "'card' reads the model's zoo_card.json (heads with previous-token or induction score >= 0.3; "
+                   "'card:0.5' sets the threshold), "
                    "'literature' the published circuit of the task")
     p.add_argument("--truth-edges", help="ground-truth edges, comma-separated SOURCE>TARGET[:q|k|v] "
                    "(e.g. L0H1>L1H2:k,L1H2>logits)")
@@ -49,11 +50,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _truth(args: argparse.Namespace, model: Any, task: str) -> Any:
     from interp.circuits.evaluate import ground_truth
     from interp.circuits.truth import card_ground_truth, card_path, literature_ground_truth
+    from interp.errors import InterpError
 
     if not args.truth_nodes:
         return None
-    if args.truth_nodes == "card":
-        return card_ground_truth(card_path(args.model))
+    name, colon, threshold = args.truth_nodes.partition(":")
+    if name == "card":
+        try:
+            options = {"threshold": float(threshold)} if colon else {}
+        except ValueError:
+            raise InterpError(f"--truth-nodes card:THRESHOLD needs a number, got {threshold!r}.") from None
+        return card_ground_truth(card_path(args.model), **options)
     if args.truth_nodes == "literature":
         return literature_ground_truth(task, model)
     edges = None

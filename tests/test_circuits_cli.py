@@ -52,3 +52,16 @@ def test_transcoder_commands_need_transcoders(tiny_model_dir: Path, tmp_path: Pa
         assert main(argv) == 2
         assert f"{command} needs --transcoders" in capsys.readouterr().err
         assert not (tmp_path / command).exists()
+
+
+def test_card_truth_takes_a_threshold(tmp_path: Path, capsys):
+    small = ["--task", "induction", "--n-prompts", "4", "--seq-len", "4"]
+    for truth, name in (("card", ">= 0.3"), ("card:0.5", ">= 0.5")):
+        out = tmp_path / truth.replace(":", "-")
+        assert main(["circuit", "attribution-patching", "--model", "demo", "--out", str(out), *small,
+                     "--truth-nodes", truth]) == 0
+        evaluation = load_graph(out / "graph.json").metadata["evaluation"]
+        assert evaluation["ground_truth"].endswith(f"{name})") and 0.0 <= evaluation["node_auc"] <= 1.0
+    assert main(["circuit", "eap", "--model", "demo", "--out", str(tmp_path / "bad"), *small,
+                 "--truth-nodes", "card:half"]) == 2
+    assert "card:THRESHOLD needs a number, got 'half'" in capsys.readouterr().err
