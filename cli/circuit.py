@@ -56,11 +56,13 @@ def _truth(args: argparse.Namespace, model: Any, task: str) -> Any:
         return None
     name, colon, threshold = args.truth_nodes.partition(":")
     if name == "card":
+        if not colon:
+            return card_ground_truth(card_path(args.model))
         try:
-            options = {"threshold": float(threshold)} if colon else {}
+            at = float(threshold)
         except ValueError:
             raise InterpError(f"--truth-nodes card:THRESHOLD needs a number, got {threshold!r}.") from None
-        return card_ground_truth(card_path(args.model), **options)
+        return card_ground_truth(card_path(args.model), threshold=at)
     if args.truth_nodes == "literature":
         return literature_ground_truth(task, model)
     edges = None
