@@ -11,7 +11,7 @@ among the thresholds still deciding) x (prompt batch) rows. A destination whose 
 the logits through a kept edge cannot matter, so its incoming edges are removed without a forward (exact).
 
 Scores: an edge's score is the largest threshold at which it survives (0 if none), so ranking edges by score
-reproduces the sweep's nested circuits; ``kept`` holds each threshold's circuit. Edges that survive the
+orders them by how far up the sweep they last; ``kept`` holds each threshold's circuit. Edges that survive the
 largest threshold tie at the top. With ``extend``, the sweep then goes on a decade at a time in the same
 pattern ({1, 3, 5, 7, 9} x 10^e) until at most one edge survives; each threshold prunes from the full graph by
 itself, so the added thresholds leave every earlier circuit as it was (an edge's score can still rise: ACDC's
