@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from interp.circuits.components import ComponentGraph
-from interp.circuits.discrete_sae import HEAD_OUTPUT_HOOK, _pair_scores, _presence, discrete_sae, head_vectors
+from interp.circuits.discrete_sae import (
+    HEAD_OUTPUT_HOOK,
+    _pair_scores,
+    _presence,
+    discrete_sae,
+    head_vectors,
+    separation,
+)
 from interp.circuits.evaluate import (
     MIB_FRACTIONS,
     faithfulness,
@@ -108,6 +115,14 @@ def test_discrete_sae_trains_through_the_registry_and_scores_by_sets(demo_model,
     assert _presence(torch.tensor([[1, 0], [1, 2]]), 3).tolist() == [[False, True, False], [True, False, True]]
     again = discrete_sae(demo_model, task, dictionary=result.dictionary)
     assert torch.equal(again.codes, codes)
+    # separation: between-side distance over within-side spread, by hand for one head; the induction head L1H0
+    # separates the sides far better than any previous-token-like layer-0 head (whose inputs look alike on both)
+    X = head_vectors(demo_model, task)[:, 4].double()
+    spread = ((X[:n] - X[:n].mean(0)).pow(2).sum(1).mean() + (X[n:] - X[n:].mean(0)).pow(2).sum(1).mean()) / 2
+    assert float(result.separation[1, 0]) == pytest.approx(float((X[:n].mean(0) - X[n:].mean(0)).pow(2).sum()
+                                                                / spread), rel=1e-5)
+    assert float(result.separation[1, 0]) > 10 * float(result.separation[0].max())
+    assert separation(torch.tensor([[[1.0, 0]], [[1.0, 0]], [[0.0, 1]], [[0.0, 1]]]), 2).tolist() == [pytest.approx(2e12)]
 
 
 def test_discrete_sae_refuses_a_dictionary_for_another_model_or_hook(demo_model, setup, tiny_model, tmp_path: Path):

@@ -132,7 +132,8 @@ def _run(model: Any, task: Task, base: Baseline, method: str, cfg: CircuitConfig
     layers, heads = result.node_scores.shape
     scores = {f"a{layer}.h{h}": float(result.node_scores[layer, h]) for layer in range(layers) for h in range(heads)}
     return scores, {"edge_head_scores": result.edge_head_scores.tolist(), "pair_scores": result.pair_scores.tolist(),
-                    "train_prompts": result.train_prompts, "dictionary": result.dictionary}
+                    "train_prompts": result.train_prompts, "dictionary": result.dictionary,
+                    "head_separation": result.separation.tolist()}
 
 
 def find_circuit(

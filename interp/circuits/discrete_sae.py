@@ -58,6 +58,10 @@ class DiscreteSaeResult(NamedTuple):
     """Rows of X (0..2N-1) the SAE was trained on."""
     dictionary: str | None
     """Directory of the trained dictionary, when it was kept (``out_dir``) or passed in."""
+    separation: torch.Tensor
+    """(L, H) how far apart a head's vectors are on positives and negatives: the squared distance between the
+    two means over the mean within-side variance (summed over dimensions). Near 0, the method cannot tell the
+    head's role from its outputs, and its codes count noise."""
 
 
 @torch.no_grad()
@@ -164,4 +168,13 @@ def discrete_sae(
     counts = torch.bincount(listed, minlength=C).double()
     shape = (info.n_layers, info.n_heads)
     return DiscreteSaeResult(torch.softmax(unique, 0).view(shape), torch.softmax(counts, 0).view(shape),
-                             pairs, codes, rows, where)
+                             pairs, codes, rows, where, separation(X, task.n).view(shape))
+
+
+def separation(X: torch.Tensor, n_positive: int) -> torch.Tensor:
+    """(heads,) squared distance between the positive and negative mean vectors of each head over the mean
+    within-side variance (a variance below 1e-12 counts as 1e-12, so the value stays finite)."""
+    pos, neg = X[:n_positive].double(), X[n_positive:].double()
+    distance = (pos.mean(0) - neg.mean(0)).pow(2).sum(-1)
+    spread = 0.5 * (pos.var(0, correction=0).sum(-1) + neg.var(0, correction=0).sum(-1))
+    return (distance / spread.clamp_min(1e-12)).float()
