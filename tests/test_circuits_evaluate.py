@@ -122,7 +122,8 @@ def test_discrete_sae_trains_through_the_registry_and_scores_by_sets(demo_model,
     assert float(result.separation[1, 0]) == pytest.approx(float((X[:n].mean(0) - X[n:].mean(0)).pow(2).sum()
                                                                 / spread), rel=1e-5)
     assert float(result.separation[1, 0]) > 10 * float(result.separation[0].max())
-    assert separation(torch.tensor([[[1.0, 0]], [[1.0, 0]], [[0.0, 1]], [[0.0, 1]]]), 2).tolist() == [pytest.approx(2e12)]
+    constant = torch.tensor([[[1.0, 0]], [[1.0, 0]], [[0.0, 1]], [[0.0, 1]]])  # no spread: capped, not infinite
+    assert separation(constant, 2).tolist() == [pytest.approx(2e12)]
 
 
 def test_discrete_sae_refuses_a_dictionary_for_another_model_or_hook(demo_model, setup, tiny_model, tmp_path: Path):
