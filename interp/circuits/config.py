@@ -43,7 +43,7 @@ class CircuitConfig:
     """EAP-IG interpolation steps (the paper's 5; hannamw/EAP-IG's library default is 30)."""
     acdc_thresholds: tuple[float, ...] = ()
     """ACDC thresholds; empty means auto-circuit's sweep {1, 3, 5, 7, 9} x 10^-5 .. 10^-2, carried on a decade at a
-    time while more than one edge survives its largest threshold (so the top of the ranking does not tie)."""
+    time while more than one edge survives its largest threshold (so the edges that matter most are ordered)."""
     acdc_metric: Literal["kl", "task"] = "kl"
     """ACDC's divergence: KL to the clean output at the answer position, or the drop of the task metric."""
     sae_latents: int = 200
