@@ -8,8 +8,9 @@ splicing hooks and the weight views. Two engines run it:
   uses it for the hooks ``interp.model.vocabulary.served`` lists (embeddings, residual stream, attention and MLP
   outputs, ``hook_v``, ``hook_z``, MLP input and activations, the norms' scales and outputs);
 - **transformer-lens 4.x ``TransformerBridge``** (see the README for why), for everything else: other
-  architectures, other hooks, splicing hooks, the weight views, finetuning, ``forward``. It is booted on first
-  need, so a command that only caches served hooks never imports transformer-lens.
+  architectures, other hooks, splicing hooks, finetuning, ``forward``, and the weight views once it is up (before,
+  they are cut from the module path's weights: ``interp.model.views``). It is booted on first need, so a command
+  that only caches served hooks, or analyzes features (which reads ``W_U``), never imports transformer-lens.
 
 Both compute the same activations in the same processed coordinates (``tests/test_module_capture.py``). Once
 finetunable weights are handed out (:meth:`Model.finetunable_parameters`), or while splicing hooks are attached,

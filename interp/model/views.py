@@ -1,18 +1,103 @@
 """The weight views of :class:`interp.model.Model`, in TransformerLens's shapes and processed coordinates: what
-circuit code reads to decompose the residual stream (read from the bridge, booted on first use)."""
+circuit code reads to decompose the residual stream.
+
+They are read from the module path's own weights while the model has not booted its TransformerBridge (a local
+checkpoint that was only captured from), so reading a view does not load the model a second time; once the
+bridge is up (other hooks, splicing, finetuning, a hub model) they are read from the bridge, whose weights are
+then the model's. Both give the same tensors (``tests/test_model_views.py``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from interp.model.transformer import Block, Transformer
+
+
+class ModuleWeights:
+    """The views' tensors, cut from the module path's fused weights (``qkv`` rows are queries, then keys, then
+    values, head by head; ``Linear`` weights are (out, in)). Each access builds its tensor, as the bridge's
+    stacked views do."""
+
+    def __init__(self, net: Transformer):
+        self.net, self.spec = net, net.spec
+        self.attn = [cast(Block, block).attn for block in net.blocks]
+
+    def _stack(self, part: str, rows: tuple[int, int], heads: int) -> torch.Tensor:
+        """(n_layers, heads, d_model, d_head) from rows [a, b) of each block's ``part`` weight."""
+        d, dh = self.spec.d_model, self.spec.d_head
+        a, b = rows
+        w = [getattr(attn, part).weight[a:b] for attn in self.attn]  # (heads * d_head, d_model)
+        return torch.stack(w).view(len(w), heads, dh, d).transpose(2, 3)
+
+    def _bias(self, part: str, rows: tuple[int, int], shape: tuple[int, ...]) -> torch.Tensor:
+        biases = [getattr(attn, part).bias for attn in self.attn]
+        if biases[0] is None:
+            return self.W_E.new_zeros(shape)
+        return torch.stack([bias[rows[0] : rows[1]] for bias in biases]).view(shape)
+
+    def _rows(self) -> dict[str, tuple[int, int]]:
+        q, kv = self.spec.n_heads * self.spec.d_head, self.spec.n_kv_heads * self.spec.d_head
+        return {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self.net.embed.weight
+
+    @property
+    def W_pos(self) -> torch.Tensor | None:
+        return None if self.net.pos_embed is None else self.net.pos_embed.weight
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self.net.unembed.weight.T
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        bias = self.net.unembed.bias
+        return self.W_E.new_zeros(self.spec.d_vocab) if bias is None else bias
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        s = self.spec
+        w = torch.stack([attn.o.weight for attn in self.attn])  # (L, d_model, heads * d_head)
+        return w.view(s.n_layers, s.d_model, s.n_heads, s.d_head).permute(0, 2, 3, 1)
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        biases = [attn.o.bias for attn in self.attn]
+        if any(bias is None for bias in biases):
+            return self.W_E.new_zeros(self.spec.n_layers, self.spec.d_model)
+        return torch.stack(cast(list[torch.Tensor], biases))
+
+    def weight(self, which: str) -> torch.Tensor:
+        """W_Q, W_K or W_V (``which``: q, k, v)."""
+        heads = self.spec.n_heads if which == "q" else self.spec.n_kv_heads
+        return self._stack("qkv", self._rows()[which], heads)
+
+    def bias(self, which: str) -> torch.Tensor:
+        """b_Q, b_K or b_V."""
+        heads = self.spec.n_heads if which == "q" else self.spec.n_kv_heads
+        return self._bias("qkv", self._rows()[which], (self.spec.n_layers, heads, self.spec.d_head))
+
 
 class WeightViews:
-    """Mixin: the per-layer weight tensors, read from ``self.bridge``. Biases a bias-free checkpoint lacks (Llama's
+    """Mixin: the per-layer weight tensors (see the module docstring). Biases a bias-free checkpoint lacks (Llama's
     projections, an untied unembedding without bias) read as zeros."""
 
     bridge: Any
+    _bridge: Any
+
+    def _transformer(self) -> Transformer:
+        raise NotImplementedError
+
+    def _module_weights(self) -> ModuleWeights | None:
+        """The module path's weights while the bridge is not booted and the model has a local checkpoint."""
+        if self._bridge is not None or getattr(self, "_checkpoint", None) is None:
+            return None
+        return ModuleWeights(self._transformer())
 
     def _bias(self, name: str, *shape: int) -> torch.Tensor:
         try:
@@ -23,39 +108,52 @@ class WeightViews:
     @property
     def W_U(self) -> torch.Tensor:
         """Unembedding, (d_model, d_vocab)."""
-        return self.bridge.W_U
+        m = self._module_weights()
+        return m.W_U if m is not None else self.bridge.W_U
 
     @property
     def W_O(self) -> torch.Tensor:
         """Attention output weights per head, (n_layers, n_heads, d_head, d_model): head h of block l writes
         ``z[..., h, :] @ W_O[l, h]`` into the residual stream (``blocks.l.attn.hook_z`` gives z)."""
-        return self.bridge.W_O
+        m = self._module_weights()
+        return m.W_O if m is not None else self.bridge.W_O
 
     @property
     def W_E(self) -> torch.Tensor:
         """Token embedding, (d_vocab, d_model)."""
-        return self.bridge.W_E
+        m = self._module_weights()
+        return m.W_E if m is not None else self.bridge.W_E
 
     @property
     def rotary(self) -> bool:
         """True when queries and keys are rotated by position (rotary embeddings, Llama family); the angles are
         the hooks ``blocks.{l}.attn.hook_cos`` / ``hook_sin``, (batch, pos, rotary dims); see
         :func:`interp.model.rotate`."""
+        m = self._module_weights()
+        if m is not None:
+            return m.spec.family == "llama"
         return self.bridge.cfg.positional_embedding_type == "rotary"
 
     @property
     def W_pos(self) -> torch.Tensor | None:
         """Learned positional embedding, (n_ctx, d_model); None for models without one (rotary)."""
+        m = self._module_weights()
+        if m is not None:
+            return m.W_pos
         return self.bridge.W_pos if self.bridge.cfg.positional_embedding_type == "standard" else None
 
     @property
     def W_V(self) -> torch.Tensor:
         """Value weights per head, (n_layers, n_heads, d_model, d_head): ``v = ln1(resid_pre) @ W_V[l, h] + b_V``."""
-        return self.bridge.W_V
+        m = self._module_weights()
+        return m.weight("v") if m is not None else self.bridge.W_V
 
     @property
     def b_V(self) -> torch.Tensor:
         """Value biases, (n_layers, n_heads, d_head) (zero once folded into ``b_O``)."""
+        m = self._module_weights()
+        if m is not None:
+            return m.bias("v")
         c = self.bridge.cfg
         return self._bias("b_V", c.n_layers, c.n_heads, c.d_head)
 
@@ -63,33 +161,47 @@ class WeightViews:
     def W_Q(self) -> torch.Tensor:
         """Query weights per head, (n_layers, n_heads, d_model, d_head): ``q = ln1(resid_pre) @ W_Q[l, h] + b_Q``
         (before rotary embeddings, where the model has them)."""
-        return self.bridge.W_Q
+        m = self._module_weights()
+        return m.weight("q") if m is not None else self.bridge.W_Q
 
     @property
     def W_K(self) -> torch.Tensor:
         """Key weights per head, (n_layers, n_heads or n_kv_heads, d_model, d_head), like :attr:`W_Q`."""
-        return self.bridge.W_K
+        m = self._module_weights()
+        return m.weight("k") if m is not None else self.bridge.W_K
 
     @property
     def b_Q(self) -> torch.Tensor:
         """Query biases, (n_layers, n_heads, d_head)."""
+        m = self._module_weights()
+        if m is not None:
+            return m.bias("q")
         c = self.bridge.cfg
         return self._bias("b_Q", c.n_layers, c.n_heads, c.d_head)
 
     @property
     def b_K(self) -> torch.Tensor:
         """Key biases, (n_layers, n_heads or n_kv_heads, d_head)."""
+        m = self._module_weights()
+        if m is not None:
+            return m.bias("k")
         c = self.bridge.cfg
         return self._bias("b_K", c.n_layers, c.n_key_value_heads or c.n_heads, c.d_head)
 
     @property
     def b_O(self) -> torch.Tensor:
         """Attention output bias, (n_layers, d_model): ``attn_out = sum_h z_h W_O[l, h] + b_O[l]``."""
+        m = self._module_weights()
+        if m is not None:
+            return m.b_O
         c = self.bridge.cfg
         return self._bias("b_O", c.n_layers, c.d_model)
 
     @property
     def b_U(self) -> torch.Tensor:
         """Unembedding bias, (d_vocab,)."""
+        m = self._module_weights()
+        if m is not None:
+            return m.b_U
         c = self.bridge.cfg
         return self._bias("b_U", c.d_vocab)
