@@ -25,22 +25,12 @@ class ModuleWeights:
         self.net, self.spec = net, net.spec
         self.attn = [cast(Block, block).attn for block in net.blocks]
 
-    def _stack(self, part: str, rows: tuple[int, int], heads: int) -> torch.Tensor:
-        """(n_layers, heads, d_model, d_head) from rows [a, b) of each block's ``part`` weight."""
-        d, dh = self.spec.d_model, self.spec.d_head
-        a, b = rows
-        w = [getattr(attn, part).weight[a:b] for attn in self.attn]  # (heads * d_head, d_model)
-        return torch.stack(w).view(len(w), heads, dh, d).transpose(2, 3)
-
-    def _bias(self, part: str, rows: tuple[int, int], shape: tuple[int, ...]) -> torch.Tensor:
-        biases = [getattr(attn, part).bias for attn in self.attn]
-        if biases[0] is None:
-            return self.W_E.new_zeros(shape)
-        return torch.stack([bias[rows[0] : rows[1]] for bias in biases]).view(shape)
-
-    def _rows(self) -> dict[str, tuple[int, int]]:
+    def _rows(self, which: str) -> tuple[slice, int]:
+        """The ``qkv`` rows of queries, keys or values (``which``: q, k, v), and their number of heads."""
         q, kv = self.spec.n_heads * self.spec.d_head, self.spec.n_kv_heads * self.spec.d_head
-        return {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
+        start, heads = {"q": (0, self.spec.n_heads), "k": (q, self.spec.n_kv_heads),
+                        "v": (q + kv, self.spec.n_kv_heads)}[which]
+        return slice(start, start + heads * self.spec.d_head), heads
 
     @property
     def W_E(self) -> torch.Tensor:
@@ -73,14 +63,19 @@ class ModuleWeights:
         return torch.stack(cast(list[torch.Tensor], biases))
 
     def weight(self, which: str) -> torch.Tensor:
-        """W_Q, W_K or W_V (``which``: q, k, v)."""
-        heads = self.spec.n_heads if which == "q" else self.spec.n_kv_heads
-        return self._stack("qkv", self._rows()[which], heads)
+        """W_Q, W_K or W_V (``which``: q, k, v), (n_layers, heads, d_model, d_head)."""
+        rows, heads = self._rows(which)
+        w = torch.stack([attn.qkv.weight[rows] for attn in self.attn])  # (L, heads * d_head, d_model)
+        return w.view(len(self.attn), heads, self.spec.d_head, self.spec.d_model).transpose(2, 3)
 
     def bias(self, which: str) -> torch.Tensor:
-        """b_Q, b_K or b_V."""
-        heads = self.spec.n_heads if which == "q" else self.spec.n_kv_heads
-        return self._bias("qkv", self._rows()[which], (self.spec.n_layers, heads, self.spec.d_head))
+        """b_Q, b_K or b_V, (n_layers, heads, d_head); zeros for a bias-free checkpoint."""
+        rows, heads = self._rows(which)
+        shape = (len(self.attn), heads, self.spec.d_head)
+        biases = [attn.qkv.bias for attn in self.attn]
+        if any(bias is None for bias in biases):
+            return self.W_E.new_zeros(shape)
+        return torch.stack([cast(torch.Tensor, bias)[rows] for bias in biases]).view(shape)
 
 
 class WeightViews:
