@@ -1,9 +1,9 @@
 """Attribution graphs against prompt length, interp and circuit-tracer side by side (``bench/graphs.py scaling-peer``).
 
-The same GPT-2-small-shaped random model (``graphs.gpt2_small_shaped``: ``--layers``, d_model 768, 12 heads, d_mlp
-3072, the demo tokenizer), the same per-layer ReLU transcoders and the same stdlib tokens cut to each length, given
-to interp and to circuit-tracer 0.5 (its side venv, ``--venv``; its TransformerLens backend, loaded offline as
-``bench/graphs.py peer`` does). The transcoders are made once: random directions, ``W_enc`` and ``W_dec`` entries
+The same GPT-2-small-shaped random model (``graphs_common.gpt2_small_shaped``: ``--layers``, d_model 768, 12 heads,
+d_mlp 3072, the demo tokenizer), the same per-layer ReLU transcoders and the same stdlib tokens cut to each length,
+given to interp and to circuit-tracer 0.5 (its side venv, ``--venv``; its TransformerLens backend, loaded offline
+as ``bench/graphs.py peer`` does). The transcoders are made once: random directions, ``W_enc`` and ``W_dec`` entries
 N(0, 0.03^2), and one encoder bias per layer put at the pre-activation quantile that leaves ``--active`` of the
 ``--d-sae`` features active per token on average (measured on the longest prompt). They are saved as interp
 dictionaries (read by the interp runs with ``interp.load_dictionary``) and written in circuit-tracer's per-layer
@@ -21,7 +21,7 @@ dense adjacency, no pruning), backward passes (interp: ``Linearised.rows`` calls
 own peak (peak RSS minus the resident memory after the warm-up). circuit-tracer runs under an address-space limit
 (``--peer-memory-gb``) and a time limit (``--timeout``), so that it fails with its own error instead of pushing a
 shared machine out of memory. At ``--agree-length`` the adjacency rows of circuit-tracer's selected features and
-logits are compared with interp's rows for the same nodes (``graphs.compare``).
+logits are compared with interp's rows for the same nodes (``graphs_common.compare``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from graphs import compare, gpt2_small_shaped, readable_by_peer, stdlib_tokens, write_peer_transcoders
+from graphs_common import CT_SETUP, compare, gpt2_small_shaped, readable_by_peer, stdlib_tokens, write_peer_transcoders
 
 PEER_ONE = r"""
 import resource
@@ -135,7 +135,7 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def agree(args: argparse.Namespace) -> None:
-    """Adjacency agreement at one length: circuit-tracer's saved rows against interp's (``graphs.compare``)."""
+    """Adjacency agreement at one length: circuit-tracer's saved rows against interp's (``graphs_common.compare``)."""
     from safetensors.torch import load_file
 
     from interp.circuits.attribution import Linearised, active_nodes
@@ -216,8 +216,6 @@ def scaling_peer(args: argparse.Namespace) -> None:
     """The side-by-side table (module docstring), printed as Markdown as the runs finish."""
     here = Path(__file__).parent
     peer_python = str(Path(args.venv) / "bin" / "python")
-    from graphs import CT_SETUP
-
     print(f"GPT-2-small-shaped, {args.layers} layers; ReLU transcoders d_sae {args.d_sae}, ~{args.active:g} active per "
           f"token and layer; max_feature_nodes {args.max_feature_nodes}, rows per backward pass {args.row_batch_size}; "
           f"one thread; {args.runs} run(s); load average {os.getloadavg()[0]:.1f}", flush=True)
